@@ -1,0 +1,86 @@
+"""The EmulatorBackend: the accelerator's operations computed by the golden model.
+
+Its numbers are the numeric contract's by construction.  ``kernel="fast"``
+computes the plane products with the compiled packed kernel
+(:mod:`host.kernels`, tested equal to the reference); ``"reference"`` uses
+:mod:`model.golden` itself.  The cycle counter follows the ideal cycle model
+of :func:`ideal_cycles` for a given lane count.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+
+from host.backend import Backend, Thresholds
+from model import golden
+from model.golden import Operand
+
+
+def ideal_cycles(groups_x: Sequence[Operand], groups_y: Sequence[Operand], lanes: int) -> int:
+    """Cycles of an engine that does one word of ``lanes`` plane products a cycle.
+
+    Every plane pair of every group pair costs ``rows_x * ceil(rows_y / lanes) * words``.
+    """
+    total = 0
+    for gx in groups_x:
+        for gy in groups_y:
+            pairs = len(gx.planes) * len(gy.planes)
+            total += pairs * gx.rows * -(-gy.rows // lanes) * golden.words_for(gx.n, gx.word_bits)
+    return total
+
+
+def _kernel(name: str) -> Callable[[Operand, Operand], np.ndarray]:
+    if name == "reference":
+        return golden.operand_product
+    if name == "fast":
+        from host.kernels import fast_operand_product
+
+        return fast_operand_product
+    raise ValueError(f"kernel must be 'fast' or 'reference', got {name!r}")
+
+
+class EmulatorBackend(Backend):
+    """A Backend computed in numpy by the numeric contract."""
+
+    def __init__(self, kernel: str = "fast", lanes: int = 16):
+        if isinstance(lanes, bool) or not isinstance(lanes, int) or lanes < 1:
+            raise ValueError(f"lanes must be a positive int, got {lanes!r}")
+        self._product = _kernel(kernel)
+        self.lanes = lanes
+        self._slots: dict[str, tuple[Operand, ...]] = {}
+        self._result: np.ndarray | None = None
+        self._cycles = 0
+
+    def load(self, slot: str, groups: Sequence[Operand]) -> None:
+        if not groups or not all(isinstance(g, Operand) for g in groups):
+            raise TypeError(f"groups for slot {slot!r} must be a non-empty sequence of Operand")
+        self._slots[slot] = tuple(groups)
+
+    def _slot(self, slot: str) -> tuple[Operand, ...]:
+        if slot not in self._slots:
+            raise KeyError(f"slot {slot!r} was never loaded")
+        return self._slots[slot]
+
+    def run(self, x_slot: str, y_slot: str, coefs: np.ndarray, thresholds: Thresholds | None = None) -> None:
+        gx, gy = self._slot(x_slot), self._slot(y_slot)
+        d_int = np.stack([np.stack([self._product(x, y) for y in gy]) for x in gx])
+        y = golden.superpose(d_int, coefs)
+        if thresholds is not None:
+            y = golden.apply_threshold(y, thresholds.thresholds, thresholds.directions)
+        self._result = y
+        self._cycles += ideal_cycles(gx, gy, self.lanes)
+
+    def read(self) -> np.ndarray:
+        if self._result is None:
+            raise RuntimeError("no layer has run since the last reset")
+        return self._result
+
+    def cycles(self) -> int:
+        return self._cycles
+
+    def reset(self) -> None:
+        self._slots.clear()
+        self._result = None
+        self._cycles = 0

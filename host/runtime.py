@@ -1,0 +1,150 @@
+"""Run an exported ViT layer by layer on any Backend.
+
+The host computes patch extraction, LayerNorm, softmax, GELU, the residual
+adds and every float layer in float32; every engine layer (see
+:mod:`model.layers`) is quantized here by its :class:`~model.quantizers.Quantizer`,
+packed, and sent to the Backend, which returns the integer ``Y`` that the
+host turns into float32 by the layer's fixed-point format.  Weights are loaded
+into the Backend once, when the Runtime is made; only activations travel.
+
+The graph, per image (``T`` tokens, ``dim`` channels)::
+
+    seq = [cls, dist, patch_embed(patches)] + pos_embed
+    for each block:
+        q, k, v = split(qkv(norm1(seq)))           # heads are channel slices
+        s_h = qk(q_h, k_h)                          # out_scale folds 1/sqrt(d)
+        o_h = av(softmax(s_h), v_h)                 # av's x quantizer sees all heads
+        seq += proj(o);  seq += fc2(clip(gelu(fc1(norm2(seq)))))
+    logits = mean(head(norm(seq)[0]), head_dist(norm(seq)[1]))
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.special import erf
+
+from host.backend import Backend
+from model.golden import Operand
+from model.layers import EngineLinear, EngineMatmul, FloatLinear, Layer
+from model.modelfile import Model
+
+
+def layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
+    """LayerNorm over the last axis in float32."""
+    mean = x.mean(axis=-1, keepdims=True, dtype=np.float32)
+    centered = x - mean
+    var = (centered * centered).mean(axis=-1, keepdims=True, dtype=np.float32)
+    return centered / np.sqrt(var + np.float32(eps)) * weight + bias
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis in float32."""
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def gelu(x: np.ndarray) -> np.ndarray:
+    """The exact (erf) GELU in float32."""
+    return (np.float32(0.5) * x * (np.float32(1.0) + erf(x / np.float32(np.sqrt(2.0))).astype(np.float32))).astype(np.float32)
+
+
+def patchify(x: np.ndarray, patch: int) -> np.ndarray:
+    """(C, H, W) to (patches, C*patch*patch), patches row-major, each flattened as (C, p, p)."""
+    c, h, w = x.shape
+    grid = x.reshape(c, h // patch, patch, w // patch, patch)
+    return grid.transpose(1, 3, 0, 2, 4).reshape((h // patch) * (w // patch), c * patch * patch)
+
+
+class Runtime:
+    """Executes a :class:`~model.modelfile.Model` on a :class:`~host.backend.Backend`.
+
+    ``trace``, when a dict, collects each engine layer's integer results
+    (name -> list of arrays, one per backend call) for comparisons.
+    """
+
+    def __init__(self, model: Model, backend: Backend):
+        self.model, self.backend = model, backend
+        self.trace: dict[str, list[np.ndarray]] | None = None
+        for name, layer in model.layers.items():
+            if isinstance(layer, EngineLinear):
+                backend.load(f"{name}.w", [w.operand for w in layer.weights])
+
+    # ------------------------------------------------------------------ layers
+
+    def _engine(self, name: str, x_slot: str, y_slot: str, coefs: np.ndarray) -> np.ndarray:
+        y = self.backend.layer(x_slot, y_slot, coefs)
+        if self.trace is not None:
+            self.trace.setdefault(name, []).append(y)
+        return y
+
+    def linear(self, name: str, x: np.ndarray) -> np.ndarray:
+        """Apply linear layer ``name`` to rows ``x`` (rows, in)."""
+        layer = self.model.layers[name]
+        if isinstance(layer, FloatLinear):
+            out = x @ layer.weight.T
+        else:
+            assert isinstance(layer, EngineLinear)
+            self.backend.load(f"{name}.x", layer.input.operands(x, self.model.word_bits))
+            fmt, coefs = layer.coefficients
+            out = fmt.to_real(self._engine(name, f"{name}.x", f"{name}.w", coefs))
+        return out if layer.bias is None else out + layer.bias
+
+    def matmul(self, name: str, x: np.ndarray, y: np.ndarray, x_heads: bool) -> np.ndarray:
+        """Per-head ``x_h @ y_h.T``; ``x`` is (T, dim) or, if ``x_heads``, (heads, T, T).
+
+        ``y`` is (T, dim) and is used as K for ``qk`` (rows = tokens) and as
+        V for ``av`` (rows = channels, i.e. ``y_h.T``).
+        """
+        layer: Layer = self.model.layers[name]
+        heads, hd = self.model.architecture.heads, self.model.architecture.head_dim
+        out = []
+        if isinstance(layer, EngineMatmul):
+            fmt, coefs = layer.coefficients
+            x_codes, y_codes = layer.x.codes(x), layer.y.codes(y)
+        for h in range(heads):
+            cols = slice(h * hd, (h + 1) * hd)
+            y_h = y[:, cols] if not x_heads else y[:, cols].T
+            x_h = x[h] if x_heads else x[:, cols]
+            if not isinstance(layer, EngineMatmul):
+                out.append(np.float32(layer.out_scale) * (x_h @ y_h.T))
+                continue
+            pick = (lambda c: c[h]) if x_heads else (lambda c: c[:, cols])
+            xs = [Operand.from_values(pick(c), g.encoding, self.model.word_bits) for c, g in zip(x_codes, layer.x.groups)]
+            pick_y = (lambda c: c[:, cols].T) if x_heads else (lambda c: c[:, cols])
+            ys = [Operand.from_values(np.ascontiguousarray(pick_y(c)), g.encoding, self.model.word_bits) for c, g in zip(y_codes, layer.y.groups)]
+            self.backend.load(f"{name}.x", xs)
+            self.backend.load(f"{name}.y", ys)
+            out.append(fmt.to_real(self._engine(name, f"{name}.x", f"{name}.y", coefs)))
+        return np.stack(out)
+
+    # ------------------------------------------------------------------ model
+
+    def forward(self, image: np.ndarray) -> np.ndarray:
+        """Logits (float32, num_classes) of one raw image (C, H, W)."""
+        m, arch = self.model, self.model.architecture
+        t = m.tensors
+        x = m.preprocessing.apply(image)
+        seq = [t["cls_token"]] + ([t["dist_token"]] if arch.distillation_token else [])
+        seq = np.concatenate(seq + [self.linear("patch_embed", patchify(x, arch.patch_size))]) + t["pos_embed"]
+        d = arch.dim
+        for i in range(arch.depth):
+            p = f"blocks.{i}"
+            h = layer_norm(seq, t[f"{p}.norm1.weight"], t[f"{p}.norm1.bias"], arch.ln_eps)
+            qkv = self.linear(f"{p}.attn.qkv", h)
+            q, k, v = qkv[:, :d], qkv[:, d:2 * d], qkv[:, 2 * d:]
+            attn = softmax(self.matmul(f"{p}.attn.qk", q, k, x_heads=False))
+            o = self.matmul(f"{p}.attn.av", attn, v, x_heads=True)          # (heads, T, hd)
+            seq = seq + self.linear(f"{p}.attn.proj", o.transpose(1, 0, 2).reshape(len(seq), d))
+            h = gelu(self.linear(f"{p}.mlp.fc1", layer_norm(seq, t[f"{p}.norm2.weight"], t[f"{p}.norm2.bias"], arch.ln_eps)))
+            if arch.mlp_clip is not None:
+                h = np.clip(h, -np.float32(arch.mlp_clip), np.float32(arch.mlp_clip))
+            seq = seq + self.linear(f"{p}.mlp.fc2", h)
+        seq = layer_norm(seq, t["norm.weight"], t["norm.bias"], arch.ln_eps)
+        logits = self.linear("head", seq[:1])[0]
+        if arch.distillation_token:
+            logits = (logits + self.linear("head_dist", seq[1:2])[0]) / np.float32(2.0)
+        return logits
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """Class predictions for a batch of raw images (B, C, H, W)."""
+        return np.array([int(np.argmax(self.forward(img))) for img in images])

@@ -1,0 +1,123 @@
+"""The layer kinds of an exported model, and how each derives its engine numbers.
+
+An *engine* layer is one that a Backend computes: its operands are packed
+planes in groups with real scales, and its integer coefficients, fixed-point
+format and accumulator width all derive from those scales by the numeric
+contract (:mod:`model.golden`), so the file stores the scales only.  A
+*float* layer runs on the host in float32.
+
+Orientation: a layer computes ``out[r, c] = sum_i x[r, i] * y[c, i]``: for a
+linear layer ``x`` is the input (tokens, in) and ``y`` the weight (out, in);
+for ``Q K^T`` they are Q and K; for ``A V`` they are A and ``V^T``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Union
+
+import numpy as np
+
+from model import golden
+from model.golden import FixedPoint, Operand
+from model.quantizers import Quantizer
+
+DEFAULT_COEF_BITS = 18
+
+
+def coefficient_format(x_scales: np.ndarray, y_scales: np.ndarray, out_scale: float, coef_bits: int) -> tuple[FixedPoint, np.ndarray]:
+    """The fixed-point format and integer coefficients ``c_gh`` of a layer."""
+    real = out_scale * np.outer(x_scales, y_scales)
+    fmt = FixedPoint.for_scales(real, coef_bits)
+    return fmt, fmt.to_fixed(real)
+
+
+@dataclass(frozen=True)
+class WeightGroup:
+    """A resident weight operand (out, in) and its real scale."""
+
+    operand: Operand
+    scale: float
+
+
+@dataclass(frozen=True)
+class EngineLinear:
+    """``y = to_real(sum c_gh D_gh) + bias`` with quantized input and weight planes."""
+
+    input: Quantizer
+    weights: tuple[WeightGroup, ...]
+    bias: np.ndarray | None = None
+    coef_bits: int = DEFAULT_COEF_BITS
+
+    @property
+    def in_features(self) -> int:
+        """Length of each input row."""
+        return self.weights[0].operand.n
+
+    @property
+    def out_features(self) -> int:
+        """Number of weight rows."""
+        return self.weights[0].operand.rows
+
+    @cached_property
+    def coefficients(self) -> tuple[FixedPoint, np.ndarray]:
+        """``(format, coefs)`` for input groups x weight groups."""
+        return coefficient_format(self.input.scales, np.array([w.scale for w in self.weights]), 1.0, self.coef_bits)
+
+    @cached_property
+    def accumulator_bits(self) -> int:
+        """Width of the layer accumulator, from the contract."""
+        return golden.layer_accumulator_bits(
+            self.in_features, [g.encoding for g in self.input.groups],
+            [w.operand.encoding for w in self.weights], self.coefficients[1],
+        )
+
+
+@dataclass(frozen=True)
+class FloatLinear:
+    """``y = x @ weight.T + bias`` in float32 on the host."""
+
+    weight: np.ndarray
+    bias: np.ndarray | None = None
+
+    @property
+    def in_features(self) -> int:
+        """Length of each input row."""
+        return self.weight.shape[1]
+
+    @property
+    def out_features(self) -> int:
+        """Number of outputs."""
+        return self.weight.shape[0]
+
+
+@dataclass(frozen=True)
+class EngineMatmul:
+    """``out_scale * x @ y.T`` of two quantized activations, on the engine."""
+
+    x: Quantizer
+    y: Quantizer
+    out_scale: float = 1.0
+    coef_bits: int = DEFAULT_COEF_BITS
+
+    @cached_property
+    def coefficients(self) -> tuple[FixedPoint, np.ndarray]:
+        """``(format, coefs)`` for x groups x y groups."""
+        return coefficient_format(self.x.scales, self.y.scales, self.out_scale, self.coef_bits)
+
+    def accumulator_bits(self, n: int) -> int:
+        """Width of the accumulator for rows of length ``n``."""
+        return golden.layer_accumulator_bits(
+            n, [g.encoding for g in self.x.groups], [g.encoding for g in self.y.groups], self.coefficients[1]
+        )
+
+
+@dataclass(frozen=True)
+class FloatMatmul:
+    """``out_scale * x @ y.T`` in float32 on the host."""
+
+    out_scale: float = 1.0
+
+
+Layer = Union[EngineLinear, FloatLinear, EngineMatmul, FloatMatmul]

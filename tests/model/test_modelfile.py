@@ -1,0 +1,176 @@
+"""The model file: round trips, field-naming errors, and a seeded fuzz of damaged files."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from model import modelfile
+from model.modelfile import Architecture, ModelFileError
+from model.random_model import random_model
+
+SMALL = Architecture(image_size=4, in_channels=1, patch_size=2, dim=8, depth=1, heads=2, mlp_hidden=16, num_classes=3)
+
+
+def same_model(a: modelfile.Model, b: modelfile.Model) -> bool:
+    (ma, aa), (mb, ab) = modelfile.to_manifest(a), modelfile.to_manifest(b)
+    return ma == mb and aa.keys() == ab.keys() and all(
+        aa[k].dtype == ab[k].dtype and np.array_equal(aa[k], ab[k]) for k in aa
+    )
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory) -> tuple[modelfile.Model, bytes]:
+    model = random_model(SMALL, seed=5)
+    path = tmp_path_factory.mktemp("m") / "small.gsbf"
+    modelfile.save(model, path)
+    return model, path.read_bytes()
+
+
+def test_round_trip_is_identical(tmp_path):
+    for seed, word_bits in ((0, 64), (1, 32), (2, 8)):
+        model = random_model(seed=seed, word_bits=word_bits)
+        modelfile.save(model, tmp_path / "m.gsbf")
+        assert same_model(modelfile.load(tmp_path / "m.gsbf"), model)
+
+
+def test_missing_file_names_the_file(tmp_path):
+    with pytest.raises(ModelFileError, match=r"nope\.gsbf: file: no such file"):
+        modelfile.load(tmp_path / "nope.gsbf")
+
+
+def rewrite(data: bytes, edit) -> bytes:
+    """Apply ``edit`` to the manifest and re-sign it, as a careless tool would."""
+    src = zipfile.ZipFile(io.BytesIO(data))
+    manifest = json.loads(src.read(modelfile.MANIFEST))
+    edit(manifest)
+    text = json.dumps(manifest).encode()
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as dst:
+        for name in src.namelist():
+            if name == modelfile.MANIFEST:
+                dst.writestr(name, text)
+            elif name == modelfile.MANIFEST_DIGEST:
+                dst.writestr(name, hashlib.sha256(text).hexdigest())
+            else:
+                dst.writestr(name, src.read(name))
+    return out.getvalue()
+
+
+def _set(path: list, value):
+    def edit(m):
+        for key in path[:-1]:
+            m = m[key]
+        m[path[-1]] = value
+    return edit
+
+
+def _delete(path: list):
+    def edit(m):
+        for key in path[:-1]:
+            m = m[key]
+        del m[path[-1]]
+    return edit
+
+
+BAD_FIELDS = [
+    (_set(["version"], 99), "version"),
+    (_set(["format"], "onnx"), "format"),
+    (_set(["word_bits"], 48), "word_bits"),
+    (_set(["architecture", "dim"], 9), "architecture"),
+    (_set(["architecture", "heads"], 0), "architecture"),
+    (_delete(["preprocessing", "std"]), "preprocessing"),
+    (_set(["preprocessing", "std"], 0.0), "preprocessing"),
+    (_set(["layers", "blocks.0.attn.qkv", "kind"], "conv"), "layers.blocks.0.attn.qkv.kind"),
+    (_set(["layers", "blocks.0.attn.qkv", "weights", 0, "encoding"], "ternary"), "arrays.blocks.0.attn.qkv.weight0.mask"),
+    (_set(["layers", "blocks.0.attn.qkv", "weights", 0, "encoding"], "int9x"), "layers.blocks.0.attn.qkv.weights[0].encoding"),
+    (_set(["layers", "blocks.0.attn.qkv", "weights", 0, "scale"], "big"), "layers.blocks.0.attn.qkv.weights[0].scale"),
+    (_set(["layers", "blocks.0.attn.qkv", "input", "groups", 0, "rule"], "step"), "layers.blocks.0.attn.qkv.input.groups[0]"),
+    (_set(["layers", "blocks.0.attn.av", "y", "groups", 1, "params"], {"lo": 1.0, "hi": -1.0}), "layers.blocks.0.attn.av.y.groups[1]"),
+    (_set(["layers", "blocks.0.attn.qk", "coef_bits"], 1), "layers.blocks.0.attn.qk"),
+    (_delete(["layers", "head"]), "layers"),
+    (_set(["layers", "blocks.0.mlp.fc1", "bias"], False), "arrays"),
+    (_set(["arrays", "pos_embed", "shape"], [5, 8]), "arrays.pos_embed"),
+    (_set(["arrays", "pos_embed", "sha256"], "0" * 64), "arrays.pos_embed"),
+    (_set(["layers", "blocks.0.attn.qkv", "extra"], 1), "layers.blocks.0.attn.qkv"),
+]
+
+
+@pytest.mark.parametrize("edit,field", BAD_FIELDS)
+def test_inconsistent_manifest_names_the_field(saved, tmp_path, edit, field):
+    path = tmp_path / "bad.gsbf"
+    path.write_bytes(rewrite(saved[1], edit))
+    with pytest.raises(ModelFileError) as info:
+        modelfile.load(path)
+    assert info.value.field.startswith(field), str(info.value)
+    assert str(path) in str(info.value)
+
+
+def test_nonzero_padding_is_rejected(saved, tmp_path):
+    model = random_model(SMALL, seed=5)
+    plane = model.layers["blocks.0.attn.qkv"].weights[0].operand.planes[0]
+    plane.sign[0, -1] |= np.uint64(1) << np.uint64(63)  # n = 8: bit 63 is padding
+    modelfile.save(model, tmp_path / "pad.gsbf")
+    with pytest.raises(ModelFileError, match="padding bits"):
+        modelfile.load(tmp_path / "pad.gsbf")
+
+
+def mutate(data: bytes, rng: np.random.Generator) -> tuple[str, bytes]:
+    """One seeded damage: flipped bits, overwritten bytes, truncation, chunk swaps, insertions, member reorder."""
+    kind = rng.choice(["flip", "bytes", "truncate", "swap", "insert", "delete", "reorder"])
+    buf = bytearray(data)
+    if kind == "flip":
+        for _ in range(int(rng.integers(1, 4))):
+            i = int(rng.integers(len(buf)))
+            buf[i] ^= 1 << int(rng.integers(8))
+    elif kind == "bytes":
+        i = int(rng.integers(len(buf)))
+        buf[i:i + 8] = rng.integers(0, 256, size=len(buf[i:i + 8]), dtype=np.uint8).tobytes()
+    elif kind == "truncate":
+        buf = buf[: int(rng.integers(len(buf)))]
+    elif kind == "swap":
+        size = int(rng.integers(1, 200))
+        i, j = sorted(int(v) for v in rng.integers(0, len(buf) - size, size=2))
+        if j - i >= size:
+            buf[i:i + size], buf[j:j + size] = buf[j:j + size], buf[i:i + size]
+    elif kind == "insert":
+        i = int(rng.integers(len(buf)))
+        buf[i:i] = rng.integers(0, 256, size=int(rng.integers(1, 16)), dtype=np.uint8).tobytes()
+    elif kind == "delete":
+        i = int(rng.integers(len(buf)))
+        del buf[i:i + int(rng.integers(1, 16))]
+    else:  # reorder the archive's members: the same content, so it must load identically
+        src = zipfile.ZipFile(io.BytesIO(data))
+        names = src.namelist()
+        out = io.BytesIO()
+        with zipfile.ZipFile(out, "w") as dst:
+            for k in rng.permutation(len(names)):
+                dst.writestr(names[k], src.read(names[k]))
+        buf = bytearray(out.getvalue())
+    return str(kind), bytes(buf)
+
+
+def test_fuzzed_files_load_identically_or_raise_model_file_error(saved, tmp_path):
+    model, data = saved
+    rng = np.random.default_rng(20261124)
+    outcomes: dict[str, int] = {}
+    path = tmp_path / "fuzz.gsbf"
+    for _ in range(1200):
+        kind, damaged = mutate(data, rng)
+        path.write_bytes(damaged)
+        try:
+            loaded = modelfile.load(path)
+        except ModelFileError as exc:
+            assert str(path) in str(exc)
+            outcomes[f"{kind}:error"] = outcomes.get(f"{kind}:error", 0) + 1
+        else:
+            assert same_model(loaded, model), f"{kind} damage loaded to a different model"
+            outcomes[f"{kind}:identical"] = outcomes.get(f"{kind}:identical", 0) + 1
+    assert outcomes.get("reorder:identical", 0) > 0
+    assert sum(v for k, v in outcomes.items() if k.endswith(":error")) > 800
