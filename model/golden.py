@@ -367,7 +367,8 @@ def correct(p: np.ndarray, c: np.ndarray) -> np.ndarray:
     return c - 2 * p
 
 
-def _check_pair(x: Operand, y: Operand) -> None:
+def check_pair(x: Operand, y: Operand) -> None:
+    """Raise unless x and y are Operands of the same length and word width."""
     for name, op in (("x", x), ("y", y)):
         if not isinstance(op, Operand):
             raise TypeError(f"{name} must be an Operand, got {type(op).__name__}")
@@ -379,7 +380,7 @@ def _check_pair(x: Operand, y: Operand) -> None:
 
 def plane_products(x: Operand, y: Operand) -> np.ndarray:
     """Every plane-pair dot product ``D_kj``: shape ``(Kx, Ky, rows_x, rows_y)``."""
-    _check_pair(x, y)
+    check_pair(x, y)
     return np.stack(
         [np.stack([correct(*plane_terms(px, py, x.n, x.word_bits)) for py in y.planes]) for px in x.planes]
     )

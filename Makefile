@@ -1,0 +1,46 @@
+# gsbflow: the user's verbs.  Every target creates or reuses .venv itself.
+#   make demo     the main job on the embedded default (scikit-learn digits)
+#   make test     the whole fast test suite (what CI runs)
+#   make sim      the full cocotb/RTL simulation suite under Icarus
+#   make bench    benchmarks: writes bench/out/*.json and prints tables
+#   make results  trains the GSB model family and baselines, writes results/
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test sim bench results iverilog fashion-mnist clean help
+
+help:
+	@sed -n '2,7p' Makefile
+
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+# Icarus Verilog runs the cocotb testbenches; Debian's package is enough.
+iverilog:
+	@command -v iverilog >/dev/null || { \
+	  echo "iverilog not found: installing Debian's iverilog"; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get install -y iverilog >/dev/null 2>&1 || { $$SUDO apt-get update >/dev/null && $$SUDO apt-get install -y iverilog; } || \
+	  { echo "error: could not install iverilog; install it with 'apt-get install iverilog'" >&2; exit 1; }; }
+
+demo: $(STAMP)
+	$(PY) -m host demo
+
+test: $(STAMP) iverilog
+	$(PY) -m pytest -n 2 --dist loadfile -q
+
+sim: $(STAMP) iverilog
+	$(PY) -m pytest -m sim -q tests/sim
+
+bench: $(STAMP)
+	$(PY) -m bench.bgemm
+
+clean:
+	rm -rf build sim/out bench/out
