@@ -132,26 +132,31 @@ class Architecture:
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """``x = (raw * input_scale - mean) / std``, per image, in float32."""
+    """``x = (raw / input_divisor - mean) / std``, per image, each step in float32.
 
-    input_scale: float = 1.0
+    The same float32 operations as the training data pipeline (``model.data``),
+    so raw pixels (0..16 for digits, 0..255 for Fashion-MNIST) give the torch
+    model's exact inputs.
+    """
+
+    input_divisor: float = 1.0
     mean: float = 0.0
     std: float = 1.0
     dataset: str = ""
 
     def __post_init__(self) -> None:
-        for name in ("input_scale", "mean", "std"):
+        for name in ("input_divisor", "mean", "std"):
             value = getattr(self, name)
             if not (isinstance(value, float) and np.isfinite(value)):
                 raise ValueError(f"{name} must be a finite float, got {value!r}")
-        if self.std == 0.0:
-            raise ValueError("std must not be 0")
+        if self.std == 0.0 or self.input_divisor == 0.0:
+            raise ValueError("std and input_divisor must not be 0")
         if not isinstance(self.dataset, str):
             raise ValueError(f"dataset must be a str, got {self.dataset!r}")
 
     def apply(self, raw: np.ndarray) -> np.ndarray:
         """Preprocess raw pixel values to the model's float32 input."""
-        x = raw.astype(np.float32) * np.float32(self.input_scale)
+        x = raw.astype(np.float32) / np.float32(self.input_divisor)
         return (x - np.float32(self.mean)) / np.float32(self.std)
 
 
