@@ -1,0 +1,26 @@
+"""Helpers shared by the fixed-latency pipeline stages.
+
+The datapath behind the sequencer never stalls (its only sink, the result
+buffer, always accepts), so its stages are ``stream.Signature(...,
+always_ready=True)`` streams: ``valid`` plus a payload that carries the data
+and a *tag* of sideband fields that each stage delays by its own latency.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Module, Signal, Value
+from amaranth.lib import stream
+
+
+def delay(m: Module, value: Value, cycles: int, name: str = "delay") -> Value:
+    """``value`` delayed by ``cycles`` registers in the sync domain."""
+    for i in range(cycles):
+        reg = Signal.like(value, name=f"{name}_{i}")
+        m.d.sync += reg.eq(value)
+        value = reg
+    return value
+
+
+def pipe_signature(payload: object) -> stream.Signature:
+    """A pipeline stream: no back-pressure."""
+    return stream.Signature(payload, always_ready=True)

@@ -1,0 +1,84 @@
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from hw.config import DEFAULT, SMALL
+from hw.program import compile_chunks, compile_layer, split_coefficient, take_rows
+from model import golden
+
+
+def _op(values, enc, wb=16):
+    return golden.Operand.from_values(np.asarray(values), enc, wb)
+
+
+ONE_TREE = replace(DEFAULT, count_c=False)
+
+
+def _cmodes(image):
+    return [d[1] >> 31 for d in image.descriptors]
+
+
+def test_lanes_that_count_c_need_one_pass_per_plane_pair():
+    x, y = _op([[1, 0, 1]], "ternary"), _op([[1, 0, -1]], "ternary")
+    image = compile_layer(DEFAULT, [x], [y], np.array([[3]]))
+    assert image.offset == 0 and _cmodes(image) == [0]
+
+
+def test_one_tree_folds_c_of_bipolar_pairs_into_the_offset():
+    x, y = _op([[1, -1, 1]], "bipolar"), _op([[1, 1, -1], [-1, -1, -1]], "bipolar")
+    image = compile_layer(ONE_TREE, [x], [y], np.array([[3]]))
+    assert image.offset == 3 * 3 and _cmodes(image) == [0]
+
+
+def test_one_tree_masked_pairs_get_a_c_pass_first():
+    x, y = _op([[1, 0, 1]], "unipolar"), _op([[1, 1, -1]], "bipolar")
+    image = compile_layer(ONE_TREE, [x], [y], np.array([[3]]))
+    assert image.offset == 0 and _cmodes(image) == [1, 0]
+
+
+def test_one_tree_unipolar_pairs_skip_the_p_pass():
+    x, y = _op([[1, 0, 1]], "unipolar"), _op([[1, 1, 0]], "unipolar")
+    image = compile_layer(ONE_TREE, [x], [y], np.array([[3]]))
+    assert _cmodes(image) == [1]
+
+
+def test_split_coefficient_uses_the_shift():
+    assert split_coefficient(DEFAULT, -2 * 128 * 5) == (-5, 8)
+    assert split_coefficient(SMALL, 12) == (3, 2)
+    with pytest.raises(ValueError, match="coef_bits"):
+        split_coefficient(SMALL, 4097)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(n=SMALL.max_n + 1), "n"),
+    (dict(rows_x=40), "x entries"),
+    (dict(coef=1 << 20), "coef"),
+])
+def test_rejects_layers_that_do_not_fit(kwargs, match):
+    n, rows_x, coef = kwargs.get("n", 8), kwargs.get("rows_x", 1), kwargs.get("coef", 1)
+    x = _op(np.ones((rows_x, n), int), "bipolar", 8)
+    y = _op(np.ones((1, n), int), "bipolar", 8)
+    with pytest.raises(ValueError, match=match):
+        compile_layer(SMALL, [x], [y], np.array([[coef]]))
+
+
+def test_chunks_split_the_columns_to_fit_the_result_buffer():
+    rng = np.random.default_rng(0)
+    rows_x = SMALL.result_depth // 3  # 3 blocks of 2 lanes per run
+    x = _op(rng.choice([-1, 1], (rows_x, 9)), "bipolar", 8)
+    y = _op(rng.integers(-1, 2, (13, 9)), "ternary", 8)
+    thr = (np.arange(13), np.ones(13, np.int8))
+    chunks = compile_chunks(SMALL, [x], [y], np.array([[1]]), thr)
+    assert [c for c, _ in chunks] == [slice(0, 6), slice(6, 12), slice(12, 13)]
+    assert [i.rows_y for _, i in chunks] == [6, 6, 1]
+    assert chunks[1][1].thresh_rows[0][0] == 6
+    assert np.array_equal(take_rows(y, 6, 12).to_values(), y.to_values()[6:12])
+    with pytest.raises(ValueError, match="result buffer"):
+        compile_chunks(SMALL, [_op(np.ones((SMALL.result_depth + 1, 9), int), "bipolar", 8)], [y], np.array([[1]]))
+
+
+def test_rejects_mismatched_word_bits():
+    x = _op([[1, -1]], "bipolar", 8)
+    with pytest.raises(ValueError, match="word_bits"):
+        compile_layer(DEFAULT, [x], [x], np.array([[1]]))
