@@ -39,8 +39,9 @@ test: $(STAMP) iverilog
 sim: $(STAMP) iverilog
 	$(PY) -m pytest -m sim -q tests/sim
 
-bench: $(STAMP)
+bench: $(STAMP) iverilog
 	$(PY) -m bench.bgemm
+	$(PY) -m bench.rtl_cycles
 
 clean:
 	rm -rf build sim/out bench/out
