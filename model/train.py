@@ -1,0 +1,302 @@
+"""Train one model of the family: ``python -m model.train --config C --method M --seed S``.
+
+Methods: ``fp`` (full precision, also the teacher), ``gsb`` (GSB + hard
+distillation), ``gsb_nokd`` (GSB, no distillation), ``gsb_ste`` (GSB with
+plain STE gradients), ``gsb_ramp`` (GSB with our derived "ramp" gradients),
+``bin1`` (one binary base everywhere, XNOR-Net/BWN scales, STE, with
+distillation).
+
+Recipe for the quantized methods: initialise from the FP model of the same
+config/seed/samples (trained first, automatically, into the sibling folder
+``fp`` when ``--teacher`` is not given), then stage 1 (MLP weights binary,
+``stage1_fraction`` of the epochs), then stage 2 (everything quantized,
+initialised from stage 1's best-on-validation weights).  Each stage: AdamW,
+linear warmup then cosine, weight decay on matrices only.  Hard distillation
+(DeiT): ``0.5*CE(z_cls, y) + 0.5*CE(z_dist, argmax teacher(x))``; without a
+teacher both heads learn ``y``.  Inference averages both heads.
+
+The checkpoint kept (``best.pt``) is the one with the best *validation*
+accuracy in the final stage; the test split is evaluated once, at the end,
+on that checkpoint, in eval (deploy) mode.  ``last.pt`` is written every
+epoch; ``--resume`` continues from it (model, optimiser, epoch, RNG states).
+Outputs in ``--out``: ``last.pt``, ``best.pt``, ``metrics.json``, ``log.jsonl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import Config, load_config
+from .data import Splits, load_splits
+from .vit import KD_METHODS, METHODS, ViT, build_model, method_kind, model_bits
+
+
+def set_seed(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+
+
+def augment(x: torch.Tensor, shift: int, flip: bool, gen: torch.Generator) -> torch.Tensor:
+    """Random translation by up to ``shift`` pixels (zero padding) and optional h-flip."""
+    b, c, h, w = x.shape
+    if shift > 0:
+        xp = F.pad(x, (shift, shift, shift, shift))
+        off = torch.randint(0, 2 * shift + 1, (b, 2), generator=gen)
+        x = torch.stack([xp[i, :, off[i, 0]:off[i, 0] + h, off[i, 1]:off[i, 1] + w] for i in range(b)])
+    if flip:
+        m = torch.rand(b, generator=gen) < 0.5
+        x = torch.where(m[:, None, None, None], x.flip(-1), x)
+    return x
+
+
+@torch.no_grad()
+def evaluate(model: ViT, x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor, batch: int = 500) -> float:
+    """Accuracy (%) of the eval-mode (deploy) forward."""
+    was = model.training
+    model.eval()
+    x, y = torch.as_tensor(x), torch.as_tensor(y)
+    correct = 0
+    for i in range(0, len(y), batch):
+        correct += int((model.predict(x[i:i + batch]).argmax(-1) == y[i:i + batch]).sum())
+    model.train(was)
+    return 100.0 * correct / max(len(y), 1)
+
+
+def lr_at(step: int, total: int, warmup: int, base: float) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    t = (step - warmup) / max(total - warmup, 1)
+    return base * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+
+def make_optimizer(model: ViT, lr: float, wd: float) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.ndim == 2 else no_decay).append(p)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+
+
+def stage_plan(cfg: Config, method: str, epochs: int | None) -> list[tuple[int, int]]:
+    """``[(stage, epochs), ...]``: fp is one stage 0; quantized methods stages 1 and 2."""
+    if method == "fp":
+        return [(0, epochs or cfg.train.fp_epochs or cfg.train.epochs)]
+    total = epochs or cfg.train.epochs
+    e1 = max(1, int(round(cfg.train.stage1_fraction * total)))
+    return [(1, e1), (2, max(1, total - e1))]
+
+
+def load_model(path: str) -> ViT:
+    """Rebuild a trained model from a ``best.pt``/``last.pt`` checkpoint (eval mode)."""
+    from .config import from_dict
+
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    cfg = from_dict(ck["config"])
+    model = build_model(cfg.model, ck["method"])
+    model.load_state_dict(ck["model"])
+    return model.eval()
+
+
+def _fp_dir(out: str) -> str:
+    return os.path.join(os.path.dirname(os.path.abspath(out.rstrip("/"))), "fp")
+
+
+def train(
+    cfg: Config,
+    method: str,
+    seed: int,
+    out: str,
+    teacher_path: str | None = None,
+    epochs: int | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    max_steps: int | None = None,
+) -> dict:
+    """Train one run; returns the metrics dict (also written to ``out/metrics.json``)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+    from tqdm import tqdm
+
+    os.makedirs(out, exist_ok=True)
+    splits: Splits = load_splits(cfg.data.dataset, cfg.data.samples_per_class, cfg.data.val_per_class, seed)
+    cfg.model.num_classes = splits.num_classes
+    set_seed(seed)
+    model = build_model(cfg.model, method)
+    kind, _ = method_kind(method)
+
+    teacher = None
+    if kind != "fp":
+        if teacher_path is None:
+            fp_out = _fp_dir(out)
+            teacher_path = os.path.join(fp_out, "best.pt")
+            if not os.path.exists(os.path.join(fp_out, "metrics.json")):
+                print(f"[train] no FP teacher at {fp_out}; training it first", file=sys.stderr)
+                train(copy.deepcopy(cfg), "fp", seed, fp_out, progress=progress, max_steps=max_steps)
+        teacher = load_model(teacher_path)
+        teacher.requires_grad_(False)
+        fp_state = {k: v for k, v in teacher.state_dict().items()}
+        missing, unexpected = model.load_state_dict(fp_state, strict=False)
+        if unexpected:
+            raise RuntimeError(f"teacher has parameters the student lacks: {unexpected[:5]}")
+        if method not in KD_METHODS:
+            teacher = None
+
+    xtr = torch.from_numpy(splits.train.x)
+    ytr = torch.from_numpy(splits.train.y)
+    gen = torch.Generator().manual_seed(seed + 1000)
+    plan = stage_plan(cfg, method, epochs)
+    bs = cfg.train.batch_size
+    steps_per_epoch = math.ceil(len(ytr) / bs)
+
+    state = {"stage_idx": 0, "epoch": 0, "best_val": -1.0, "step": 0}
+    log_path = os.path.join(out, "log.jsonl")
+    last_path = os.path.join(out, "last.pt")
+    opt = None
+    if resume and os.path.exists(last_path):
+        ck = torch.load(last_path, map_location="cpu", weights_only=False)
+        model.set_stage(plan[ck["state"]["stage_idx"]][0])
+        model.load_state_dict(ck["model"])
+        state = ck["state"]
+        gen.set_state(ck["gen"])
+        torch.set_rng_state(ck["torch_rng"])
+        opt = make_optimizer(model, cfg.train.lr, cfg.train.weight_decay)
+        opt.load_state_dict(ck["opt"])
+        print(f"[train] resumed from {last_path} at stage {state['stage_idx']} epoch {state['epoch']}", file=sys.stderr)
+    else:
+        if resume:
+            print(f"[train] --resume: no {last_path}, starting fresh", file=sys.stderr)
+        if os.path.exists(log_path):
+            os.remove(log_path)
+
+    t0 = time.time()
+    total_steps_done = 0
+    for si in range(state["stage_idx"], len(plan)):
+        stage, n_ep = plan[si]
+        if opt is None or si != state["stage_idx"]:
+            # a new stage starts (or a fresh run): from the previous stage's best weights
+            if si > 0 and si != state.get("loaded_stage", -1):
+                prev = torch.load(os.path.join(out, f"stage{plan[si - 1][0]}_best.pt"), map_location="cpu", weights_only=False)
+                model.set_stage(plan[si - 1][0])
+                model.load_state_dict(prev["model"])
+            model.set_stage(stage)
+            opt = make_optimizer(model, cfg.train.lr, cfg.train.weight_decay)
+            state.update(stage_idx=si, epoch=0, best_val=-1.0, step=0)
+        base_lr = cfg.train.lr if stage == 0 else (cfg.train.quant_lr or cfg.train.lr)
+        total = n_ep * steps_per_epoch
+        warm = cfg.train.warmup_epochs * steps_per_epoch
+        model.train()
+        bar = tqdm(range(state["epoch"], n_ep), desc=f"{method} s{seed} stage{stage}", disable=not progress,
+                   file=sys.stderr, dynamic_ncols=True)
+        for ep in bar:
+            perm = torch.randperm(len(ytr), generator=gen)
+            tot_loss, nb = 0.0, 0
+            for i in range(0, len(ytr), bs):
+                idx = perm[i:i + bs]
+                x = augment(xtr[idx], cfg.data.shift, cfg.data.flip, gen)
+                y = ytr[idx]
+                for g in opt.param_groups:
+                    g["lr"] = lr_at(state["step"], total, warm, base_lr)
+                z, zd = model(x)
+                if zd is None:
+                    loss = F.cross_entropy(z, y)
+                elif teacher is not None:
+                    with torch.no_grad():
+                        ty = teacher.predict(x).argmax(-1)
+                    loss = 0.5 * F.cross_entropy(z, y) + 0.5 * F.cross_entropy(zd, ty)
+                else:
+                    loss = 0.5 * F.cross_entropy(z, y) + 0.5 * F.cross_entropy(zd, y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+                opt.step()
+                state["step"] += 1
+                total_steps_done += 1
+                tot_loss += float(loss.detach())
+                nb += 1
+                if max_steps is not None and total_steps_done >= max_steps:
+                    break
+            state["epoch"] = ep + 1
+            rec = {"stage": stage, "epoch": ep + 1, "loss": tot_loss / max(nb, 1), "time": time.time() - t0}
+            if (ep + 1) % cfg.train.eval_every == 0 or ep + 1 == n_ep:
+                val = evaluate(model, splits.val.x, splits.val.y)
+                rec["val_acc"] = val
+                if val > state["best_val"]:
+                    state["best_val"] = val
+                    torch.save({"model": model.state_dict(), "config": cfg.to_dict(), "method": method,
+                                "seed": seed, "stage": stage, "epoch": ep + 1, "val_acc": val},
+                               os.path.join(out, f"stage{stage}_best.pt"))
+            bar.set_postfix(loss=f"{rec['loss']:.3f}", val=f"{rec.get('val_acc', float('nan')):.1f}",
+                            best=f"{state['best_val']:.1f}")
+            with open(log_path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            state["loaded_stage"] = si
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "state": dict(state),
+                        "gen": gen.get_state(), "torch_rng": torch.get_rng_state(), "config": cfg.to_dict(),
+                        "method": method, "seed": seed}, last_path)
+            if max_steps is not None and total_steps_done >= max_steps:
+                break
+        if max_steps is not None and total_steps_done >= max_steps:
+            break
+
+    final_stage = plan[-1][0] if max_steps is None else plan[state["stage_idx"]][0]
+    best = torch.load(os.path.join(out, f"stage{final_stage}_best.pt"), map_location="cpu", weights_only=False)
+    torch.save(best, os.path.join(out, "best.pt"))
+    model.set_stage(final_stage)
+    model.load_state_dict(best["model"])
+    model.eval()
+    metrics = {
+        "method": method, "dataset": cfg.data.dataset, "seed": seed,
+        "samples_per_class": cfg.data.samples_per_class, "val_per_class": cfg.data.val_per_class,
+        "val_acc": evaluate(model, splits.val.x, splits.val.y),
+        "test_acc": evaluate(model, splits.test.x, splits.test.y),
+        "best_epoch": best["epoch"], "stage": final_stage, "plan": plan,
+        "model_bits": model_bits(model), "n_train": len(splits.train), "n_val": len(splits.val),
+        "n_test": len(splits.test), "teacher": teacher_path if method in KD_METHODS else None,
+        "train_seconds": time.time() - t0, "config": cfg.to_dict(),
+    }
+    with open(os.path.join(out, "metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=1)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m model.train",
+        description=__doc__.split("\n\n")[0] + "\n\n" + "\n\n".join(__doc__.split("\n\n")[1:3]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", required=True, help="YAML config (configs/digits.yaml, configs/fashion_mnist.yaml)")
+    p.add_argument("--method", required=True, choices=METHODS, help="what to train (see above)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the splits, the init, the batches (default 0)")
+    p.add_argument("--samples-per-class", type=int, default=None,
+                   help="training images per class (default: the config's; 0 = all)")
+    p.add_argument("--epochs", type=int, default=None, help="override the config's epochs (total over stages)")
+    p.add_argument("--out", required=True, help="output folder (checkpoints, log, metrics.json)")
+    p.add_argument("--teacher", default=None,
+                   help="FP checkpoint for init and distillation (default: <out>/../fp/best.pt, trained if missing)")
+    p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    cfg = load_config(a.config)
+    if a.samples_per_class is not None:
+        cfg.data.samples_per_class = a.samples_per_class or None
+    m = train(cfg, a.method, a.seed, a.out, a.teacher, a.epochs, a.resume, not a.no_progress)
+    print(json.dumps({k: m[k] for k in ("method", "dataset", "seed", "val_acc", "test_acc", "model_bits")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

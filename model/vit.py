@@ -1,0 +1,308 @@
+"""The small ViT/DeiT family, full precision or binarized through pluggable quantizers.
+
+One :class:`ViT` class serves every method; the method only chooses which
+quantizer modules sit in the slots (see :func:`build_model`):
+
+=========  ===========================================================
+``fp``     no quantizers (identity)
+``gsb``    GSB: BWN weights, learned-bias/scale sign activations,
+           Q/K one base, V three groups, attention map three levels
+``bin1``   one base everywhere, XNOR-Net/BWN scales (mean |x|), STE
+=========  ===========================================================
+
+Per block the slots are (``blocks.i.`` prefix)::
+
+    attn.qkv.act   SignQuant      input of qkv (bipolar)
+    attn.qkv       QLinear        binary weight, BWN scale
+    attn.q_quant   SignQuant      Q (bipolar, one base)
+    attn.k_quant   SignQuant      K (bipolar, one base)
+    attn.v_quant   VGroupQuant    V (bipolar + 2 ternary) | SignQuant (bin1)
+    attn.a_quant   AttnQuant      softmax + B -> unipolar levels
+    attn.proj.act  SignQuant      input of proj
+    mlp.fc1.act    SignQuant      input of fc1
+    mlp.fc2.act    UnsignedQuant  input of fc2 (after GELU, clip 10)
+
+Host-side (float32) parts: patch embedding (8-bit weights when quantized),
+cls/dist tokens, position embedding, LayerNorms, softmax, GELU, residuals,
+heads (8-bit weights).  In ``eval()`` mode every threshold is a frozen
+buffer, so ``model.eval()(x)`` is the deploy forward; :func:`deploy_spec`
+lists the frozen quantities per layer for the exporter.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import ModelConfig
+from .gsb import (AttnQuant, Quantizer, SignQuant, UnsignedQuant, VGroupQuant, binarize_weight,
+                  fake_quant_int8, weight_planes)
+
+METHODS = ("fp", "gsb", "gsb_nokd", "gsb_ste", "gsb_ramp", "bin1")
+KD_METHODS = ("gsb", "gsb_ste", "gsb_ramp", "bin1")
+GELU_CLIP = 10.0
+
+
+def method_kind(method: str) -> tuple[str, str]:
+    """``(quantizer family, gradient mode)`` of a method name."""
+    table = {
+        "fp": ("fp", "code"), "gsb": ("gsb", "code"), "gsb_nokd": ("gsb", "code"),
+        "gsb_ste": ("gsb", "ste"), "gsb_ramp": ("gsb", "ramp"), "bin1": ("bin1", "ste"),
+    }
+    if method not in table:
+        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+    return table[method]
+
+
+class QLinear(nn.Linear):
+    """Linear layer with an input quantizer ``act`` and optional binary weights.
+
+    ``y = act(x) @ binarize(W).T + b``; in deploy terms
+    ``y = act_scale * w_scale * (bits_x . signs_W) + b`` (plus, for a bipolar
+    input, nothing else: the integer dot product is the plane product).
+    """
+
+    def __init__(self, cin: int, cout: int, act: nn.Module | None = None) -> None:
+        super().__init__(cin, cout)
+        self.act = act if act is not None else nn.Identity()
+        self.register_buffer("binary", torch.tensor(False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(x)
+        w = binarize_weight(self.weight) if bool(self.binary) else self.weight
+        return F.linear(x, w, self.bias)
+
+
+class Int8Linear(nn.Linear):
+    """Linear layer whose weights are fake-quantized to 8 bits when ``int8`` is set."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__(cin, cout)
+        self.register_buffer("int8", torch.tensor(False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = fake_quant_int8(self.weight) if bool(self.int8) else self.weight
+        return F.linear(x, w, self.bias)
+
+
+class DropPath(nn.Module):
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = (torch.rand(x.shape[0], 1, 1, dtype=x.dtype) >= self.p).to(x.dtype)
+        return x * keep / (1 - self.p)
+
+
+def _act(kind: str, channels: int, grad: str) -> nn.Module:
+    if kind == "fp":
+        return nn.Identity()
+    return SignQuant(channels, grad, scale="learned" if kind == "gsb" else "mean")
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, kind: str, grad: str) -> None:
+        super().__init__()
+        c, self.heads = cfg.dim, cfg.heads
+        self.head_dim = c // cfg.heads
+        self.qkv = QLinear(c, 3 * c, _act(kind, c, grad))
+        self.proj = QLinear(c, c, _act(kind, c, grad))
+        self.q_quant = _act(kind, c, grad)
+        self.k_quant = _act(kind, c, grad)
+        if kind == "gsb":
+            self.v_quant = VGroupQuant(c, grad)
+            self.a_quant = AttnQuant(cfg.heads, cfg.num_tokens, grad)
+        elif kind == "bin1":
+            self.v_quant = SignQuant(c, grad, scale="mean")
+            self.a_quant = AttnQuant(cfg.heads, cfg.num_tokens, grad, levels=1, scale="mean")
+        else:
+            self.v_quant = nn.Identity()
+            self.a_quant = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        q, k, v = self.q_quant(q), self.k_quant(k), self.v_quant(v)
+
+        def heads(t: torch.Tensor) -> torch.Tensor:
+            return t.reshape(b, n, self.heads, self.head_dim).transpose(1, 2)
+
+        q, k, v = heads(q), heads(k), heads(v)
+        attn = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_dim))
+        attn = self.a_quant(attn.softmax(dim=-1))
+        out = (attn @ v).transpose(1, 2).reshape(b, n, c)
+        return self.proj(out)
+
+
+class Mlp(nn.Module):
+    def __init__(self, cfg: ModelConfig, kind: str, grad: str) -> None:
+        super().__init__()
+        h = cfg.hidden
+        self.fc1 = QLinear(cfg.dim, h, _act(kind, cfg.dim, grad))
+        fc2_act = nn.Identity() if kind == "fp" else UnsignedQuant(h, grad, "learned" if kind == "gsb" else "mean")
+        self.fc2 = QLinear(h, cfg.dim, fc2_act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.gelu(self.fc1(x))
+        if isinstance(self.fc2.act, Quantizer) and bool(self.fc2.act.enabled):
+            x = x.clamp(-GELU_CLIP, GELU_CLIP)
+        return self.fc2(x)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, kind: str, grad: str, drop_path: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.dim)
+        self.attn = Attention(cfg, kind, grad)
+        self.norm2 = nn.LayerNorm(cfg.dim)
+        self.mlp = Mlp(cfg, kind, grad)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class ViT(nn.Module):
+    """DeiT-style ViT with cls and (optional) distillation tokens.
+
+    ``forward`` returns ``(z_cls, z_dist)`` (``z_dist`` is None without a
+    distillation token); :meth:`predict` averages the two heads' logits.
+    """
+
+    def __init__(self, cfg: ModelConfig, method: str = "fp") -> None:
+        super().__init__()
+        self.cfg, self.method = cfg, method
+        kind, grad = method_kind(method)
+        self.kind = kind
+        p = cfg.patch
+        self.patch_embed = Int8Linear(cfg.in_chans * p * p, cfg.dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, cfg.dim)) if cfg.dist_token else None
+        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_tokens, cfg.dim))
+        rates = [cfg.drop_path * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
+        self.blocks = nn.ModuleList([Block(cfg, kind, grad, r) for r in rates])
+        self.norm = nn.LayerNorm(cfg.dim)
+        self.head = Int8Linear(cfg.dim, cfg.num_classes)
+        self.head_dist = Int8Linear(cfg.dim, cfg.num_classes) if cfg.dist_token else None
+        for t in (self.cls_token, self.pos_embed) + ((self.dist_token,) if self.dist_token is not None else ()):
+            nn.init.trunc_normal_(t, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+        self.register_buffer("stage", torch.tensor(0))
+
+    def patchify(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        p = self.cfg.patch
+        x = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
+        return x.reshape(b, (h // p) * (w // p), c * p * p)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(self.patchify(x))
+        b = x.shape[0]
+        toks = [self.cls_token.expand(b, -1, -1)]
+        if self.dist_token is not None:
+            toks.append(self.dist_token.expand(b, -1, -1))
+        x = torch.cat(toks + [x], dim=1) + self.pos_embed
+        for blk in self.blocks:
+            x = blk(x)
+        return self.norm(x)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x = self.features(x)
+        z = self.head(x[:, 0])
+        zd = self.head_dist(x[:, 1]) if self.head_dist is not None else None
+        return z, zd
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Inference logits: the mean of the cls and distillation heads."""
+        z, zd = self(x)
+        return z if zd is None else 0.5 * (z + zd)
+
+    @torch.no_grad()
+    def deploy(self, x: torch.Tensor) -> torch.Tensor:
+        """The deploy forward: eval mode (frozen thresholds and scales), averaged heads."""
+        self.eval()
+        return self.predict(x)
+
+    def set_stage(self, stage: int) -> None:
+        """0: full precision; 1: MLP weights binary only; 2: everything quantized."""
+        if stage not in (0, 1, 2):
+            raise ValueError(f"stage must be 0, 1 or 2, got {stage}")
+        if self.kind == "fp" and stage:
+            raise ValueError("an fp model has no quantized stage")
+        self.stage.fill_(stage)
+        for blk in self.blocks:
+            for lin in (blk.mlp.fc1, blk.mlp.fc2):
+                lin.binary.fill_(stage >= 1)
+            for lin in (blk.attn.qkv, blk.attn.proj):
+                lin.binary.fill_(stage >= 2)
+        for m in self.modules():
+            if isinstance(m, Quantizer):
+                m.enabled.fill_(stage >= 2)
+            if isinstance(m, Int8Linear):
+                m.int8.fill_(stage >= 2)
+
+
+def build_model(cfg: ModelConfig, method: str) -> ViT:
+    return ViT(cfg, method)
+
+
+def model_bits(model: ViT) -> int:
+    """Storage bits of the deployed model.
+
+    Binary weight matrices: 1 bit per weight + a 32-bit scale; 8-bit layers:
+    8 bits per weight + a 32-bit scale; everything else (biases, LayerNorm,
+    tokens, position embedding, quantizer offsets/scales/thresholds): 32 bits.
+    """
+    bits = 0
+    counted = set()
+    for m in model.modules():
+        if isinstance(m, QLinear) and bool(m.binary):
+            bits += m.weight.numel() + 32
+            counted.add(id(m.weight))
+        elif isinstance(m, Int8Linear) and bool(m.int8):
+            bits += 8 * m.weight.numel() + 32
+            counted.add(id(m.weight))
+    for p in model.parameters():
+        if id(p) not in counted:
+            bits += 32 * p.numel()
+    for name, buf in model.named_buffers():
+        if name.endswith(("running_max", "running_min", "running_scale")):
+            bits += 32 * buf.numel()
+    return int(bits)
+
+
+@torch.no_grad()
+def deploy_spec(model: ViT) -> dict:
+    """The frozen quantities of the deploy forward, per binary layer (for the exporter).
+
+    Returns ``{"blocks": [ {name: params} ... ], "stage": int}`` where for each
+    block ``qkv``, ``proj``, ``fc1``, ``fc2`` hold ``weight_signs`` (int8
+    +-1, shape (out, in)), ``weight_scale``, ``bias`` (float, added on the
+    host) and ``input`` (the input quantizer's :meth:`deploy_params`); ``q``,
+    ``k``, ``v``, ``attn`` hold their quantizer's deploy params.
+    """
+    if model.kind == "fp":
+        raise ValueError("an fp model has no binary layers to export")
+    out = {"stage": int(model.stage), "method": model.method, "blocks": []}
+    for blk in model.blocks:
+        d = {}
+        for name, lin in (("qkv", blk.attn.qkv), ("proj", blk.attn.proj), ("fc1", blk.mlp.fc1), ("fc2", blk.mlp.fc2)):
+            signs, scale = weight_planes(lin.weight)
+            d[name] = {"weight_signs": signs, "weight_scale": float(scale), "bias": lin.bias.detach().clone(),
+                       "input": lin.act.deploy_params()}
+        d["q"] = blk.attn.q_quant.deploy_params()
+        d["k"] = blk.attn.k_quant.deploy_params()
+        d["v"] = blk.attn.v_quant.deploy_params()
+        d["attn"] = blk.attn.a_quant.deploy_params()
+        out["blocks"].append(d)
+    return out
