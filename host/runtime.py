@@ -23,7 +23,10 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import erf
 
+from typing import Sequence
+
 from host.backend import Backend
+from model.deploy import Product, linear_output, matmul_output
 from model.golden import Operand
 from model.layers import EngineLinear, EngineMatmul, FloatLinear, Layer
 from model.modelfile import Model
@@ -71,51 +74,39 @@ class Runtime:
 
     # ------------------------------------------------------------------ layers
 
-    def _engine(self, name: str, x_slot: str, y_slot: str, coefs: np.ndarray) -> np.ndarray:
-        y = self.backend.layer(x_slot, y_slot, coefs)
-        if self.trace is not None:
-            self.trace.setdefault(name, []).append(y)
-        return y
+    def _product(self, name: str, resident: bool) -> Product:
+        """Engine products of layer ``name`` on the backend (weights resident when ``resident``)."""
+        def product(xs: Sequence[Operand], ys: Sequence[Operand], coefs: np.ndarray) -> np.ndarray:
+            self.backend.load(f"{name}.x", xs)
+            if not resident:
+                self.backend.load(f"{name}.y", ys)
+            y = self.backend.layer(f"{name}.x", f"{name}.w" if resident else f"{name}.y", coefs)
+            if self.trace is not None:
+                self.trace.setdefault(name, []).append(y)
+            return y
+        return product
 
     def linear(self, name: str, x: np.ndarray) -> np.ndarray:
         """Apply linear layer ``name`` to rows ``x`` (rows, in)."""
         layer = self.model.layers[name]
-        if isinstance(layer, FloatLinear):
-            out = x @ layer.weight.T
-        else:
-            assert isinstance(layer, EngineLinear)
-            self.backend.load(f"{name}.x", layer.input.operands(x, self.model.word_bits))
-            fmt, coefs = layer.coefficients
-            out = fmt.to_real(self._engine(name, f"{name}.x", f"{name}.w", coefs))
+        if isinstance(layer, EngineLinear):
+            return linear_output(layer, x, self.model.word_bits, self._product(name, resident=True))
+        assert isinstance(layer, FloatLinear)
+        out = x @ layer.weight.T
         return out if layer.bias is None else out + layer.bias
 
     def matmul(self, name: str, x: np.ndarray, y: np.ndarray, x_heads: bool) -> np.ndarray:
-        """Per-head ``x_h @ y_h.T``; ``x`` is (T, dim) or, if ``x_heads``, (heads, T, T).
-
-        ``y`` is (T, dim) and is used as K for ``qk`` (rows = tokens) and as
-        V for ``av`` (rows = channels, i.e. ``y_h.T``).
-        """
+        """Per-head ``x_h @ y_h.T`` (see :func:`model.deploy.head_operands`): (heads, T, cols)."""
         layer: Layer = self.model.layers[name]
-        heads, hd = self.model.architecture.heads, self.model.architecture.head_dim
-        out = []
+        heads = self.model.architecture.heads
         if isinstance(layer, EngineMatmul):
-            fmt, coefs = layer.coefficients
-            x_codes, y_codes = layer.x.codes(x), layer.y.codes(y)
-        for h in range(heads):
-            cols = slice(h * hd, (h + 1) * hd)
-            y_h = y[:, cols] if not x_heads else y[:, cols].T
-            x_h = x[h] if x_heads else x[:, cols]
-            if not isinstance(layer, EngineMatmul):
-                out.append(np.float32(layer.out_scale) * (x_h @ y_h.T))
-                continue
-            pick = (lambda c: c[h]) if x_heads else (lambda c: c[:, cols])
-            xs = [Operand.from_values(pick(c), g.encoding, self.model.word_bits) for c, g in zip(x_codes, layer.x.groups)]
-            pick_y = (lambda c: c[:, cols].T) if x_heads else (lambda c: c[:, cols])
-            ys = [Operand.from_values(np.ascontiguousarray(pick_y(c)), g.encoding, self.model.word_bits) for c, g in zip(y_codes, layer.y.groups)]
-            self.backend.load(f"{name}.x", xs)
-            self.backend.load(f"{name}.y", ys)
-            out.append(fmt.to_real(self._engine(name, f"{name}.x", f"{name}.y", coefs)))
-        return np.stack(out)
+            return matmul_output(layer, x, y, heads, x_heads, self.model.word_bits, self._product(name, resident=False))
+        hd = y.shape[-1] // heads
+        y_heads = y.reshape(len(y), heads, hd).transpose(1, 0, 2)                 # (heads, T, hd)
+        x_heads_ = x if x_heads else x.reshape(len(x), heads, hd).transpose(1, 0, 2)
+        if x_heads:
+            return np.float32(layer.out_scale) * (x_heads_ @ y_heads)
+        return np.float32(layer.out_scale) * (x_heads_ @ y_heads.transpose(0, 2, 1))
 
     # ------------------------------------------------------------------ model
 

@@ -21,10 +21,10 @@ import math
 import numpy as np
 import torch
 
-from model.golden import DEFAULT_WORD_BITS, Encoding, Operand
-from model.layers import EngineLinear, EngineMatmul, FloatLinear, FloatMatmul, Layer, WeightGroup
+from model.deploy import engine_linear, quantizer
+from model.golden import DEFAULT_WORD_BITS
+from model.layers import EngineMatmul, FloatLinear, FloatMatmul, Layer
 from model.modelfile import Architecture, Model, Preprocessing, save
-from model.quantizers import QuantGroup, Quantizer
 from model.vit import GELU_CLIP, Int8Linear, ViT, deploy_spec
 from model.gsb import fake_quant_int8
 
@@ -36,25 +36,9 @@ def _f32(t: torch.Tensor) -> np.ndarray:
     return t.detach().to(torch.float32).cpu().numpy().copy()
 
 
-def quantizer(params: dict) -> Quantizer:
-    """A deploy-parameter dict (``deploy_params()``) as a Quantizer."""
-    groups = tuple(
-        QuantGroup(g["rule"], Encoding.parse(g["encoding"]), float(g["scale"]), {k: float(v) for k, v in g["params"].items()})
-        for g in params["groups"]
-    )
-    offset = params.get("offset")
-    return Quantizer(groups, None if offset is None else _f32(offset))
-
-
 def _float_linear(lin: torch.nn.Linear) -> FloatLinear:
     w = fake_quant_int8(lin.weight) if isinstance(lin, Int8Linear) and bool(lin.int8) else lin.weight
     return FloatLinear(_f32(w), None if lin.bias is None else _f32(lin.bias))
-
-
-def _engine_linear(spec: dict, word_bits: int) -> EngineLinear:
-    signs = spec["weight_signs"].to(torch.int64).numpy()
-    weights = (WeightGroup(Operand.from_values(signs, "bipolar", word_bits), spec["weight_scale"]),)
-    return EngineLinear(quantizer(spec["input"]), weights, _f32(spec["bias"]))
 
 
 def architecture(model: ViT) -> Architecture:
@@ -107,7 +91,7 @@ def export_model(
             continue
         b = spec["blocks"][i]
         for name in linears:
-            layers[f"{p}.{name}"] = _engine_linear(b[name.split(".")[1]], word_bits)
+            layers[f"{p}.{name}"] = engine_linear(b[name.split(".")[1]], word_bits)
         layers[f"{p}.attn.qk"] = EngineMatmul(quantizer(b["q"]), quantizer(b["k"]), inv_sqrt)
         layers[f"{p}.attn.av"] = EngineMatmul(quantizer(b["attn"]), quantizer(b["v"]))
     unknown = sorted(set(overrides or {}) - set(layers))

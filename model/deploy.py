@@ -1,0 +1,85 @@
+"""Engine layers from deploy parameters, and the integer products both sides share.
+
+The torch model's eval forward (``model.vit``) and the host runtime
+(``host.runtime``) compute every engine product with the functions here, so
+the two agree on the integers by construction: quantize by the contract's
+rules (:mod:`model.quantizers`), pack, take ``Y = sum c_gh D_gh``
+(:mod:`model.golden`), convert with the layer's fixed-point format.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+
+from model import golden
+from model.golden import DEFAULT_WORD_BITS, Encoding, Operand
+from model.layers import EngineLinear, EngineMatmul, WeightGroup
+from model.quantizers import QuantGroup, Quantizer
+
+#: ``product(groups_x, groups_y, coefs) -> Y``: the golden model, or a Backend call.
+Product = Callable[[Sequence[Operand], Sequence[Operand], np.ndarray], np.ndarray]
+
+
+def _array(t: object) -> np.ndarray:
+    """A float32 numpy copy of a tensor or array."""
+    if hasattr(t, "detach"):
+        t = t.detach().cpu().numpy()
+    return np.asarray(t, dtype=np.float32).copy()
+
+
+def quantizer(params: dict) -> Quantizer:
+    """A deploy-parameter dict (a torch quantizer's ``deploy_params()``) as a Quantizer."""
+    groups = tuple(
+        QuantGroup(g["rule"], Encoding.parse(g["encoding"]), float(g["scale"]), {k: float(v) for k, v in g["params"].items()})
+        for g in params["groups"]
+    )
+    offset = params.get("offset")
+    return Quantizer(groups, None if offset is None else _array(offset))
+
+
+def engine_linear(spec: dict, word_bits: int = DEFAULT_WORD_BITS) -> EngineLinear:
+    """A binary linear layer from its deploy spec (``weight_signs``, ``weight_scale``, ``bias``, ``input``)."""
+    signs = np.asarray(_array(spec["weight_signs"]), dtype=np.int64)
+    weights = (WeightGroup(Operand.from_values(signs, "bipolar", word_bits), float(spec["weight_scale"])),)
+    return EngineLinear(quantizer(spec["input"]), weights, _array(spec["bias"]))
+
+
+def linear_output(layer: EngineLinear, x: np.ndarray, word_bits: int, product: Product = golden.layer_output) -> np.ndarray:
+    """``layer`` applied to rows ``x`` (rows, in): float32 (rows, out)."""
+    fmt, coefs = layer.coefficients
+    y = fmt.to_real(product(layer.input.operands(x, word_bits), [w.operand for w in layer.weights], coefs))
+    return y if layer.bias is None else y + layer.bias
+
+
+def head_operands(
+    layer: EngineMatmul, x: np.ndarray, y: np.ndarray, heads: int, x_heads: bool, word_bits: int
+) -> list[tuple[list[Operand], list[Operand]]]:
+    """Per head, the packed x and y groups of an attention product.
+
+    ``x`` is (T, dim), or with ``x_heads`` (heads, T, T); ``y`` is (T, dim).
+    The quantizers see the whole tensors (their offsets are per channel or per
+    head and position); head h owns channels ``h*dim/heads .. (h+1)*dim/heads``.
+    For ``Q K^T`` the y rows are K's tokens; for ``A V`` (``x_heads``) they are
+    V's channels, so the product is ``A_h @ V_h``.
+    """
+    hd = y.shape[-1] // heads
+    x_codes, y_codes = layer.x.codes(x), layer.y.codes(y)
+    out = []
+    for h in range(heads):
+        cols = slice(h * hd, (h + 1) * hd)
+        xs = [Operand.from_values(c[h] if x_heads else c[:, cols], g.encoding, word_bits) for c, g in zip(x_codes, layer.x.groups)]
+        ys = [Operand.from_values(np.ascontiguousarray(c[:, cols].T if x_heads else c[:, cols]), g.encoding, word_bits)
+              for c, g in zip(y_codes, layer.y.groups)]
+        out.append((xs, ys))
+    return out
+
+
+def matmul_output(
+    layer: EngineMatmul, x: np.ndarray, y: np.ndarray, heads: int, x_heads: bool, word_bits: int,
+    product: Product = golden.layer_output,
+) -> np.ndarray:
+    """An attention product on the engine, per head: float32 (heads, T, cols)."""
+    fmt, coefs = layer.coefficients
+    return np.stack([fmt.to_real(product(xs, ys, coefs)) for xs, ys in head_operands(layer, x, y, heads, x_heads, word_bits)])
