@@ -83,3 +83,23 @@ def matmul_output(
     """An attention product on the engine, per head: float32 (heads, T, cols)."""
     fmt, coefs = layer.coefficients
     return np.stack([fmt.to_real(product(xs, ys, coefs)) for xs, ys in head_operands(layer, x, y, heads, x_heads, word_bits)])
+
+
+def integer_product(x_codes: Sequence[np.ndarray], y_codes: Sequence[np.ndarray], coefs: np.ndarray) -> np.ndarray:
+    """``Y = sum_gh coefs[g, h] * x_g @ y_h^T`` on unpacked integer codes.
+
+    ``x_g`` is (..., rows, n), ``y_h`` (..., cols, n), batched alike. The
+    contract's integers by plain integer matrix products: an implementation
+    independent of the packed popcount path, used by the torch deploy forward.
+    The float64 matmul is exact because every partial sum is an integer below
+    2^53, which is checked.
+    """
+    total = np.zeros((), dtype=np.int64)
+    for g, xc in enumerate(x_codes):
+        for h, yc in enumerate(y_codes):
+            bound = int(np.abs(xc).max(initial=0)) * int(np.abs(yc).max(initial=0)) * xc.shape[-1]
+            if bound >= 1 << 53:
+                raise ValueError(f"products up to {bound} are not exact in float64")
+            d = (xc.astype(np.float64) @ np.swapaxes(yc, -1, -2).astype(np.float64)).astype(np.int64)
+            total = total + int(coefs[g, h]) * d
+    return total

@@ -33,9 +33,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from model.deploy import engine_linear, integer_product, quantizer
+from model.layers import EngineMatmul
 
 from .config import ModelConfig
 from .gsb import (AttnQuant, Quantizer, SignQuant, UnsignedQuant, VGroupQuant, binarize_weight,
@@ -69,11 +73,22 @@ class QLinear(nn.Linear):
         super().__init__(cin, cout)
         self.act = act if act is not None else nn.Identity()
         self.register_buffer("binary", torch.tensor(False))
+        self.integer = False  # set by ViT.deploy: integer-exact engine products
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.integer and bool(self.binary) and isinstance(self.act, Quantizer) and bool(self.act.enabled):
+            return self._integer_forward(x)
         x = self.act(x)
         w = binarize_weight(self.weight) if bool(self.binary) else self.weight
         return F.linear(x, w, self.bias)
+
+    def _integer_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The contract's integers: input codes times weight signs, fixed-point scale, plus bias."""
+        signs, scale = weight_planes(self.weight)
+        layer = engine_linear({"weight_signs": signs, "weight_scale": scale, "bias": self.bias, "input": self.act.deploy_params()})
+        fmt, coefs = layer.coefficients
+        y = integer_product(layer.input.codes(x.detach().numpy()), [signs.numpy().astype(np.int64)], coefs)
+        return torch.from_numpy(fmt.to_real(y) + layer.bias)
 
 
 class Int8Linear(nn.Linear):
@@ -111,6 +126,7 @@ class Attention(nn.Module):
         super().__init__()
         c, self.heads = cfg.dim, cfg.heads
         self.head_dim = c // cfg.heads
+        self.integer = False  # set by ViT.deploy: integer-exact Q K^T and A V
         self.qkv = QLinear(c, 3 * c, _act(kind, c, grad))
         self.proj = QLinear(c, c, _act(kind, c, grad))
         self.q_quant = _act(kind, c, grad)
@@ -126,6 +142,8 @@ class Attention(nn.Module):
             self.a_quant = nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.integer and isinstance(self.q_quant, Quantizer) and bool(self.q_quant.enabled):
+            return self._integer_forward(x)
         b, n, c = x.shape
         q, k, v = self.qkv(x).chunk(3, dim=-1)
         q, k, v = self.q_quant(q), self.k_quant(k), self.v_quant(v)
@@ -138,6 +156,25 @@ class Attention(nn.Module):
         attn = self.a_quant(attn.softmax(dim=-1))
         out = (attn @ v).transpose(1, 2).reshape(b, n, c)
         return self.proj(out)
+
+    def _integer_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Q K^T and A V as the contract's integers, from the quantizers' frozen deploy parameters."""
+        b, n, c = x.shape
+        q, k, v = (t.detach().numpy() for t in self.qkv(x).chunk(3, dim=-1))
+        qk = EngineMatmul(quantizer(self.q_quant.deploy_params()), quantizer(self.k_quant.deploy_params()),
+                          1.0 / math.sqrt(self.head_dim))
+        av = EngineMatmul(quantizer(self.a_quant.deploy_params()), quantizer(self.v_quant.deploy_params()))
+
+        def heads(codes: list[np.ndarray]) -> list[np.ndarray]:
+            return [co.reshape(b, n, self.heads, self.head_dim).transpose(0, 2, 1, 3) for co in codes]
+
+        fmt, coefs = qk.coefficients
+        scores = fmt.to_real(integer_product(heads(qk.x.codes(q)), heads(qk.y.codes(k)), coefs))
+        attn = torch.from_numpy(scores).softmax(dim=-1).numpy()
+        fmt, coefs = av.coefficients
+        v_t = [h.transpose(0, 1, 3, 2) for h in heads(av.y.codes(v))]
+        out = fmt.to_real(integer_product(av.x.codes(attn), v_t, coefs))
+        return self.proj(torch.from_numpy(out).transpose(1, 2).reshape(b, n, c))
 
 
 class Mlp(nn.Module):
@@ -229,9 +266,22 @@ class ViT(nn.Module):
 
     @torch.no_grad()
     def deploy(self, x: torch.Tensor) -> torch.Tensor:
-        """The deploy forward: eval mode (frozen thresholds and scales), averaged heads."""
+        """The deploy forward: eval mode (frozen thresholds and scales), averaged heads.
+
+        Every engine product of a quantized model is computed as the numeric
+        contract's integers (:func:`model.deploy.integer_product`), so it is
+        integer-exact where the contract is integer; the float parts are torch's.
+        """
         self.eval()
-        return self.predict(x)
+        parts = [m for m in self.modules() if isinstance(m, (QLinear, Attention))]
+        for m in parts:
+            m.integer = True
+        try:
+            with torch.no_grad():
+                return self.predict(x)
+        finally:
+            for m in parts:
+                m.integer = False
 
     def set_stage(self, stage: int) -> None:
         """0: full precision; 1: MLP weights binary only; 2: everything quantized."""

@@ -1,0 +1,96 @@
+"""Export of a GSB model: the host runtime on the emulator equals the torch deploy forward."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import model.vit as vit
+from host.emulator import EmulatorBackend
+from host.runtime import Runtime
+from model import modelfile
+from model.config import ModelConfig
+from model.data import load_pool, load_splits
+from model.export import INPUT_DIVISORS, export_model
+from model.layers import EngineLinear, EngineMatmul, FloatLinear
+from model.modelfile import Preprocessing
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A small GSB digits model, trained for a few hundred steps at stage 2."""
+    torch.manual_seed(0)
+    splits = load_splits("digits", 100, 20, 0)
+    cfg = ModelConfig(img_size=8, in_chans=1, patch=2, dim=32, depth=2, heads=2, mlp_ratio=2.0, drop_path=0.0)
+    model = vit.build_model(cfg, "gsb")
+    model.set_stage(2)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    x, y = torch.from_numpy(splits.train.x), torch.from_numpy(splits.train.y)
+    for step in range(150):
+        idx = torch.randint(0, len(y), (64,))
+        z, zd = model(x[idx])
+        loss = F.cross_entropy(z, y[idx]) + F.cross_entropy(zd, y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    pre = Preprocessing(INPUT_DIVISORS["digits"], splits.mean, splits.std, "digits")
+    return model, export_model(model, pre)
+
+
+def test_export_maps_every_layer_kind(trained, tmp_path):
+    model, exported = trained
+    kinds = {name: type(layer) for name, layer in exported.layers.items()}
+    assert kinds["patch_embed"] is FloatLinear and kinds["head"] is FloatLinear
+    for i in range(2):
+        assert kinds[f"blocks.{i}.attn.qkv"] is EngineLinear and kinds[f"blocks.{i}.mlp.fc2"] is EngineLinear
+        assert kinds[f"blocks.{i}.attn.qk"] is EngineMatmul and kinds[f"blocks.{i}.attn.av"] is EngineMatmul
+    av = exported.layers["blocks.0.attn.av"]
+    assert [g.encoding.name for g in av.x.groups] == ["unipolar"] * 3
+    assert [g.encoding.name for g in av.y.groups] == ["bipolar", "ternary", "ternary"]
+    modelfile.save(exported, tmp_path / "m.gsbf")
+    assert modelfile.to_manifest(modelfile.load(tmp_path / "m.gsbf"))[0] == modelfile.to_manifest(exported)[0]
+
+
+def test_runtime_on_emulator_equals_torch_deploy_on_the_test_set(trained):
+    model, exported = trained
+    _, _, xte, yte = load_pool("digits")
+    raw = np.rint(xte * 16)
+    x = torch.from_numpy(exported.preprocessing.apply(raw))
+    torch_pred = model.deploy(x).argmax(-1).numpy()
+    host_pred = Runtime(exported, EmulatorBackend("fast")).predict(raw)
+    assert np.mean(torch_pred == host_pred) >= 0.999
+    assert np.mean(host_pred == yte) > 0.3  # the model learned something: the check is not vacuous
+
+
+def test_same_integers_for_every_binary_layer_on_a_sample(trained, monkeypatch):
+    model, exported = trained
+    _, _, xte, _ = load_pool("digits")
+    raw = np.rint(xte[:5] * 16)
+    torch_ints: list[np.ndarray] = []
+    original = vit.integer_product
+
+    def recording(*args):
+        y = original(*args)
+        torch_ints.append(y)
+        return y
+
+    monkeypatch.setattr(vit, "integer_product", recording)
+    runtime = Runtime(exported, EmulatorBackend("reference"))
+    for img in raw:
+        torch_ints.clear()
+        runtime.trace = {}
+        model.deploy(torch.from_numpy(exported.preprocessing.apply(img[None])))
+        runtime.forward(img)
+        # torch's order, per block: qkv, Q K^T (all heads), A V (all heads), proj, fc1, fc2
+        expected = []
+        for i in range(2):
+            p = f"blocks.{i}"
+            t = runtime.trace
+            expected += [t[f"{p}.attn.qkv"][0], np.stack(t[f"{p}.attn.qk"]), np.stack(t[f"{p}.attn.av"]),
+                         t[f"{p}.attn.proj"][0], t[f"{p}.mlp.fc1"][0], t[f"{p}.mlp.fc2"][0]]
+        assert len(torch_ints) == len(expected) == 12
+        for got, want in zip(torch_ints, expected):
+            assert np.array_equal(got[0], want)
