@@ -3,7 +3,8 @@
 #   make test     the whole fast test suite (what CI runs)
 #   make sim      the full cocotb/RTL simulation suite under Icarus
 #   make bench    benchmarks: writes bench/out/*.json and prints tables
-#   make results  trains the GSB model family and baselines, writes results/
+#   make results  trains the GSB model family and baselines on digits and
+#                 Fashion-MNIST (about 50 min on one core), writes results/
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -30,6 +31,15 @@ iverilog:
 	  $$SUDO apt-get install -y iverilog >/dev/null 2>&1 || { $$SUDO apt-get update >/dev/null && $$SUDO apt-get install -y iverilog; } || \
 	  { echo "error: could not install iverilog; install it with 'apt-get install iverilog'" >&2; exit 1; }; }
 
+# Fashion-MNIST ships as Debian's dataset-fashion-mnist (IDX files, no download at run time).
+FASHION := /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
+fashion-mnist:
+	@test -f $(FASHION) || { \
+	  echo "Fashion-MNIST not found: installing Debian's dataset-fashion-mnist"; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get install -y dataset-fashion-mnist >/dev/null 2>&1 || { $$SUDO apt-get update >/dev/null && $$SUDO apt-get install -y dataset-fashion-mnist; } || \
+	  { echo "error: Fashion-MNIST is missing and could not be installed: install the Debian package dataset-fashion-mnist (files under /usr/share/datasets/fashion-mnist/)" >&2; exit 1; }; }
+
 demo: $(STAMP)
 	$(PY) -m host demo
 
@@ -42,6 +52,10 @@ sim: $(STAMP) iverilog
 bench: $(STAMP) iverilog
 	$(PY) -m bench.bgemm
 	$(PY) -m bench.rtl_cycles
+
+results: $(STAMP) fashion-mnist
+	$(PY) -m model.results
+	$(PY) -m model.results --configs configs/digits.yaml --methods fp gsb_ramp
 
 clean:
 	rm -rf build sim/out bench/out
