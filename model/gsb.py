@@ -242,18 +242,17 @@ class Quantizer(nn.Module):
                 buf.copy_(value.detach())
 
 
-class SignQuant(Quantizer):
-    """Bipolar activation binarizer ``alpha * sign(x + bias)``.
+class _ScaledQuant(Quantizer):
+    """A single-group activation binarizer with a per-channel ``bias`` and a scalar ``alpha``.
 
-    ``scale="learned"`` (GSB): per-channel learnable ``bias`` (last axis),
-    learnable scalar ``alpha`` initialised to ``2*mean|x|`` on the first
-    enabled forward.  ``scale="mean"`` (XNOR-Net style, the 1-base baseline):
-    no bias, ``alpha = mean|x|`` of the batch in training, its EMA
-    (``running_scale``) in eval.
-
-    Deploy: ``bit = (x + bias >= 0)``, value ``alpha * (2*bit - 1)``; see
-    :meth:`deploy_params`.
+    ``scale="learned"``: ``alpha`` is learnable, initialised to
+    ``init_factor * mean|x|`` on the first enabled forward.  ``scale="mean"``:
+    no learnable parts, ``alpha = mean_factor * mean|x|`` of the batch in
+    training and its EMA (``running_scale``) in eval.
     """
+
+    mean_factor: float
+    init_factor: float
 
     def __init__(self, channels: int, grad: str = "code", scale: str = "learned") -> None:
         super().__init__()
@@ -268,16 +267,36 @@ class SignQuant(Quantizer):
     def current_alpha(self, x: torch.Tensor) -> torch.Tensor:
         if self.scale == "mean":
             if self.training:
-                s = x.detach().abs().mean().reshape(1)
+                s = self.mean_factor * x.detach().abs().mean().reshape(1)
                 self._ema(self.running_scale, s)
                 self.initialized.fill_(True)
                 return s.clamp_min(EPS)
             return self.running_scale.clamp_min(EPS)
         if self.training and not bool(self.initialized):
             with torch.no_grad():
-                self.alpha.fill_(float(2 * x.abs().mean().clamp_min(EPS)))
+                self.alpha.fill_(float(self.init_factor * x.abs().mean().clamp_min(EPS)))
                 self.initialized.fill_(True)
         return self.alpha.clamp_min(EPS)
+
+    def deploy_alpha(self) -> torch.Tensor:
+        """The frozen scale used at inference."""
+        return (self.running_scale if self.scale == "mean" else self.alpha).clamp_min(EPS)
+
+
+class SignQuant(_ScaledQuant):
+    """Bipolar activation binarizer ``alpha * sign(x + bias)``.
+
+    ``scale="learned"`` (GSB): per-channel learnable ``bias`` (last axis),
+    learnable scalar ``alpha`` initialised to ``2*mean|x|`` on the first
+    enabled forward.  ``scale="mean"`` (XNOR-Net style, the 1-base baseline):
+    no bias, ``alpha = mean|x|`` of the batch in training, its EMA
+    (``running_scale``) in eval.
+
+    Deploy: ``bit = (x + bias >= 0)``, value ``alpha * (2*bit - 1)``; see
+    :meth:`deploy_params`.
+    """
+
+    mean_factor, init_factor = 1.0, 2.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not bool(self.enabled):
@@ -287,12 +306,10 @@ class SignQuant(Quantizer):
 
     def deploy_params(self) -> dict:
         """One ``sign`` group: ``code = +1 if x + offset >= 0 else -1``, value ``scale*code``."""
-        alpha = self.running_scale if self.scale == "mean" else self.alpha
-        return {"offset": self.bias.detach().clone(),
-                "groups": [_group("sign", "bipolar", alpha.clamp_min(EPS))]}
+        return {"offset": self.bias.detach().clone(), "groups": [_group("sign", "bipolar", self.deploy_alpha())]}
 
 
-class UnsignedQuant(Quantizer):
+class UnsignedQuant(_ScaledQuant):
     """Unipolar activation binarizer ``alpha * clamp(round((x + bias)/alpha), 0, 1)``.
 
     Used for the input of fc2 (after GELU, clipped to +-10).  ``alpha`` is
@@ -301,27 +318,7 @@ class UnsignedQuant(Quantizer):
     ``bit = (x + bias >= alpha/2)``.
     """
 
-    def __init__(self, channels: int, grad: str = "code", scale: str = "learned") -> None:
-        super().__init__()
-        self.grad = _check_grad(grad)
-        self.scale = scale
-        self.bias = nn.Parameter(torch.zeros(channels), requires_grad=(scale == "learned"))
-        self.alpha = nn.Parameter(torch.ones(1), requires_grad=(scale == "learned"))
-        self.register_buffer("running_scale", torch.ones(1))
-
-    def current_alpha(self, x: torch.Tensor) -> torch.Tensor:
-        if self.scale == "mean":
-            if self.training:
-                s = 2 * x.detach().abs().mean().reshape(1)
-                self._ema(self.running_scale, s)
-                self.initialized.fill_(True)
-                return s.clamp_min(EPS)
-            return self.running_scale.clamp_min(EPS)
-        if self.training and not bool(self.initialized):
-            with torch.no_grad():
-                self.alpha.fill_(float(4 * x.abs().mean().clamp_min(EPS)))
-                self.initialized.fill_(True)
-        return self.alpha.clamp_min(EPS)
+    mean_factor, init_factor = 2.0, 4.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not bool(self.enabled):
@@ -331,7 +328,7 @@ class UnsignedQuant(Quantizer):
 
     def deploy_params(self) -> dict:
         """One ``step`` group: ``code = [x + offset >= scale/2]``, value ``scale*code``."""
-        alpha = (self.running_scale if self.scale == "mean" else self.alpha).clamp_min(EPS)
+        alpha = self.deploy_alpha()
         return {"offset": self.bias.detach().clone(),
                 "groups": [_group("step", "unipolar", alpha, threshold=0.5 * alpha)]}
 
