@@ -107,7 +107,7 @@ class Bridge(wiring.Component):
 
         with m.FSM(name="rx"):
             with m.State("HUNT"):
-                with m.If(got & (byte == CMD_SYNC) & ~busy):
+                with m.If(got & (byte == CMD_SYNC) & ~busy & ~frame_ok):  # no new frame until the last one has run
                     m.d.sync += [crc.eq(0xFFFF), idle.eq(0)]
                     m.next = "SEQ"
 

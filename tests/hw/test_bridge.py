@@ -31,8 +31,8 @@ def frame(seq: int, answers: int, words: list[int]) -> bytes:
     return protocol.encode_command(seq, payload) + GAP
 
 
-def run_bridge(stream: bytes, answer_word, cycles: int, bridge: Bridge | None = None):
-    """Feed ``stream`` into rx (a byte every 3 cycles; None = a long gap); stub answers each cmd word."""
+def run_bridge(stream: bytes, answer_word, cycles: int, bridge: Bridge | None = None, spacing: int = 3):
+    """Feed ``stream`` into rx (a byte every ``spacing`` cycles); a stub accelerator answers each cmd word."""
     dut = bridge or Bridge(buffer_words=16, idle_timeout=40)
     got_cmd, got_tx = [], bytearray()
 
@@ -42,7 +42,8 @@ def run_bridge(stream: bytes, answer_word, cycles: int, bridge: Bridge | None = 
             ctx.set(dut.rx.valid, 1)
             await ctx.tick()
             ctx.set(dut.rx.valid, 0)
-            await ctx.tick().repeat(2)
+            if spacing > 1:
+                await ctx.tick().repeat(spacing - 1)
 
     async def accelerator(ctx):
         ctx.set(dut.cmd.ready, 1)
@@ -87,6 +88,15 @@ def test_good_frames_pass_through_and_are_answered():
     assert [(f.seq, f.status) for f in rsp] == [(1, Status.OK), (2, Status.OK)]
     assert rsp[0].payload == b""
     assert rsp[1].payload == (read[0] ^ 0xFFFF_FFFF).to_bytes(4, "little") + (7).to_bytes(4, "little")
+
+
+def test_a_frame_arriving_while_one_runs_is_dropped_not_mixed_in():
+    first = [header(Op.LOAD_X, 0), 1, 0x12345678]
+    back_to_back = protocol.encode_command(1, b"".join(w.to_bytes(4, "little") for w in [0] + first)) + \
+        protocol.encode_command(2, b"".join(w.to_bytes(4, "little") for w in [0, header(Op.RESET)]))
+    cmd, rsp = run_bridge(back_to_back, echo_read, 400, spacing=1)
+    assert cmd == first
+    assert [(f.seq, f.status) for f in rsp] == [(1, Status.OK)]
 
 
 def test_bad_frames_are_dropped_without_acting():
