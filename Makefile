@@ -47,7 +47,7 @@ test: $(STAMP) iverilog
 	$(PY) -m pytest -n 2 --dist loadfile -q
 
 sim: $(STAMP) iverilog
-	$(PY) -m pytest -m sim -q tests/sim
+	$(PY) -m pytest -m sim -q tests/sim tests/host
 
 bench: $(STAMP) iverilog
 	$(PY) -m bench.bgemm

@@ -1,8 +1,10 @@
 """The host command line: run a model file through a backend, or the demo.
 
-``python -m host infer --model FILE`` streams a dataset's test images
-through a backend and prints accuracy, latency and throughput; ``python -m
-host demo`` is what ``make demo`` runs.
+``python -m host infer --model FILE --backend emulator|sim|serial`` streams
+a dataset's test images through a backend and prints accuracy, latency,
+throughput and the traffic; ``--compare A B`` runs two backends and lists
+the images they disagree on; ``python -m host demo`` is what ``make demo``
+runs.
 """
 
 from __future__ import annotations
@@ -17,8 +19,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from host.backend import Backend
+from host.device import DeviceBackend
 from host.emulator import EmulatorBackend
+from host.protocol import LinkError
 from host.runtime import Runtime
+from hw.config import PRESETS, preset
 from model import modelfile
 
 
@@ -34,32 +40,97 @@ def test_images(dataset: str, input_divisor: float) -> tuple[np.ndarray, np.ndar
     return np.rint(x * np.float32(input_divisor)).astype(np.float32), y
 
 
-def infer(model: modelfile.Model, images: np.ndarray, labels: np.ndarray, backend_name: str = "emulator", progress: bool = True) -> dict:
-    """Run ``images`` through ``model`` on a backend; return the summary dict."""
-    if backend_name != "emulator":
-        raise ValueError(f"backend must be 'emulator', got {backend_name!r}")
-    runtime = Runtime(model, EmulatorBackend("fast"))
-    predictions, latencies = [], []
-    for img in tqdm(images, desc=f"infer ({backend_name})", unit="img", disable=not progress):
+BACKENDS = ("emulator", "sim", "serial")
+
+
+def make_backend(name: str, port: str | None = None, baud: int = 115200, config: str = "default") -> Backend:
+    """A backend by name; ``port``, ``baud`` and the preset ``config`` are the serial backend's."""
+    if name == "emulator":
+        return EmulatorBackend("fast", lanes=preset(config).lanes)
+    if name == "sim":
+        from host.sim_backend import SimBackend
+
+        return SimBackend()
+    if name == "serial":
+        if not port:
+            raise ValueError("the serial backend needs --port (e.g. /dev/ttyUSB0)")
+        from host.serial_backend import SerialBackend
+
+        return SerialBackend(port, baud, preset(config))
+    raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {name!r}")
+
+
+def infer(model: modelfile.Model, images: np.ndarray, labels: np.ndarray, backend: str = "emulator",
+          progress: bool = True, baud: int = 115200, clock_mhz: float = 40.0, port: str | None = None,
+          config: str = "default") -> dict:
+    """Run ``images`` through ``model`` on a backend (see :func:`make_backend`); return the summary dict.
+
+    A device backend also reports its traffic: the frame bytes each image
+    sends and receives once the weights are resident (the mean over the
+    images after the first, which also uploads the weights), the images/s
+    that bound gives at ``baud`` (10 bits a byte; the host waits for every
+    answer, so both directions count), next to the compute bound of the
+    engine's busy cycles at ``clock_mhz``.
+    """
+    name, backend = backend, make_backend(backend, port, baud, config)
+    runtime = Runtime(model, backend)
+    device = backend if isinstance(backend, DeviceBackend) else None
+    predictions, latencies, sent, received = [], [], [], []
+    for img in tqdm(images, desc=f"infer ({name})", unit="img", disable=not progress):
         start = time.perf_counter()
+        before = (device.bytes_sent, device.bytes_received) if device else (0, 0)
         predictions.append(int(np.argmax(runtime.forward(img))))
         latencies.append(time.perf_counter() - start)
+        if device:
+            sent.append(device.bytes_sent - before[0])
+            received.append(device.bytes_received - before[1])
     predictions = np.array(predictions)
-    return {
-        "backend": backend_name,
+    cycles = backend.cycles() / max(1, len(images))
+    summary = {
+        "backend": name,
         "images": int(len(images)),
         "accuracy": float(np.mean(predictions == labels)),
         "latency_ms_mean": 1e3 * float(np.mean(latencies)),
         "images_per_s": float(len(images) / np.sum(latencies)),
-        "engine_cycles_per_image": runtime.backend.cycles() / max(1, len(images)),
+        "engine_cycles_per_image": cycles,
+        "clock_mhz": clock_mhz,
+        "compute_bound_images_per_s": clock_mhz * 1e6 / cycles if cycles else None,
         "predictions": predictions.tolist(),
     }
+    if device:
+        steady = slice(1, None) if len(images) > 1 else slice(None)
+        per_image = float(np.mean(sent[steady])), float(np.mean(received[steady]))
+        summary.update({
+            "bytes_sent_per_image": per_image[0],
+            "bytes_received_per_image": per_image[1],
+            "weight_upload_bytes": float(sent[0] - per_image[0]) if len(images) > 1 else None,
+            "baud": baud,
+            "link_bound_images_per_s": baud / 10 / sum(per_image),
+            "host_layers": device.host_layers,
+            "reruns": device.reruns,
+            "resent_frames": device.transport.resent,
+        })
+    return summary
+
+
+def compare(a: dict, b: dict) -> list[dict]:
+    """The images on which two summaries' predictions differ."""
+    return [{"image": i, a["backend"]: int(pa), b["backend"]: int(pb)}
+            for i, (pa, pb) in enumerate(zip(a["predictions"], b["predictions"])) if pa != pb]
 
 
 def _print_summary(summary: dict) -> None:
+    bound = summary["compute_bound_images_per_s"]
     print(f"backend {summary['backend']}: {summary['images']} images, accuracy {100 * summary['accuracy']:.2f}%, "
-          f"latency {summary['latency_ms_mean']:.2f} ms/image, {summary['images_per_s']:.1f} images/s, "
-          f"{summary['engine_cycles_per_image']:.0f} ideal engine cycles/image (16 lanes)")
+          f"latency {summary['latency_ms_mean']:.2f} ms/image, {summary['images_per_s']:.2f} images/s, "
+          f"{summary['engine_cycles_per_image']:.0f} engine cycles/image"
+          + (f" (compute bound {bound:.0f} images/s at {summary['clock_mhz']:g} MHz)" if bound else ""))
+    if "bytes_sent_per_image" in summary:
+        print(f"  traffic: {summary['bytes_sent_per_image']:.0f} bytes sent, {summary['bytes_received_per_image']:.0f} "
+              f"received per image (weights resident; upload {summary['weight_upload_bytes'] or 0:.0f} bytes once): "
+              f"link bound {summary['link_bound_images_per_s']:.2f} images/s at {summary['baud']} baud")
+        for layer, why in summary["host_layers"].items():
+            print(f"  {layer} ran on the host: {why}")
 
 
 def _write_json(path: str | None, summary: dict) -> None:
@@ -84,10 +155,23 @@ def cmd_infer(args: argparse.Namespace) -> int:
     images, labels = test_images(model.preprocessing.dataset, model.preprocessing.input_divisor)
     if args.limit is not None:
         images, labels = images[: args.limit], labels[: args.limit]
-    summary = infer(model, images, labels, args.backend, progress=not args.quiet)
-    summary["model"] = str(args.model)
-    _print_summary(summary)
-    _write_json(args.json, summary)
+    names = args.compare or [args.backend]
+    try:
+        summaries = [infer(model, images, labels, name, not args.quiet, args.baud, args.clock_mhz, args.port, args.config)
+                     for name in names]
+    except (LinkError, OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for summary in summaries:
+        _print_summary(summary)
+    result = {"model": str(args.model), **summaries[0]}
+    if args.compare:
+        differences = compare(*summaries)
+        for d in differences:
+            print(f"image {d['image']}: {names[0]} predicts {d[names[0]]}, {names[1]} predicts {d[names[1]]}")
+        print(f"{names[0]} and {names[1]} differ on {len(differences)} of {len(images)} images")
+        result = {"model": str(args.model), "compare": summaries, "differences": differences}
+    _write_json(args.json, result)
     return 0
 
 
@@ -138,9 +222,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("infer", help="run the test split of a model file's dataset through a backend")
     p.add_argument("--model", required=True, help="the packed model file (.gsbf) to run")
-    p.add_argument("--backend", default="emulator", choices=["emulator"], help="where the binary products run (default: emulator)")
+    p.add_argument("--backend", default="emulator", choices=BACKENDS,
+                   help="where the binary products run: the numpy emulator, the gateware in the Amaranth simulator, "
+                        "or a board on a serial port (default: emulator)")
+    p.add_argument("--compare", nargs=2, choices=BACKENDS, metavar=("A", "B"),
+                   help="run two backends and report every image on which their predictions differ")
+    p.add_argument("--port", default=None, help="the serial backend's port, e.g. /dev/ttyUSB0")
+    p.add_argument("--baud", type=int, default=115200, help="the serial line's baud rate, also for the link bound (default: 115200)")
+    p.add_argument("--config", default="default", choices=sorted(PRESETS), help="the board's accelerator preset (serial backend)")
+    p.add_argument("--clock-mhz", type=float, default=40.0, help="the board clock for the compute bound (default: 40)")
     p.add_argument("--limit", type=int, default=None, help="run only the first N test images")
-    p.add_argument("--json", default=None, help="write the summary (accuracy, latency, predictions) to this JSON file")
+    p.add_argument("--json", default=None, help="write the summary (accuracy, latency, traffic, predictions) to this JSON file")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_infer)
     p = sub.add_parser("demo", help="what `make demo` runs: train (or reuse) the GSB digits model, export it, run the test set on the emulator")

@@ -20,7 +20,7 @@ which is the contract's ``sum_g sum_h c_gh sum_k sum_j w_k w_j (C - 2P)``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -104,18 +104,48 @@ def _check_fits(name: str, used: int, depth: int, what: str) -> None:
         raise ValueError(f"{name}: the layer needs {used} {what}, the configuration has {depth}")
 
 
+def y_layout(config: AccelConfig, groups_y: Sequence[golden.Operand]) -> tuple[list[tuple[int, ...]], list[int]]:
+    """The y bank rows of every plane of ``groups_y``, contiguous from row 0, and each plane's first row.
+
+    Plane p occupies ``blocks * words`` bank rows: bank row ``blk * words + t``
+    holds word t of y rows ``blk*lanes .. blk*lanes + lanes-1``, lane i in
+    bank i.  A host that keeps weights resident uploads these rows once at a
+    base of its choosing and passes ``base + first`` as ``y_bases``.
+    """
+    first_y = groups_y[0]
+    if first_y.word_bits != config.word_bits:
+        raise ValueError(f"groups_y: word_bits {first_y.word_bits} differs from the configuration's {config.word_bits}")
+    n, lanes, wb = first_y.n, config.lanes, config.word_bits
+    words, rows_y = golden.words_for(n, wb), first_y.rows
+    blocks = -(-rows_y // lanes)
+    rows: list[tuple[int, ...]] = []
+    firsts: list[int] = []
+    for gy in groups_y:
+        for py in gy.planes:
+            firsts.append(len(rows))
+            padded = np.zeros((blocks * lanes, words), dtype=object)
+            padded[:rows_y] = _entries(py, n, wb)
+            rows.extend(tuple(r) for r in padded.reshape(blocks, lanes, words).transpose(0, 2, 1).reshape(-1, lanes).tolist())
+    return rows, firsts
+
+
 def compile_layer(
     config: AccelConfig,
     groups_x: Sequence[golden.Operand],
     groups_y: Sequence[golden.Operand],
     coefs: np.ndarray,
     thresholds: tuple[np.ndarray, np.ndarray] | None = None,
+    y_bases: Sequence[int] | None = None,
 ) -> LayerImage:
     """The buffers, program and run arguments of ``layer_output(groups_x, groups_y, coefs)``.
 
     ``thresholds`` is ``(thresholds, directions)`` per y row (output column),
     as :func:`model.golden.fold_threshold` returns them, for binary outputs.
-    Raises ValueError when the layer does not fit the configuration.
+    ``y_bases`` gives the first y bank row of every y plane (groups in order,
+    planes in order) when the y operand is already in the buffer: the image
+    then has no ``y_rows``.  ``None`` lays the planes out from row 0
+    (:func:`y_layout`).  Raises ValueError when the layer does not fit the
+    configuration.
     """
     if not isinstance(config, AccelConfig):
         raise TypeError(f"config must be an AccelConfig, got {type(config).__name__}")
@@ -142,17 +172,15 @@ def compile_layer(
         for px in gx.planes:
             x_base[id(px)] = len(x_entries)
             x_entries.extend(_entries(px, n, wb).ravel().tolist())
+    y_planes = [py for gy in groups_y for py in gy.planes]
     y_rows: list[tuple[int, ...]] = []
-    y_base: dict[int, int] = {}
-    for gy in groups_y:
-        for py in gy.planes:
-            y_base[id(py)] = len(y_rows)
-            padded = np.zeros((blocks * lanes, words), dtype=object)
-            padded[:rows_y] = _entries(py, n, wb)
-            # bank row (blk * words + t) holds word t of rows blk*lanes .. blk*lanes + lanes-1
-            y_rows.extend(tuple(r) for r in padded.reshape(blocks, lanes, words).transpose(0, 2, 1).reshape(-1, lanes).tolist())
+    if y_bases is None:
+        y_rows, y_bases = y_layout(config, groups_y)
+    elif len(y_bases) != len(y_planes):
+        raise ValueError(f"y_bases must hold one bank row per y plane ({len(y_planes)}), got {len(y_bases)}")
+    y_base = {id(py): int(base) for py, base in zip(y_planes, y_bases)}
     _check_fits("groups_x", len(x_entries), config.x_depth, "x entries")
-    _check_fits("groups_y", len(y_rows), config.y_depth, "y bank rows")
+    _check_fits("groups_y", max(y_base.values()) + blocks * words, config.y_depth, "y bank rows")
 
     offset = 0
     bound = 0
@@ -210,11 +238,14 @@ def compile_chunks(
     groups_y: Sequence[golden.Operand],
     coefs: np.ndarray,
     thresholds: tuple[np.ndarray, np.ndarray] | None = None,
+    y_bases: Sequence[int] | None = None,
 ) -> list[tuple[slice, LayerImage]]:
     """:func:`compile_layer` in runs of y rows whose results fit the result buffer.
 
     Returns ``(columns, image)`` pairs: each image computes the result
-    columns ``columns``; concatenated they are the whole layer.
+    columns ``columns``; concatenated they are the whole layer.  With
+    ``y_bases`` (the resident layout of :func:`y_layout` at those bases) a
+    chunk starting at y block ``b`` reads every plane from ``base + b * words``.
     """
     if not groups_x or not groups_y:
         raise ValueError("groups_x and groups_y must each hold at least one Operand")
@@ -223,18 +254,33 @@ def compile_chunks(
     if blocks == 0:
         raise ValueError(f"groups_x: {rows_x} rows do not fit the {config.result_depth}-entry result buffer")
     step = blocks * config.lanes
+    words = golden.words_for(groups_y[0].n, config.word_bits)
     chunks = []
     for start in range(0, rows_y, step):
         cols = slice(start, min(start + step, rows_y))
         part = None if thresholds is None else tuple(np.asarray(a).reshape(-1)[cols] for a in thresholds)
         gy = [take_rows(g, cols.start, cols.stop) for g in groups_y]
-        chunks.append((cols, compile_layer(config, groups_x, gy, coefs, part)))
+        bases = None if y_bases is None else [b + start // config.lanes * words for b in y_bases]
+        chunks.append((cols, compile_layer(config, groups_x, gy, coefs, part, bases)))
     return chunks
 
 
-def _split(config: AccelConfig, entry: int) -> list[int]:
-    mask = (1 << STREAM_BITS) - 1
-    return [(entry >> (STREAM_BITS * i)) & mask for i in range(entry_words(config))]
+def stream_words(config: AccelConfig, entries: Iterable[int]) -> list[int]:
+    """Operand entries as stream words, ``entry_words`` each, low word first."""
+    mask, count = (1 << STREAM_BITS) - 1, entry_words(config)
+    return [(e >> (STREAM_BITS * i)) & mask for e in entries for i in range(count)]
+
+
+def repack(operand: golden.Operand, word_bits: int) -> golden.Operand:
+    """The same operand packed in ``word_bits``-bit words (the bits are unchanged)."""
+    if operand.word_bits == word_bits:
+        return operand
+
+    def again(words: np.ndarray | None) -> np.ndarray | None:
+        return None if words is None else golden.pack_bits(golden.unpack_bits(words, operand.n, operand.word_bits), word_bits)
+
+    planes = tuple(golden.PackedPlane(p.kind, p.weight, again(p.sign), again(p.mask)) for p in operand.planes)
+    return golden.Operand(operand.encoding, operand.n, word_bits, planes)
 
 
 def load_words(config: AccelConfig, image: LayerImage, with_x: bool = True, with_y: bool = True) -> list[int]:
@@ -242,10 +288,10 @@ def load_words(config: AccelConfig, image: LayerImage, with_x: bool = True, with
     out: list[int] = []
     if with_x:
         out += [header(Op.LOAD_X, 0), len(image.x_entries)]
-        out += [w for e in image.x_entries for w in _split(config, e)]
+        out += stream_words(config, image.x_entries)
     if with_y:
         out += [header(Op.LOAD_Y, 0), len(image.y_rows)]
-        out += [w for row in image.y_rows for e in row for w in _split(config, e)]
+        out += stream_words(config, (e for row in image.y_rows for e in row))
     out += [header(Op.LOAD_PROG, 0), image.passes] + [w for d in image.descriptors for w in d]
     if image.thresh_rows is not None:
         out += [header(Op.LOAD_THRESH, 0), image.blocks] + [w for row in image.thresh_rows for w in row]

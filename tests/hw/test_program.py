@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from hw.config import DEFAULT, SMALL
-from hw.program import compile_chunks, compile_layer, split_coefficient, take_rows
+from hw.program import compile_chunks, compile_layer, repack, split_coefficient, take_rows, y_layout
 from model import golden
 
 
@@ -82,3 +82,28 @@ def test_rejects_mismatched_word_bits():
     x = _op([[1, -1]], "bipolar", 8)
     with pytest.raises(ValueError, match="word_bits"):
         compile_layer(DEFAULT, [x], [x], np.array([[1]]))
+
+
+def test_y_bases_point_the_program_at_resident_planes():
+    rng = np.random.default_rng(1)
+    x = _op(rng.choice([-1, 1], (3, 20)), "bipolar")
+    y = [_op(rng.integers(-1, 2, (9, 20)), "ternary"), _op(rng.choice([-1, 1], (9, 20)), "bipolar")]
+    coefs = np.array([[2, -3]])
+    rows, firsts = y_layout(DEFAULT, y)
+    contiguous = compile_layer(DEFAULT, [x], y, coefs)
+    assert list(contiguous.y_rows) == rows and firsts == [0, 6]       # 3 blocks x 2 words per plane
+    placed = compile_layer(DEFAULT, [x], y, coefs, y_bases=[100 + f for f in firsts])
+    assert placed.y_rows == () and [d[1] - c[1] for d, c in zip(placed.descriptors, contiguous.descriptors)] == [100, 100]
+    chunks = compile_chunks(replace(DEFAULT, result_depth=6), [x], y, coefs, y_bases=[100, 106])
+    assert [c for c, _ in chunks] == [slice(0, 8), slice(8, 9)]
+    assert [d[1] & 0xFFFFFF for d in chunks[1][1].descriptors] == [100 + 2 * 2, 106 + 2 * 2]
+    with pytest.raises(ValueError, match="y_bases must hold one bank row per y plane"):
+        compile_layer(DEFAULT, [x], y, coefs, y_bases=[0])
+    with pytest.raises(ValueError, match="y bank rows"):
+        compile_layer(DEFAULT, [x], y, coefs, y_bases=[0, DEFAULT.y_depth - 1])
+
+
+def test_repack_keeps_the_values():
+    op = _op(np.random.default_rng(2).integers(-128, 128, (4, 70)), "int8", 64)
+    again = repack(op, 16)
+    assert again.word_bits == 16 and np.array_equal(again.to_values(), op.to_values())

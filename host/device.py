@@ -1,0 +1,246 @@
+"""The DeviceBackend: the Backend operations as accelerator commands over the framed protocol.
+
+It is the host side of every real or simulated board (:mod:`host.sim_backend`,
+:mod:`host.serial_backend`): a :class:`~host.protocol.Transport` carries the
+commands of :mod:`hw.program` to the bridge (``hw/bridge.py``).
+
+* **Slots.**  ``load`` only keeps the operands (repacked to the
+  configuration's ``word_bits``).  A slot goes to the device when a run
+  needs it: as ``x`` into the x buffer when another slot (or an older
+  version) is there, as ``y`` into its own region of the y buffer when it
+  was (re)loaded since its last upload.  So resident weights go up once,
+  activations with every call.  Regions are allocated by a bump allocator:
+  a slot reloaded with the same number of bank rows keeps its region.
+* **Frames.**  Every frame's payload is the answer count, then whole
+  commands; a LOAD longer than the bridge's buffer is split into several.
+  A read (READ or READ_BITS, then READ_CYCLES) has a frame of its own, since
+  the bridge re-executes only a retried frame that starts with a read.
+* **Device resets.**  A reset of the device keeps the buffers' contents but
+  stops a RUN and clears the cycle counter.  Every read therefore also
+  reads the counter, which must have grown by exactly the run's
+  ``items + latency`` cycles; if not, the run is repeated (``run_retries``).
+  :meth:`cycles` is the sum of those checked per-run counts.
+* **Layers the configuration cannot hold** (for example an int8 x int8
+  patch embedding whose accumulator needs more bits) are computed on the
+  host by the numeric contract when ``host_fallback`` is set, and listed in
+  :attr:`host_layers`; otherwise they raise ValueError.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from host.backend import Backend, Thresholds
+from host.protocol import CMD_HEADER, CRC_BYTES, RSP_HEADER, LinkError, Transport
+from hw.config import AccelConfig
+from hw.engine import engine_latency
+from hw.isa import DESC_WORDS, Op, entry_words, header
+from hw.program import (
+    LayerImage,
+    compile_chunks,
+    decode_result,
+    read_words,
+    repack,
+    response_length,
+    run_words,
+    stream_words,
+    y_layout,
+)
+from model import golden
+from model.golden import Operand
+
+#: Words of a command's header and count before its data.
+_LOAD_HEAD = 2
+
+
+@dataclass
+class _Slot:
+    groups: tuple[Operand, ...]
+    version: int
+
+
+class DeviceBackend(Backend):
+    """A Backend that drives an accelerator through ``transport``.
+
+    ``buffer_words`` is the bridge's frame buffer (answer count included).
+    Construction resets the device (a RESET frame), so a missing device is
+    reported at once by the transport's :class:`~host.protocol.LinkError`.
+    """
+
+    def __init__(self, transport: Transport, config: AccelConfig, buffer_words: int = 256,
+                 run_retries: int = 3, host_fallback: bool = True):
+        if not isinstance(config, AccelConfig):
+            raise TypeError(f"config must be an AccelConfig, got {type(config).__name__}")
+        if buffer_words < _LOAD_HEAD + 1 + config.lanes * entry_words(config):
+            raise ValueError(f"buffer_words must hold one LOAD_Y bank row, got {buffer_words}")
+        self.transport, self.config, self.buffer_words = transport, config, buffer_words
+        self.run_retries, self.host_fallback = run_retries, host_fallback
+        self.latency = engine_latency(config)
+        #: bytes of the frames sent and received (without re-sends)
+        self.bytes_sent = self.bytes_received = 0
+        #: runs repeated because the device was reset during them
+        self.reruns = 0
+        #: read frames answered with the wrong number of words, and asked again
+        self.short_reads = 0
+        #: layer (x slot) -> why it was computed on the host
+        self.host_layers: dict[str, str] = {}
+        self._slots: dict[str, _Slot] = {}
+        self._version = 0
+        self.reset()
+
+    # ------------------------------------------------------------ interface
+
+    def load(self, slot: str, groups: Sequence[Operand]) -> None:
+        if not groups or not all(isinstance(g, Operand) for g in groups):
+            raise TypeError(f"groups for slot {slot!r} must be a non-empty sequence of Operand")
+        self._version += 1
+        self._slots[slot] = _Slot(tuple(repack(g, self.config.word_bits) for g in groups), self._version)
+
+    def run(self, x_slot: str, y_slot: str, coefs: np.ndarray, thresholds: Thresholds | None = None) -> None:
+        x, y = self._slot(x_slot), self._slot(y_slot)
+        thr = None if thresholds is None else (thresholds.thresholds, thresholds.directions)
+        rows, firsts = self._layout(y_slot, y)
+        base = self._region(y_slot, len(rows))
+        try:
+            chunks = compile_chunks(self.config, x.groups, y.groups, coefs, thr, [base + f for f in firsts])
+        except ValueError as exc:
+            if not self.host_fallback:
+                raise
+            self._release(y_slot, base, len(rows))
+            self.host_layers.setdefault(x_slot.removesuffix(".x"), str(exc))
+            result = golden.layer_output(x.groups, y.groups, coefs)
+            self._result = result if thr is None else golden.apply_threshold(result, *thr)
+            return
+        c, setup = self.config, []
+        if self._uploaded.get(y_slot) != y.version:
+            setup += self._load(Op.LOAD_Y, base, c.lanes * entry_words(c), stream_words(c, (e for r in rows for e in r)))
+        if self._x != (x_slot, x.version):
+            setup += self._load(Op.LOAD_X, 0, entry_words(c), stream_words(c, chunks[0][1].x_entries))
+        parts = [self._run_chunk(image, setup if i == 0 else []) for i, (_, image) in enumerate(chunks)]
+        self._uploaded[y_slot], self._x = y.version, (x_slot, x.version)
+        self._result = np.concatenate(parts, axis=1)
+
+    def read(self) -> np.ndarray:
+        if self._result is None:
+            raise RuntimeError("no layer has run since the last reset")
+        return self._result
+
+    def cycles(self) -> int:
+        return self._cycles
+
+    def reset(self) -> None:
+        self._send([[header(Op.RESET)]])
+        self._slots.clear()
+        self._regions: dict[str, tuple[int, int]] = {}
+        self._uploaded: dict[str, int] = {}
+        self._layouts: dict[str, tuple[int, list[tuple[int, ...]], list[int]]] = {}
+        self._next_row = 0
+        self._x: tuple[str, int] | None = None
+        self._result: np.ndarray | None = None
+        self._cycles = self._counter = 0
+
+    def device_cycles(self) -> int:
+        """The device's cycle counter itself (READ_CYCLES)."""
+        lo, hi = self._read([header(Op.READ_CYCLES)], 2)
+        return lo | hi << 32
+
+    # ------------------------------------------------------------ slots
+
+    def _slot(self, slot: str) -> _Slot:
+        if slot not in self._slots:
+            raise KeyError(f"slot {slot!r} was never loaded")
+        return self._slots[slot]
+
+    def _layout(self, name: str, slot: _Slot) -> tuple[list[tuple[int, ...]], list[int]]:
+        """The y bank rows of a slot and each plane's first row (cached per version)."""
+        cached = self._layouts.get(name)
+        if cached is None or cached[0] != slot.version:
+            cached = (slot.version, *y_layout(self.config, slot.groups))
+            self._layouts[name] = cached
+        return cached[1], cached[2]
+
+    def _region(self, slot: str, rows: int) -> int:
+        """The first y bank row of the slot's region, allocated if it has none of this size."""
+        region = self._regions.get(slot)
+        if region is not None and region[1] == rows:
+            return region[0]
+        if self._next_row + rows > self.config.y_depth:
+            raise ValueError(
+                f"y buffer full: slot {slot!r} needs {rows} bank rows, {self.config.y_depth - self._next_row} "
+                f"of y_depth={self.config.y_depth} are free (resident slots: {sorted(self._regions)})"
+            )
+        self._regions[slot] = (self._next_row, rows)
+        self._uploaded.pop(slot, None)
+        self._next_row += rows
+        return self._regions[slot][0]
+
+    def _release(self, slot: str, base: int, rows: int) -> None:
+        """Undo the allocation of the slot's region if it is the last one and was never uploaded."""
+        if base + rows == self._next_row and slot not in self._uploaded:
+            del self._regions[slot]
+            self._next_row = base
+
+    # ------------------------------------------------------------ commands
+
+    def _load(self, op: Op, first: int, item: int, data: list[int]) -> list[list[int]]:
+        """A LOAD of ``data`` (``item`` words per item) from item ``first``, split to fit frames."""
+        per_frame = (self.buffer_words - 1 - _LOAD_HEAD) // item
+        count = len(data) // item
+        return [[header(op, first + start), min(per_frame, count - start)] + data[start * item:(start + per_frame) * item]
+                for start in range(0, count, per_frame)]
+
+    def _frames(self, commands: list[list[int]]) -> Iterator[list[int]]:
+        """Commands packed greedily into frame payloads (answer count 0 first)."""
+        frame: list[int] = [0]
+        for command in commands:
+            if len(frame) + len(command) > self.buffer_words:
+                yield frame
+                frame = [0]
+            frame += command
+        if len(frame) > 1:
+            yield frame
+
+    def _request(self, words: list[int]) -> bytes:
+        payload = b"".join(w.to_bytes(4, "little") for w in words)
+        answer = self.transport.request(payload)
+        self.bytes_sent += CMD_HEADER + len(payload) + CRC_BYTES
+        self.bytes_received += RSP_HEADER + len(answer) + CRC_BYTES
+        return answer
+
+    def _send(self, commands: list[list[int]]) -> None:
+        for frame in self._frames(commands):
+            self._request(frame)
+
+    def _read(self, command: list[int], answers: int) -> list[int]:
+        """A read frame; asked again (reads have no side effects) while the answer has the wrong length."""
+        for _ in range(self.transport.retries + 1):
+            answer = self._request([answers] + command)
+            if len(answer) == 4 * answers:
+                return [int.from_bytes(answer[i:i + 4], "little") for i in range(0, len(answer), 4)]
+            self.short_reads += 1
+        raise LinkError(f"the device answered {len(answer)} bytes to a read of {answers} words, "
+                        f"{self.transport.retries + 1} times")
+
+    def _run_chunk(self, image: LayerImage, setup: list[list[int]]) -> np.ndarray:
+        """Program, run and read one chunk; repeat it when the device was reset meanwhile."""
+        c = self.config
+        program = self._load(Op.LOAD_PROG, 0, DESC_WORDS, [w for d in image.descriptors for w in d])
+        if image.thresh_rows is not None:
+            program += self._load(Op.LOAD_THRESH, 0, c.lanes, [w for r in image.thresh_rows for w in r])
+        answers = response_length(c, image)
+        expected = image.items + self.latency
+        for _ in range(self.run_retries + 1):
+            self._send(setup + program + [run_words(c, image)])
+            *words, lo, hi = self._read(read_words(image) + [header(Op.READ_CYCLES)], answers + 2)
+            counter = lo | hi << 32
+            if counter == self._counter + expected:
+                self._counter = counter
+                self._cycles += expected
+                return decode_result(c, image, words)
+            # a reset: the counter restarted and the run may have stopped; buffers kept their contents
+            self._counter = counter
+            self.reruns += 1
+        raise LinkError(f"the device was reset during {self.run_retries + 1} tries of a run")

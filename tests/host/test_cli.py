@@ -1,0 +1,46 @@
+"""``python -m host infer``: backends, the JSON summary, --compare."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from host.cli import main
+from model import modelfile
+from model.random_model import random_model
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli") / "tiny.gsbf"
+    modelfile.save(random_model(), path)
+    return path
+
+
+def test_infer_on_the_emulator_writes_the_summary(model_file, tmp_path, capsys):
+    out = tmp_path / "summary.json"
+    assert main(["infer", "--model", str(model_file), "--limit", "3", "--quiet", "--json", str(out)]) == 0
+    summary = json.loads(out.read_text())
+    assert summary["images"] == 3 and len(summary["predictions"]) == 3
+    assert summary["compute_bound_images_per_s"] > 0
+    assert "accuracy" in capsys.readouterr().out
+
+
+def test_serial_without_a_board_fails_clearly(model_file, capsys):
+    assert main(["infer", "--model", str(model_file), "--backend", "serial", "--port", "/dev/gsbflow-none", "--quiet"]) == 1
+    assert "cannot open serial port '/dev/gsbflow-none'" in capsys.readouterr().err
+    assert main(["infer", "--model", str(model_file), "--backend", "serial", "--quiet"]) == 1
+    assert "needs --port" in capsys.readouterr().err
+
+
+@pytest.mark.sim
+def test_compare_emulator_and_sim(model_file, tmp_path, capsys):
+    out = tmp_path / "compare.json"
+    assert main(["infer", "--model", str(model_file), "--compare", "emulator", "sim", "--limit", "2", "--quiet",
+                 "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["differences"] == []
+    sim = result["compare"][1]
+    assert sim["bytes_sent_per_image"] > 0 and sim["link_bound_images_per_s"] > 0
+    assert "differ on 0 of 2 images" in capsys.readouterr().out

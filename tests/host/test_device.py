@@ -1,0 +1,116 @@
+"""The DeviceBackend against a Python model of the bridge and accelerator (no simulator: fast)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from host.backend import Thresholds
+from host.device import DeviceBackend
+from host.emulator import EmulatorBackend
+from host.protocol import CMD_SYNC, FrameDecoder, Link, Status, Transport, encode_response
+from hw.bridge import READ_OPS
+from hw.config import DEFAULT
+from model.golden import Operand
+from sim.reference import AcceleratorModel
+
+CONFIG = replace(DEFAULT, x_depth=128, y_depth=512)
+
+
+class ModelLink(Link):
+    """The bridge's rules (answer count first, DUPLICATE for retried non-reads) over AcceleratorModel."""
+
+    def __init__(self, config=CONFIG, buffer_words=256):
+        self.model, self.buffer_words = AcceleratorModel(config), buffer_words
+        self.decoder = FrameDecoder(CMD_SYNC, max_payload=4 * buffer_words)
+        self.last_seq, self.frames, self.pending = None, [], b""
+
+    def write(self, data):
+        for frame in self.decoder.feed(data):
+            words = [int.from_bytes(frame.payload[i:i + 4], "little") for i in range(0, len(frame.payload), 4)]
+            self.frames.append(words)
+            if frame.seq == self.last_seq and (words[1] & 0xFF) not in READ_OPS:
+                self.pending += encode_response(frame.seq, Status.DUPLICATE, b"")
+                continue
+            self.last_seq = frame.seq
+            answer = self.model.feed(words[1:])
+            assert len(answer) == words[0]
+            self.pending += encode_response(frame.seq, Status.OK, b"".join(w.to_bytes(4, "little") for w in answer))
+
+    def read(self, timeout):
+        data, self.pending = self.pending, b""
+        return data
+
+
+def _op(rng, rows, n, enc):
+    values = {"bipolar": lambda: rng.choice([-1, 1], (rows, n)), "ternary": lambda: rng.integers(-1, 2, (rows, n)),
+              "unipolar": lambda: rng.integers(0, 2, (rows, n))}[enc]()
+    return Operand.from_values(values, enc, 64)   # the model file's packing; the backend repacks
+
+
+def _backends(link):
+    return DeviceBackend(Transport(link, timeout=0.01), CONFIG), EmulatorBackend("reference", lanes=CONFIG.lanes)
+
+
+def test_layers_equal_the_emulator_with_resident_weights_and_chunks():
+    rng = np.random.default_rng(0)
+    link = ModelLink()
+    dev, emu = _backends(link)
+    w = [_op(rng, 100, 40, "bipolar")]                # 100 columns: 18 x 100 runs in two chunks
+    for b in (dev, emu):
+        b.load("fc.w", w)
+    for _ in range(2):
+        x = [_op(rng, 18, 40, "bipolar"), _op(rng, 18, 40, "ternary")]
+        for b in (dev, emu):
+            b.load("fc.x", x)
+        coefs = np.array([[3], [-5]])
+        assert np.array_equal(dev.layer("fc.x", "fc.w", coefs), emu.layer("fc.x", "fc.w", coefs))
+    loads_y = [f for f in link.frames if any(word & 0xFF == 0x11 for word in f[1:2])]
+    assert len(loads_y) == 2 and dev.bytes_sent > 0          # the weights went up once, in two frames
+    assert all(len(f) <= 256 for f in link.frames)
+    assert dev.cycles() == dev.device_cycles()
+
+
+def test_thresholds_and_host_fallback():
+    rng = np.random.default_rng(1)
+    dev, emu = _backends(ModelLink())
+    x, y = [_op(rng, 5, 20, "unipolar")], [_op(rng, 7, 20, "ternary")]
+    thr = Thresholds(rng.integers(-3, 4, 7), rng.choice([-1, 1], 7))
+    for b in (dev, emu):
+        b.load("a.x", x)
+        b.load("a.y", y)
+    assert np.array_equal(dev.layer("a.x", "a.y", np.array([[2]]), thr), emu.layer("a.x", "a.y", np.array([[2]]), thr))
+    big = np.array([[1 << 40]])                       # no accelerator accumulator holds this
+    assert np.array_equal(dev.layer("a.x", "a.y", big), emu.layer("a.x", "a.y", big))
+    assert "a" in dev.host_layers
+
+
+def test_full_y_buffer_names_the_slot():
+    rng = np.random.default_rng(2)
+    dev, _ = _backends(ModelLink())
+    dev.load("x", [_op(rng, 2, 16, "bipolar")])
+    dev.load("big.w", [_op(rng, 4 * 600, 16, "bipolar")])
+    with pytest.raises(ValueError, match=r"slot 'big.w' needs 600 bank rows.*y_depth=512"):
+        dev.run("x", "big.w", np.array([[1]]))
+
+
+def test_a_reset_during_a_run_repeats_the_run():
+    rng = np.random.default_rng(3)
+    link = ModelLink()
+    dev, emu = _backends(link)
+    x, y = [_op(rng, 6, 30, "bipolar")], [_op(rng, 9, 30, "bipolar")]
+    for b in (dev, emu):
+        b.load("l.x", x)
+        b.load("l.w", y)
+    run = link.model._run
+
+    def run_then_reset(*args):          # the device is reset right after the run: its count is lost
+        run(*args)
+        link.model._run = run
+        link.model.reset()
+
+    link.model._run = run_then_reset
+    assert np.array_equal(dev.layer("l.x", "l.w", np.array([[1]])), emu.layer("l.x", "l.w", np.array([[1]])))
+    assert dev.reruns == 1
