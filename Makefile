@@ -3,6 +3,8 @@
 #   make test     the whole fast test suite (what CI runs)
 #   make sim      the full cocotb/RTL simulation suite under Icarus
 #   make bench    benchmarks: writes bench/out/*.json and prints tables
+#   make bitstream BOARD=icebreaker|ulx3s [CONFIG=...]; make program BOARD=...
+#   make ptq-results / make lowrank: the PTQ and low-rank results
 #   make results  trains the GSB model family and baselines on digits and
 #                 Fashion-MNIST (about 50 min on one core), writes results/
 SHELL := /bin/bash
@@ -11,10 +13,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test sim bench results iverilog fashion-mnist clean help
+.PHONY: demo test sim bench results ptq-results lowrank bitstream program iverilog fashion-mnist clean help
 
 help:
-	@sed -n '2,7p' Makefile
+	@sed -n '2,10p' Makefile
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -56,6 +58,22 @@ bench: $(STAMP) iverilog
 results: $(STAMP) fashion-mnist
 	$(PY) -m model.results
 	$(PY) -m model.results --configs configs/digits.yaml --methods fp gsb_ramp
+
+ptq-results: $(STAMP) fashion-mnist
+	$(PY) -m model.ptq.results
+
+lowrank: $(STAMP) fashion-mnist
+	$(PY) -m model.lowrank.results
+
+BOARD ?=
+CONFIG ?=
+bitstream: $(STAMP)
+	@test -n "$(BOARD)" || { echo "usage: make bitstream BOARD=icebreaker|ulx3s [CONFIG=preset]" >&2; exit 1; }
+	nice -n 5 $(PY) -m hw.build bitstream --board $(BOARD) $(if $(CONFIG),--config $(CONFIG))
+
+program: $(STAMP)
+	@test -n "$(BOARD)" || { echo "usage: make program BOARD=icebreaker|ulx3s" >&2; exit 1; }
+	$(PY) -m hw.build program --board $(BOARD)
 
 clean:
 	rm -rf build sim/out bench/out

@@ -28,7 +28,7 @@ from typing import Sequence
 from host.backend import Backend
 from model.deploy import Product, linear_output, matmul_output
 from model.golden import Operand
-from model.layers import EngineLinear, EngineMatmul, FloatLinear, Layer
+from model.layers import EngineLinear, EngineMatmul, FactoredLinear, FloatLinear, Layer
 from model.modelfile import Model
 
 
@@ -69,8 +69,10 @@ class Runtime:
         self.model, self.backend = model, backend
         self.trace: dict[str, list[np.ndarray]] | None = None
         for name, layer in model.layers.items():
-            if isinstance(layer, EngineLinear):
-                backend.load(f"{name}.w", [w.operand for w in layer.weights])
+            stages = {f"{name}.stage{j}": s for j, s in enumerate(layer.stages)} if isinstance(layer, FactoredLinear) else {name: layer}
+            for slot, stage in stages.items():
+                if isinstance(stage, EngineLinear):
+                    backend.load(f"{slot}.w", [w.operand for w in stage.weights])
 
     # ------------------------------------------------------------------ layers
 
@@ -87,8 +89,20 @@ class Runtime:
         return product
 
     def linear(self, name: str, x: np.ndarray) -> np.ndarray:
-        """Apply linear layer ``name`` to rows ``x`` (rows, in)."""
+        """Apply linear layer ``name`` to rows ``x`` (rows, in).
+
+        A :class:`~model.layers.FactoredLinear` runs its stages in order as
+        the linear layers ``<name>.stage<j>`` (engine stages re-quantize their
+        float32 input here, on the host).
+        """
         layer = self.model.layers[name]
+        if isinstance(layer, FactoredLinear):
+            for j, stage in enumerate(layer.stages):
+                x = self._linear(f"{name}.stage{j}", stage, x)
+            return x
+        return self._linear(name, layer, x)
+
+    def _linear(self, name: str, layer: Layer, x: np.ndarray) -> np.ndarray:
         if isinstance(layer, EngineLinear):
             return linear_output(layer, x, self.model.word_bits, self._product(name, resident=True))
         assert isinstance(layer, FloatLinear)

@@ -5,15 +5,41 @@ from __future__ import annotations
 from pathlib import Path
 
 from amaranth.back import verilog
-from amaranth.hdl import Module
+from amaranth.hdl import Module, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from hw.buffers import Buffer
+from hw.buffers import Buffer, spram_blocks_available
 from hw.config import STREAM_BITS, AccelConfig
 from hw.decoder import Decoder
 from hw.engine import Engine
 from hw.isa import LOAD_OPS
+
+
+class SkidBuffer(wiring.Component):
+    """A register slice for a stream: ``o``'s valid and payload and ``i``'s
+    ready all come from flip-flops, at full rate.
+
+    The second register (the skid) catches the word that arrives in the
+    cycle ``o`` stalls, since ``i.ready`` is one cycle late to say so.
+    """
+
+    def __init__(self, width: int) -> None:
+        super().__init__({"i": In(stream.Signature(width)), "o": Out(stream.Signature(width))})
+
+    def elaborate(self, platform: object) -> Module:
+        m = Module()
+        skid = Signal.like(self.i.payload)
+        skid_valid = Signal()
+        m.d.comb += self.i.ready.eq(~skid_valid)
+        with m.If(self.o.ready | ~self.o.valid):
+            with m.If(skid_valid):
+                m.d.sync += [self.o.payload.eq(skid), self.o.valid.eq(1), skid_valid.eq(0)]
+            with m.Else():
+                m.d.sync += [self.o.payload.eq(self.i.payload), self.o.valid.eq(self.i.valid)]
+        with m.Elif(self.i.valid & ~skid_valid):
+            m.d.sync += [skid.eq(self.i.payload), skid_valid.eq(1)]
+        return m
 
 
 class Accelerator(wiring.Component):
@@ -39,19 +65,32 @@ class Accelerator(wiring.Component):
         c = self.config
         m.submodules.decoder = decoder = Decoder(c)
         m.submodules.engine = engine = Engine(c)
-        wiring.connect(m, wiring.flipped(self.cmd), decoder.cmd)
+        # the command stream is registered: its source (the UART bridge) and
+        # the decoder's handshake logic would otherwise form one long path
+        m.submodules.cmd_reg = cmd_reg = SkidBuffer(STREAM_BITS)
+        wiring.connect(m, wiring.flipped(self.cmd), cmd_reg.i)
+        wiring.connect(m, cmd_reg.o, decoder.cmd)
         wiring.connect(m, decoder.rsp, wiring.flipped(self.rsp))
         m.d.comb += [engine.start.eq(decoder.start), engine.args.eq(decoder.args), decoder.busy.eq(engine.busy)]
         readers = {"load_x": engine.x, "load_y": engine.y, "load_thresh": engine.thresh, "load_prog": engine.prog}
+        buffers = []
         for op, (banks, _, item_bits, depth) in zip(LOAD_OPS, decoder.targets):
             name = op.name.lower()
-            buf = Buffer(item_bits, banks, depth)
-            m.submodules[name.removeprefix("load_")] = buf
+            short = name.removeprefix("load_")
+            m.submodules[short] = buf = Buffer(item_bits, banks, depth, spram=short in c.spram)
             wiring.connect(m, buf.write, getattr(decoder, name))
             wiring.connect(m, buf.read, readers[name])
-        m.submodules.result = result = Buffer(c.acc_bits, c.lanes, c.result_depth)
+            buffers.append(buf)
+        m.submodules.result = result = Buffer(c.acc_bits, c.lanes, c.result_depth, spram="result" in c.spram)
         wiring.connect(m, result.write, engine.result)
         wiring.connect(m, result.read, decoder.result)
+        buffers.append(result)
+        needed = sum(buf.spram_blocks for buf in buffers if buf.uses_spram(platform))
+        if needed > spram_blocks_available(platform):
+            raise ValueError(
+                f"spram={c.spram!r} needs {needed} SPRAM blocks, {platform.device} has "
+                f"{spram_blocks_available(platform)}: put fewer or narrower buffers into SPRAM"
+            )
         return m
 
 

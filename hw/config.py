@@ -23,6 +23,10 @@ STREAM_BITS = 32
 VALUE_BITS = 31
 
 
+#: The accelerator's buffers, by name (``AccelConfig.spram``, ``hw.accelerator``).
+BUFFERS = ("x", "y", "thresh", "prog", "result")
+
+
 def _check_int(value: object, name: str, lo: int, hi: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
@@ -56,6 +60,10 @@ class AccelConfig:
     itself, so each plane pair is one pass; without it the lanes have one
     tree and the host adds a separate ``C`` pass for plane pairs with a mask
     (``docs/accelerator.md``, "C: two trees or two passes").
+    ``spram`` names the buffers (of :data:`BUFFERS`) that go into the
+    single-port SPRAM blocks of an iCE40 UltraPlus when the design is built
+    for one; everywhere else (simulation, Verilog, ECP5) it has no effect
+    (:class:`hw.buffers.Buffer`).
     """
 
     word_bits: int = 16
@@ -69,6 +77,7 @@ class AccelConfig:
     shift_bits: int = 4
     stage_levels: int = 2
     count_c: bool = True
+    spram: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         golden.check_word_bits(self.word_bits)
@@ -80,6 +89,13 @@ class AccelConfig:
         _check_int(self.stage_levels, "stage_levels", 1)
         if not isinstance(self.count_c, bool):
             raise TypeError(f"count_c must be a bool, got {type(self.count_c).__name__}")
+        if isinstance(self.spram, str) or not isinstance(self.spram, (tuple, list)):
+            raise TypeError(f"spram must be a tuple of buffer names, got {type(self.spram).__name__}")
+        unknown = [name for name in self.spram if name not in BUFFERS]
+        if unknown or len(set(self.spram)) != len(self.spram):
+            raise ValueError(f"spram must name distinct buffers of {BUFFERS}, got {tuple(self.spram)!r}")
+        # a list (from JSON, see sim/runner.py) becomes a tuple, so the config stays hashable
+        object.__setattr__(self, "spram", tuple(self.spram))
         if self.acc_bits + 1 > VALUE_BITS:
             raise ValueError(
                 f"the accumulator needs {self.acc_bits} bits for max_n={self.max_n} and "
@@ -146,7 +162,17 @@ class AccelConfig:
 
 
 #: The configuration for the iCE40 UP5K (40 MHz) and the default everywhere.
+#: The accelerator alone fits the UP5K; with the board top's UART bridge it
+#: does not (docs/boards.md), hence :data:`UP5K` for the iCEBreaker.
 DEFAULT = AccelConfig()
+#: The iCEBreaker's board configuration: the y (weight) buffer fills the
+#: UP5K's four 16K x 16 SPRAMs (lanes x 2 x word_bits = 64 bits wide), so the
+#: weights of a whole small model stay resident (16384 bank rows); half the
+#: default's bits per cycle, since SPRAM gives 64 bits a cycle, not 128.
+UP5K = AccelConfig(
+    word_bits=8, lanes=4, x_depth=256, y_depth=16384, thresh_depth=64, prog_depth=64,
+    result_depth=256, coef_bits=18, shift_bits=4, spram=("y",),
+)
 #: A larger instance for the ECP5-85F (100 MHz).
 ECP5 = AccelConfig(
     word_bits=32, lanes=16, x_depth=1024, y_depth=64, thresh_depth=64, prog_depth=256,
@@ -155,14 +181,14 @@ ECP5 = AccelConfig(
 #: A tiny instance that synthesises in seconds, for tests and smoke builds.
 SMALL = AccelConfig(
     word_bits=8, lanes=2, x_depth=32, y_depth=32, thresh_depth=8, prog_depth=32,
-    result_depth=32, coef_bits=12, shift_bits=2,
+    result_depth=32, coef_bits=12, shift_bits=2, spram=("y",),
 )
 
-PRESETS = {"default": DEFAULT, "ecp5": ECP5, "small": SMALL}
+PRESETS = {"default": DEFAULT, "up5k": UP5K, "ecp5": ECP5, "small": SMALL}
 
 
 def preset(name: str) -> AccelConfig:
-    """A named configuration: ``default``, ``ecp5`` or ``small``."""
+    """A named configuration: ``default``, ``up5k``, ``ecp5`` or ``small``."""
     if not isinstance(name, str):
         raise TypeError(f"name must be a str, got {type(name).__name__}")
     if name not in PRESETS:

@@ -120,4 +120,38 @@ class FloatMatmul:
     out_scale: float = 1.0
 
 
-Layer = Union[EngineLinear, FloatLinear, EngineMatmul, FloatMatmul]
+@dataclass(frozen=True)
+class FactoredLinear:
+    """A linear layer as a chain of at least two linear stages, ``x -> stages[0] -> stages[1] -> ...``.
+
+    Each stage is an :class:`EngineLinear` or a :class:`FloatLinear` of its own
+    shape; stage j+1 takes stage j's float32 output (an engine stage
+    re-quantizes it on the host by its input quantizer).  A low-rank layer is
+    two stages, (in -> r) then (r -> out) with the bias.
+    """
+
+    stages: tuple[Union[EngineLinear, FloatLinear], ...]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.stages, tuple) or len(self.stages) < 2:
+            raise ValueError("a factored linear needs a tuple of at least two stages")
+        for j, s in enumerate(self.stages):
+            if not isinstance(s, (EngineLinear, FloatLinear)):
+                raise TypeError(f"stage {j} must be an EngineLinear or FloatLinear, got {type(s).__name__}")
+        for j in range(1, len(self.stages)):
+            if self.stages[j].in_features != self.stages[j - 1].out_features:
+                raise ValueError(f"stage {j} takes {self.stages[j].in_features} inputs, stage {j - 1} gives "
+                                 f"{self.stages[j - 1].out_features}")
+
+    @property
+    def in_features(self) -> int:
+        """Length of each input row."""
+        return self.stages[0].in_features
+
+    @property
+    def out_features(self) -> int:
+        """Number of outputs."""
+        return self.stages[-1].out_features
+
+
+Layer = Union[EngineLinear, FloatLinear, EngineMatmul, FloatMatmul, FactoredLinear]

@@ -28,7 +28,7 @@ import numpy as np
 
 from model import golden
 from model.golden import Encoding, Operand, PackedPlane
-from model.layers import EngineLinear, EngineMatmul, FloatLinear, FloatMatmul, Layer, WeightGroup
+from model.layers import EngineLinear, EngineMatmul, FactoredLinear, FloatLinear, FloatMatmul, Layer, WeightGroup
 from model.quantizers import RULE_PARAMS, QuantGroup, Quantizer
 
 FORMAT_NAME = "gsbflow-model"
@@ -173,7 +173,8 @@ class Model:
 
     def engine_layers(self) -> dict[str, Layer]:
         """The layers a Backend computes."""
-        return {k: v for k, v in self.layers.items() if isinstance(v, (EngineLinear, EngineMatmul))}
+        return {k: v for k, v in self.layers.items() if isinstance(v, (EngineLinear, EngineMatmul))
+                or (isinstance(v, FactoredLinear) and any(isinstance(s, EngineLinear) for s in v.stages))}
 
 
 # --------------------------------------------------------------------------
@@ -211,6 +212,9 @@ def _layer_to_json(name: str, layer: Layer, arrays: dict[str, np.ndarray]) -> di
         if layer.bias is not None:
             arrays[f"{name}.bias"] = layer.bias
         return {"kind": "float_linear", "bias": layer.bias is not None}
+    if isinstance(layer, FactoredLinear):
+        return {"kind": "factored_linear", "ranks": [s.out_features for s in layer.stages[:-1]],
+                "stages": [_layer_to_json(f"{name}.stage{j}", s, arrays) for j, s in enumerate(layer.stages)]}
     if isinstance(layer, EngineMatmul):
         return {"kind": "engine_matmul", "x": _quantizer_to_json(layer.x, f"{name}.x.offset", arrays),
                 "y": _quantizer_to_json(layer.y, f"{name}.y.offset", arrays),
@@ -417,37 +421,69 @@ def _read_planes(r: _Reader, arrays: dict, used: set, name: str, enc: Encoding, 
     return Operand(enc, n, word_bits, planes)
 
 
+def _read_linear(r: _Reader, name: str, where: str, kind: str, obj: dict, shape: tuple[int, int], arrays: dict, used: set,
+                 word_bits: int) -> Layer:
+    """An ``engine_linear`` or ``float_linear`` of shape (out, in) whose arrays are named ``<name>.*``."""
+    out_f, in_f = shape
+    bias = _take(r, arrays, used, f"{name}.bias", (out_f,), np.float32) if r.get(obj, "bias", bool, where) else None
+    if kind == "float_linear":
+        r.keys(obj, {"kind", "bias"}, where)
+        return FloatLinear(_take(r, arrays, used, f"{name}.weight", (out_f, in_f), np.float32), bias)
+    r.keys(obj, {"kind", "input", "weights", "bias", "coef_bits"}, where)
+    quant = _read_quantizer(r, r.get(obj, "input", dict, where), f"{where}.input", arrays, used, (in_f,))
+    groups = []
+    raw = r.get(obj, "weights", list, where)
+    if not raw:
+        raise r.fail(f"{where}.weights", "must hold at least one group")
+    for g, w in enumerate(raw):
+        gw = f"{where}.weights[{g}]"
+        r.keys(w, {"encoding", "scale"}, gw)
+        enc = r.build(f"{gw}.encoding", lambda: Encoding.parse(r.get(w, "encoding", str, gw)))
+        scale = r.get(w, "scale", float, gw)
+        if not np.isfinite(scale):
+            raise r.fail(f"{gw}.scale", "must be finite")
+        groups.append(WeightGroup(_read_planes(r, arrays, used, f"{name}.weight{g}", enc, out_f, in_f, word_bits), scale))
+    coef_bits = r.get(obj, "coef_bits", int, where)
+    layer = r.build(where, lambda: EngineLinear(quant, tuple(groups), bias, coef_bits))
+    r.build(f"{where}.coef_bits", lambda: layer.accumulator_bits)  # the scales must fit the format
+    return layer
+
+
+def _read_factored(r: _Reader, name: str, where: str, obj: dict, shape: tuple[int, int], arrays: dict, used: set,
+                   word_bits: int) -> FactoredLinear:
+    """A ``factored_linear``: ``ranks`` (the widths between stages) and ``stages`` (linear layers)."""
+    r.keys(obj, {"kind", "ranks", "stages"}, where)
+    ranks = r.get(obj, "ranks", list, where)
+    if not ranks:
+        raise r.fail(f"{where}.ranks", "must hold at least one width (a factored linear has two stages or more)")
+    for i, width in enumerate(ranks):
+        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+            raise r.fail(f"{where}.ranks[{i}]", f"expected a positive int, got {width!r}")
+    stages = r.get(obj, "stages", list, where)
+    if len(stages) != len(ranks) + 1:
+        raise r.fail(f"{where}.stages", f"expected {len(ranks) + 1} stages for {len(ranks)} ranks, got {len(stages)}")
+    dims = [shape[1], *ranks, shape[0]]
+    layers = []
+    for j, stage in enumerate(stages):
+        sw = f"{where}.stages[{j}]"
+        kind = r.get(stage, "kind", str, sw)
+        if kind not in ("engine_linear", "float_linear"):
+            raise r.fail(f"{sw}.kind", f"a stage must be engine_linear or float_linear, got {kind!r}")
+        layers.append(_read_linear(r, f"{name}.stage{j}", sw, kind, stage, (dims[j + 1], dims[j]), arrays, used, word_bits))
+    return r.build(where, lambda: FactoredLinear(tuple(layers)))
+
+
 def _read_layer(r: _Reader, name: str, obj: dict, arch: Architecture, arrays: dict, used: set, word_bits: int) -> Layer:
     where = f"layers.{name}"
     kind = r.get(obj, "kind", str, where)
     linear = arch.linear_shapes().get(name)
     matmul = arch.matmul_inputs().get(name)
-    if kind in ("engine_linear", "float_linear"):
+    if kind in ("engine_linear", "float_linear", "factored_linear"):
         if linear is None:
             raise r.fail(f"{where}.kind", f"{kind} is not allowed for this layer")
-        out_f, in_f = linear
-        bias = _take(r, arrays, used, f"{name}.bias", (out_f,), np.float32) if r.get(obj, "bias", bool, where) else None
-        if kind == "float_linear":
-            r.keys(obj, {"kind", "bias"}, where)
-            return FloatLinear(_take(r, arrays, used, f"{name}.weight", (out_f, in_f), np.float32), bias)
-        r.keys(obj, {"kind", "input", "weights", "bias", "coef_bits"}, where)
-        quant = _read_quantizer(r, r.get(obj, "input", dict, where), f"{where}.input", arrays, used, (in_f,))
-        groups = []
-        raw = r.get(obj, "weights", list, where)
-        if not raw:
-            raise r.fail(f"{where}.weights", "must hold at least one group")
-        for g, w in enumerate(raw):
-            gw = f"{where}.weights[{g}]"
-            r.keys(w, {"encoding", "scale"}, gw)
-            enc = r.build(f"{gw}.encoding", lambda: Encoding.parse(r.get(w, "encoding", str, gw)))
-            scale = r.get(w, "scale", float, gw)
-            if not np.isfinite(scale):
-                raise r.fail(f"{gw}.scale", "must be finite")
-            groups.append(WeightGroup(_read_planes(r, arrays, used, f"{name}.weight{g}", enc, out_f, in_f, word_bits), scale))
-        coef_bits = r.get(obj, "coef_bits", int, where)
-        layer = r.build(where, lambda: EngineLinear(quant, tuple(groups), bias, coef_bits))
-        r.build(f"{where}.coef_bits", lambda: layer.accumulator_bits)  # the scales must fit the format
-        return layer
+        if kind == "factored_linear":
+            return _read_factored(r, name, where, obj, linear, arrays, used, word_bits)
+        return _read_linear(r, name, where, kind, obj, linear, arrays, used, word_bits)
     if kind in ("engine_matmul", "float_matmul"):
         if matmul is None:
             raise r.fail(f"{where}.kind", f"{kind} is not allowed for this layer")

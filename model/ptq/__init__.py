@@ -1,0 +1,10 @@
+"""Post-training quantization of the FP ViT family (ranking-aware PTQ, Liu et al. 2021).
+
+* :mod:`model.ptq.quant`: specs, their engine layers, and the exact torch forward (:class:`~model.ptq.quant.QModel`);
+* :mod:`model.ptq.search`: the Pearson/ranking-loss/bias-correction search, and the min-max/percentile baselines;
+* :mod:`model.ptq.mixed`: nuclear-norm mixed precision per attention/MLP block;
+* :mod:`model.ptq.export`: the model file, and runs on the host runtime's backends;
+* :mod:`model.ptq.results`: ``python -m model.ptq.results``.
+
+See ``docs/ptq.md``.
+"""
