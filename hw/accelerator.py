@@ -65,12 +65,14 @@ class Accelerator(wiring.Component):
         c = self.config
         m.submodules.decoder = decoder = Decoder(c)
         m.submodules.engine = engine = Engine(c)
-        # the command stream is registered: its source (the UART bridge) and
-        # the decoder's handshake logic would otherwise form one long path
+        # both streams are registered: the UART bridge's handshake logic and
+        # the decoder's would otherwise form one long path
         m.submodules.cmd_reg = cmd_reg = SkidBuffer(STREAM_BITS)
+        m.submodules.rsp_reg = rsp_reg = SkidBuffer(STREAM_BITS)
         wiring.connect(m, wiring.flipped(self.cmd), cmd_reg.i)
         wiring.connect(m, cmd_reg.o, decoder.cmd)
-        wiring.connect(m, decoder.rsp, wiring.flipped(self.rsp))
+        wiring.connect(m, decoder.rsp, rsp_reg.i)
+        wiring.connect(m, rsp_reg.o, wiring.flipped(self.rsp))
         m.d.comb += [engine.start.eq(decoder.start), engine.args.eq(decoder.args), decoder.busy.eq(engine.busy)]
         readers = {"load_x": engine.x, "load_y": engine.y, "load_thresh": engine.thresh, "load_prog": engine.prog}
         buffers = []

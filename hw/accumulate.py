@@ -36,14 +36,13 @@ class WordAccumulator(wiring.Component):
     def elaborate(self, platform: object) -> Module:
         m = Module()
         i = self.i.payload
+        sums = Signal.like(self.o.payload.p, reset_less=True)
+        tag = Signal.like(i.tag, reset_less=True)
         with m.If(self.i.valid):
             for lane in range(self.lanes):
-                base = Mux(i.first, 0, self.o.payload.p[lane])
-                m.d.sync += self.o.payload.p[lane].eq(base + i.value[lane])
-        m.d.sync += [
-            self.o.valid.eq(self.i.valid & i.last),
-            self.o.payload.tag.eq(i.tag),
-        ]
+                m.d.sync += sums[lane].eq(Mux(i.first, 0, sums[lane]) + i.value[lane])
+        m.d.sync += [self.o.valid.eq(self.i.valid & i.last), tag.eq(i.tag)]
+        m.d.comb += [self.o.payload.p.eq(sums), self.o.payload.tag.eq(tag)]
         return m
 
 
@@ -55,8 +54,13 @@ class PassAccumulator(wiring.Component):
     (``c w_k w_j`` for ``D`` and ``C``, ``-2 c w_k w_j`` for ``P``) and the
     terms with ``C = n`` into ``offset``; see ``docs/accelerator.md``.  ``first``
     restarts the accumulator at ``offset``, ``last`` emits it.  Three
-    stages: the product (one multiplier per lane, DSP blocks), the shift and
-    the add.
+    stages: the shift, the product, the add.  The accumulator wraps modulo
+    ``2**acc_bits``, so the coefficient is shifted once for all lanes,
+    modulo ``2**acc_bits`` (``(coef << shift) * p`` and ``(coef * p) << shift``
+    agree there), and each lane has an ``acc_bits x p_bits`` multiplier (DSP
+    blocks) and no shifter: a shifter per lane cost about 120 LUTs each on
+    the UP5K, and the shift amount's fan-out to all of them was the ECP5's
+    longest path.
     """
 
     def __init__(
@@ -83,17 +87,20 @@ class PassAccumulator(wiring.Component):
     def elaborate(self, platform: object) -> Module:
         m = Module()
         i = self.i.payload
-        # stage 1: the product; stage 2: the shift; stage 3: the add
-        products = [Signal(signed(self.coef_bits + self.p_bits), name=f"prod{lane}") for lane in range(self.lanes)]
-        shifted = [Signal(signed(self.acc_bits), name=f"shifted{lane}") for lane in range(self.lanes)]
-        shift = Signal(self.shift_bits)
-        m.d.sync += [*(prod.eq(i.coef * i.p[lane]) for lane, prod in enumerate(products)), shift.eq(i.shift)]
-        m.d.sync += [term.eq(prod << shift) for term, prod in zip(shifted, products)]
-        valid, first, last = (delay(m, v, 2, name) for v, name in ((self.i.valid, "valid"), (i.first, "first"), (i.last, "last")))
+        # stage 1: the shift; stage 2: the product; stage 3: the add
+        a = self.acc_bits
+        scaled = Signal(signed(a), reset_less=True)
+        p = Signal.like(i.p, reset_less=True)
+        products = [Signal(signed(a), name=f"prod{lane}", reset_less=True) for lane in range(self.lanes)]
+        accs = Signal.like(self.o.payload.value, reset_less=True)
+        m.d.sync += [scaled.eq((i.coef << i.shift)[:a].as_signed()), p.eq(i.p)]
+        m.d.sync += [prod.eq((scaled * p[lane])[:a].as_signed()) for lane, prod in enumerate(products)]
+        valid = delay(m, self.i.valid, 2, "valid")
+        first, last = (delay(m, v, 2, name, reset_less=True) for v, name in ((i.first, "first"), (i.last, "last")))
         with m.If(valid):
-            for lane, term in enumerate(shifted):
-                acc = self.o.payload.value[lane]
-                m.d.sync += acc.eq(Mux(first, self.offset, acc) + term)
+            for lane, term in enumerate(products):
+                m.d.sync += accs[lane].eq(Mux(first, self.offset, accs[lane]) + term)
         m.d.sync += self.o.valid.eq(valid & last)
-        m.d.comb += self.o.payload.tag.eq(delay(m, i.tag, self.latency, "pass_tag"))
+        m.d.comb += [self.o.payload.value.eq(accs),
+                     self.o.payload.tag.eq(delay(m, i.tag, self.latency, "pass_tag", reset_less=True))]
         return m

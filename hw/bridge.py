@@ -2,7 +2,8 @@
 
 It implements the device side of ``docs/protocol.md``:
 
-* A command frame (``A5 seq len payload crc``) is received into a block-RAM
+* A command frame (``A5 seq len payload crc``), at most a byte every two
+  cycles, is received into a block-RAM
   buffer of ``buffer_words`` 32-bit words while its CRC-16 is computed. A
   frame with a bad CRC, a length that is not a whole number of words, longer
   than the buffer or shorter than one word, or a gap of more than
@@ -71,6 +72,7 @@ class Bridge(wiring.Component):
     tx: Out(stream.Signature(8))
     cmd: Out(stream.Signature(STREAM_BITS))
     rsp: In(stream.Signature(STREAM_BITS))
+    busy: Out(1)  # a frame is being executed (registered)
 
     def __init__(self, buffer_words: int = 256, idle_timeout: int = 1 << 16) -> None:
         for name, value, lo in (("buffer_words", buffer_words, 2), ("idle_timeout", idle_timeout, 16)):
@@ -88,38 +90,61 @@ class Bridge(wiring.Component):
         m.submodules.mem = mem = Memory(shape=unsigned(STREAM_BITS), depth=self.buffer_words, init=[])
         wr, rd = mem.write_port(), mem.read_port()
         addr_bits = max(1, ceil_log2(self.buffer_words))
+        # Every decision below reads flip-flops only: counters come with a
+        # registered "last" flag, the memory's read data is registered before
+        # it is inspected, and bytes go out of shift registers.  (The FSM's
+        # compares on counters and on the memory output were the longest
+        # paths of both board builds.)
 
         # ---------------------------------------------------------- receive
         crc = Signal(16)
         seq = Signal(8)
         length = Signal(16)          # payload bytes
         count = Signal(16)           # payload bytes received
-        word = Signal(STREAM_BITS)
+        last_byte = Signal()         # the next payload byte is the last one
+        left = Signal(16)            # payload bytes after the next one
+        word = Signal(STREAM_BITS, reset_less=True)
         crc_lo = Signal(8)
-        idle = Signal(range(self.idle_timeout + 1))
-        byte = self.rx.payload
-        got = self.rx.valid
+        # the idle timer counts up from 2**bits - idle_timeout: its carry out is the timeout
+        idle_bits = ceil_log2(self.idle_timeout + 1)
+        idle = Signal(idle_bits)
+        expired = Signal()
+        # The received byte is registered, together with the compares made
+        # on it, so the receive FSM decides on flip-flops alone.  The compares
+        # read the FSM's registers as the byte arrives, which needs at least
+        # two cycles between bytes (a UART gives one every ten bit times).
+        byte = Signal(8, reset_less=True)
+        got = Signal()
+        is_sync = Signal()           # byte == CMD_SYNC
+        length_ok = Signal()         # byte is the high length byte of an acceptable length
+        crc_ok = Signal()            # byte is the high CRC byte, and the CRC matches
+        total = Cat(length[:8], self.rx.payload)
+        m.d.sync += [
+            byte.eq(self.rx.payload), got.eq(self.rx.valid), is_sync.eq(self.rx.payload == CMD_SYNC),
+            length_ok.eq((total[:2] == 0) & (total >= 4) & (total <= 4 * self.buffer_words)),
+            crc_ok.eq(Cat(crc_lo, self.rx.payload) == crc),
+        ]
         frame_ok = Signal()          # one cycle: a good frame is in the buffer
-        busy = Signal()              # executing: ignore the line
         m.d.sync += frame_ok.eq(0)
         m.d.comb += self.rx.ready.eq(1)  # a UART has no backpressure: every byte is taken
         m.d.comb += [wr.addr.eq(count[2:2 + addr_bits]), wr.data.eq(Cat(word[8:], byte))]
+        restart_idle = [idle.eq((1 << idle_bits) - self.idle_timeout), expired.eq(0)]
 
         with m.FSM(name="rx"):
             with m.State("HUNT"):
-                with m.If(got & (byte == CMD_SYNC) & ~busy & ~frame_ok):  # no new frame until the last one has run
-                    m.d.sync += [crc.eq(0xFFFF), idle.eq(0)]
+                with m.If(got & is_sync & ~self.busy & ~frame_ok):  # no new frame until the last one has run
+                    m.d.sync += [crc.eq(0xFFFF), *restart_idle]
                     m.next = "SEQ"
 
             def timed(state_body):
                 """Count idle cycles inside a frame; drop the frame after ``idle_timeout``."""
                 with m.If(got):
-                    m.d.sync += idle.eq(0)
+                    m.d.sync += restart_idle
                     state_body()
-                with m.Elif(idle == self.idle_timeout):
+                with m.Elif(expired):
                     m.next = "HUNT"
                 with m.Else():
-                    m.d.sync += idle.eq(idle + 1)
+                    m.d.sync += Cat(idle, expired).eq(idle + 1)
 
             with m.State("SEQ"):
                 def body():
@@ -133,19 +158,20 @@ class Bridge(wiring.Component):
                 timed(body)
             with m.State("LEN1"):
                 def body():
-                    total = Cat(length[:8], byte)
-                    m.d.sync += [length[8:].eq(byte), crc.eq(crc16_step(crc, byte)), count.eq(0)]
-                    with m.If((total[:2] == 0) & (total >= 4) & (total <= 4 * self.buffer_words)):
+                    m.d.sync += [length[8:].eq(byte), crc.eq(crc16_step(crc, byte)), count.eq(0),
+                                 left.eq(Cat(length[:8], byte) - 1), last_byte.eq(0)]
+                    with m.If(length_ok):
                         m.next = "PAYLOAD"
                     with m.Else():
                         m.next = "HUNT"
                 timed(body)
             with m.State("PAYLOAD"):
                 def body():
-                    m.d.sync += [word.eq(Cat(word[8:], byte)), count.eq(count + 1), crc.eq(crc16_step(crc, byte))]
+                    m.d.sync += [word.eq(Cat(word[8:], byte)), count.eq(count + 1), crc.eq(crc16_step(crc, byte)),
+                                 left.eq(left - 1), last_byte.eq(left == 1)]
                     with m.If(count[:2] == 3):
                         m.d.comb += wr.en.eq(1)
-                    with m.If(count + 1 == length):
+                    with m.If(last_byte):
                         m.next = "CRC0"
                 timed(body)
             with m.State("CRC0"):
@@ -155,7 +181,7 @@ class Bridge(wiring.Component):
                 timed(body)
             with m.State("CRC1"):
                 def body():
-                    with m.If(Cat(crc_lo, byte) == crc):
+                    with m.If(crc_ok):
                         m.d.sync += frame_ok.eq(1)
                     m.next = "HUNT"
                 timed(body)
@@ -163,21 +189,29 @@ class Bridge(wiring.Component):
         # ---------------------------------------------------------- execute
         last_seq = Signal(8)
         last_valid = Signal()
-        status = Signal(8)
+        commands = Signal(16)        # command words in the frame
+        has_commands = Signal()
         answers = Signal(16)         # rsp words still to forward
-        words = Signal(16)           # command words in the frame
-        fed = Signal(16)             # command words sent to cmd
-        rsp_len = Signal(16)         # response payload bytes
+        answers_done = Signal()      # answers == 0
+        first = Signal(STREAM_BITS, reset_less=True)  # the first command word, registered
+        feeding = Signal()           # command words are left to send to cmd
+        feed_left = Signal(16)       # ... this many, the current one included
+        feed_last = Signal()         # feed_left == 1
+        next_addr = Signal(addr_bits)    # the buffer address of the word after the current one
+        after_addr = Signal(addr_bits)   # and of the one after that
+        header = Signal(40)          # the response header, shifted out a byte at a time
+        header_byte = Signal(range(5))
         tx_crc = Signal(16)
-        rsp_word = Signal(STREAM_BITS)
+        rsp_word = Signal(STREAM_BITS, reset_less=True)
         rsp_byte = Signal(2)
         have_word = Signal()
-        header = Signal(range(6))
 
-        # The command words are read from the buffer one cycle ahead.
+        # The buffer is read one cycle ahead: the current command word is in
+        # rd.data, and the address is that of the next word, or of the one
+        # after it when the current word is taken in this cycle.
         feed_fire = self.cmd.valid & self.cmd.ready
-        m.d.comb += [rd.en.eq(1), rd.addr.eq(Mux(feed_fire, fed + 2, fed + 1))]
-        m.d.comb += [self.cmd.payload.eq(rd.data)]
+        m.d.comb += [rd.en.eq(1), rd.addr.eq(Mux(feed_fire, after_addr, next_addr))]
+        m.d.comb += [self.cmd.valid.eq(feeding), self.cmd.payload.eq(rd.data)]
 
         def send(value: object) -> None:
             m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(value)]
@@ -185,60 +219,62 @@ class Bridge(wiring.Component):
         with m.FSM(name="exec"):
             with m.State("WAIT"):
                 with m.If(frame_ok):
-                    m.d.sync += [busy.eq(1), words.eq(length[2:] - 1), fed.eq(0), header.eq(0)]
+                    m.d.sync += [self.busy.eq(1), commands.eq(length[2:] - 1), next_addr.eq(1), after_addr.eq(2)]
                     m.next = "FIRST"
-            with m.State("FIRST"):      # rd.data holds word 0 (the answer count) after one cycle
+            with m.State("FIRST"):      # rd.data holds word 0 (the answer count) after this cycle
                 m.d.comb += rd.addr.eq(0)
+                m.d.sync += [has_commands.eq(commands != 0), feed_left.eq(commands), feed_last.eq(commands == 1)]
                 m.next = "PEEK"
             with m.State("PEEK"):
                 m.d.sync += answers.eq(rd.data[:16])
                 m.d.comb += rd.addr.eq(1)
+                m.next = "LATCH"
+            with m.State("LATCH"):      # rd.data holds word 1 (the first command header)
+                m.d.sync += [first.eq(rd.data), answers_done.eq(answers == 0)]
+                m.d.comb += rd.addr.eq(1)
                 m.next = "DECIDE"
-            with m.State("DECIDE"):     # rd.data holds word 1 (the first command header)
+            with m.State("DECIDE"):
                 is_read = Signal()
-                m.d.comb += is_read.eq(0)
                 for op in READ_OPS:
-                    with m.If((words != 0) & (rd.data[:8] == int(op))):
+                    with m.If(has_commands & (first[:8] == int(op))):
                         m.d.comb += is_read.eq(1)
                 m.d.comb += rd.addr.eq(1)
                 with m.If(last_valid & (seq == last_seq) & ~is_read):
-                    m.d.sync += [status.eq(Status.DUPLICATE), rsp_len.eq(0), answers.eq(0), words.eq(0)]
+                    m.d.sync += [header.eq(Cat(Const(RSP_SYNC, 8), seq, Const(Status.DUPLICATE, 8), Const(0, 16))),
+                                 answers.eq(0), answers_done.eq(1), has_commands.eq(0)]
                 with m.Else():
-                    m.d.sync += [status.eq(Status.OK), rsp_len.eq(Cat(Const(0, 2), answers[:14])),
+                    m.d.sync += [header.eq(Cat(Const(RSP_SYNC, 8), seq, Const(Status.OK, 8), Const(0, 2), answers[:14])),
                                  last_seq.eq(seq), last_valid.eq(1)]
-                m.d.sync += tx_crc.eq(0xFFFF)
+                m.d.sync += [tx_crc.eq(0xFFFF), header_byte.eq(0)]
                 m.next = "HEADER"
             with m.State("HEADER"):
-                hdr = [Const(RSP_SYNC, 8), seq, status, rsp_len[:8], rsp_len[8:]]
-                value = Signal(8)
-                with m.Switch(header):
-                    for i, v in enumerate(hdr):
-                        with m.Case(i):
-                            m.d.comb += value.eq(v)
-                send(value)
+                send(header[:8])
                 with m.If(self.tx.ready):
-                    with m.If(header != 0):
-                        m.d.sync += tx_crc.eq(crc16_step(tx_crc, value))
-                    m.d.sync += header.eq(header + 1)
-                    with m.If(header == 4):
-                        m.d.sync += have_word.eq(0)
+                    with m.If(header_byte != 0):  # the sync byte is not in the CRC
+                        m.d.sync += tx_crc.eq(crc16_step(tx_crc, header[:8]))
+                    m.d.sync += [header.eq(header >> 8), header_byte.eq(header_byte + 1)]
+                    with m.If(header_byte == 4):
+                        m.d.sync += [have_word.eq(0), feeding.eq(has_commands)]
                         m.next = "BODY"
             with m.State("BODY"):
                 # feed the command words and forward the answer words concurrently
-                m.d.comb += self.cmd.valid.eq(fed != words)
                 with m.If(feed_fire):
-                    m.d.sync += fed.eq(fed + 1)
+                    m.d.sync += [next_addr.eq(after_addr), after_addr.eq(after_addr + 1),
+                                 feed_left.eq(feed_left - 1), feed_last.eq(feed_left == 2)]
+                    with m.If(feed_last):
+                        m.d.sync += feeding.eq(0)
                 with m.If(~have_word):
-                    m.d.comb += self.rsp.ready.eq(answers != 0)
-                    with m.If(self.rsp.valid & self.rsp.ready):
-                        m.d.sync += [rsp_word.eq(self.rsp.payload), have_word.eq(1), rsp_byte.eq(0), answers.eq(answers - 1)]
-                    with m.Elif((answers == 0) & (fed == words)):
+                    m.d.comb += self.rsp.ready.eq(~answers_done)
+                    with m.If(self.rsp.valid & ~answers_done):
+                        m.d.sync += [rsp_word.eq(self.rsp.payload), have_word.eq(1), rsp_byte.eq(0),
+                                     answers.eq(answers - 1), answers_done.eq(answers == 1)]
+                    with m.Elif(answers_done & ~feeding):
                         m.next = "CRC_LO"
                 with m.Else():
-                    value = rsp_word.word_select(rsp_byte, 8)
-                    send(value)
+                    send(rsp_word[:8])
                     with m.If(self.tx.ready):
-                        m.d.sync += [tx_crc.eq(crc16_step(tx_crc, value)), rsp_byte.eq(rsp_byte + 1)]
+                        m.d.sync += [tx_crc.eq(crc16_step(tx_crc, rsp_word[:8])), rsp_word.eq(rsp_word >> 8),
+                                     rsp_byte.eq(rsp_byte + 1)]
                         with m.If(rsp_byte == 3):
                             m.d.sync += have_word.eq(0)
             with m.State("CRC_LO"):
@@ -248,6 +284,6 @@ class Bridge(wiring.Component):
             with m.State("CRC_HI"):
                 send(tx_crc[8:])
                 with m.If(self.tx.ready):
-                    m.d.sync += busy.eq(0)
+                    m.d.sync += self.busy.eq(0)
                     m.next = "WAIT"
         return m

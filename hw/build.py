@@ -48,6 +48,21 @@ LUT_CELLS = {"ice40": re.compile(r"SB_LUT4$"), "ecp5": re.compile(r"LUT4$")}
 FF_CELLS = {"ice40": re.compile(r"SB_DFF\w*$"), "ecp5": re.compile(r"TRELLIS_FF$")}
 
 
+#: Yosys command run after reading the design: a read in the same cycle as a
+#: write to the same address returns undefined data (every memory of the
+#: design has one write port, so the mask is one bit).  Amaranth's memories
+#: promise the old data, which block RAM does not give, so yosys would build
+#: a bypass register and comparator for every buffer (541 flip-flops and
+#: 411 LUTs on the UP5K).  No buffer is ever read and written at once: loads,
+#: runs and reads are sequential (``hw.buffers.Buffer``, ``hw.bridge``).
+UNDEFINED_COLLISIONS = "setparam -set COLLISION_X_MASK 1'1 t:$memrd_v2"
+
+
+#: Further nextpnr options per family: router2 routes the ECP5 in minutes
+#: where router1 took 17 (in the WebAssembly build, on one core).
+NEXTPNR_OPTS = {"ice40": "", "ecp5": "--router router2"}
+
+
 def use_pypi_tools() -> None:
     """Point amaranth at the YoWASP tools of this Python environment (unless overridden)."""
     for var, tool in TOOLS.items():
@@ -129,10 +144,10 @@ def build(b: Board, config: AccelConfig, config_name: str, out: Path, freq_hz: f
     # prepared, then run: platform.build() would first insist on the programmer
     # (amaranth-boards' ULX3S lists openFPGALoader among its required tools)
     plan = platform.build(
-        top, name="top", do_build=False,
+        top, name="top", do_build=False, script_after_read=UNDEFINED_COLLISIONS,
         synth_opts="-dsp" if b.family == "ice40" else "",
         # timing is judged from the report, so a missed clock still gives a bitstream and a report
-        nextpnr_opts=f"--report top.report.json --timing-allow-fail --seed {seed}",
+        nextpnr_opts=f"--report top.report.json --timing-allow-fail --seed {seed} {NEXTPNR_OPTS[b.family]}",
     )
     plan.execute_local(str(out))
     build_s = time.monotonic() - start

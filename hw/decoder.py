@@ -95,7 +95,7 @@ class Decoder(wiring.Component):
 
         # -- loads: words gather into an item, written with its last word
         max_item_words = max(words for _, words, _, _ in self.targets)
-        item = Signal((max_item_words - 1) * STREAM_BITS)
+        item = Signal((max_item_words - 1) * STREAM_BITS, reset_less=True)
         word_idx = Signal(range(max(max_item_words, DESC_WORDS + 1)))  # also counts RUN and CYCLES words
         target = Signal(range(len(self.targets)))
         lane = Signal(range(c.lanes))
@@ -119,7 +119,7 @@ class Decoder(wiring.Component):
         # -- reads: one result entry per address, lane by lane
         raddr = Signal(c.addr_bits(c.result_depth))
         m.d.comb += self.result.addr.eq(raddr)
-        entry = Signal.like(self.result.data)  # registered: the answer mux starts at a flip-flop
+        entry = Signal.like(self.result.data, reset_less=True)  # registered: the answer mux starts at a flip-flop
         packed = Signal()
 
 

@@ -11,7 +11,7 @@ latency`` cycles.
 
 from __future__ import annotations
 
-from amaranth.hdl import Const, Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import ReadPort, WritePort
 from amaranth.lib.wiring import In, Out
@@ -35,9 +35,9 @@ def run_layout(config: AccelConfig) -> data.StructLayout:
     })
 
 
-def nonempty(args: data.View) -> object:
-    """Whether a run has work: every count non-zero."""
-    return (args.rows != 0) & (args.blocks != 0) & (args.words != 0) & (args.passes != 0)
+def nonzero_counts(args: data.View) -> object:
+    """One bit per count of a run: whether it is non-zero (the run has work if all are)."""
+    return Cat(args.rows != 0, args.blocks != 0, args.words != 0, args.passes != 0)
 
 
 def item_layout(config: AccelConfig) -> data.StructLayout:
@@ -51,8 +51,9 @@ def item_layout(config: AccelConfig) -> data.StructLayout:
 def engine_latency(config: AccelConfig) -> int:
     """The fixed cycles of a run beyond one per item (see :attr:`Engine.latency`)."""
     lanes = lane_latency(config.word_bits, config.stage_levels)
-    # descriptor read, address add, operand read, then the datapath stages
-    return 3 + lanes + WordAccumulator.latency + PassAccumulator.latency + Threshold.latency
+    # the start cycle, descriptor read and its register, address add,
+    # operand read and its register, then the datapath stages
+    return 6 + lanes + WordAccumulator.latency + PassAccumulator.latency + Threshold.latency
 
 
 class Sequencer(wiring.Component):
@@ -73,6 +74,7 @@ class Sequencer(wiring.Component):
         super().__init__({
             "start": In(1),
             "args": In(run_layout(config)),
+            "nonempty": In(1),  # every count of args is non-zero (see Engine)
             "o": Out(pipe_signature(item_layout(config))),
         })
 
@@ -99,7 +101,7 @@ class Sequencer(wiring.Component):
             o.final.eq(last_word & last_pass & last_blk & last_row),
         ]
         with m.If(self.start):
-            m.d.sync += [words.eq(a.words), self.o.valid.eq(nonempty(a)), o.x_off.eq(0), o.y_off.eq(0)]
+            m.d.sync += [words.eq(a.words), self.o.valid.eq(self.nonempty), o.x_off.eq(0), o.y_off.eq(0)]
         with m.Elif(self.o.valid):
             carry = Const(1)  # this loop advances: every inner loop is at its last iteration
             for depth, (forward, left, last, limit, single) in enumerate(loops):
@@ -123,8 +125,8 @@ class Sequencer(wiring.Component):
 class Engine(wiring.Component):
     """Sequencer, operand reads, lanes, accumulators, threshold, result writes.
 
-    ``busy`` rises the cycle after ``start`` (unless the run is empty) and
-    falls the cycle after the last result entry is written.  Result entry
+    ``busy`` rises the cycle after ``start`` and falls the cycle after the
+    last result entry is written (an empty run: one cycle later).  Result entry
     ``row * blocks + blk`` holds the ``lanes`` values of that block.
     """
 
@@ -172,40 +174,54 @@ class Engine(wiring.Component):
         m.submodules.passes = passes = PassAccumulator(
             c.lanes, c.row_value_bits, c.coef_bits, c.shift_bits, c.acc_bits, tag)
         m.submodules.threshold = threshold = Threshold(c.lanes, c.acc_bits, c.addr_bits(c.thresh_depth), tag)
-        args = Signal(run_layout(c))
-        m.d.comb += [seq.start.eq(self.start), seq.args.eq(self.args)]
+        args = Signal(run_layout(c), reset_less=True)
+        # The run starts a cycle after ``start``, from registered arguments and
+        # registered "count is non-zero" flags: the emptiness test of four
+        # 16-bit counts was the UP5K's longest path when taken in one cycle.
+        go = Signal()
+        nonzero = Signal(4)
+        m.d.sync += go.eq(self.start)
         with m.If(self.start):
-            m.d.sync += args.eq(self.args)
+            m.d.sync += [args.eq(self.args), nonzero.eq(nonzero_counts(self.args))]
+        m.d.comb += [seq.start.eq(go), seq.args.eq(args), seq.nonempty.eq(nonzero.all())]
 
-        # stage 1: descriptor read; stage 2: addresses; stage 3: operand read
+        # stage 1: descriptor read, row offsets; stage 2: descriptor registered;
+        # stage 3: addresses; stage 4: operand read; stage 5: operands
+        # registered.  Block RAM read data is registered before any logic: its
+        # clock-to-output time alone is half of a 100 MHz cycle on the ECP5.
         m.d.comb += self.prog.addr.eq(seq.o.payload.pass_idx)
-        item1 = Signal(item_layout(c))
+        item = seq.o.payload
+        x_row, y_row = Signal(COUNT_BITS, reset_less=True), Signal(COUNT_BITS, reset_less=True)
+        tag1 = Signal(tag, reset_less=True)
         valid1 = Signal()
-        m.d.sync += [item1.eq(seq.o.payload), valid1.eq(seq.o.valid)]
-        desc = descriptor_layout(c)(self.prog.data[0])
-        x_addr = Signal(c.addr_bits(c.x_depth))
-        y_addr = Signal(c.addr_bits(c.y_depth))
-        tag2 = Signal(tag)
-        cmode2 = Signal()
+        m.d.sync += [x_row.eq(item.x_off + item.t), y_row.eq(item.y_off + item.t), valid1.eq(seq.o.valid)]
+        for field in ("first_word", "last_word", "first_pass", "last_pass", "final", "blk"):
+            m.d.sync += getattr(tag1, field).eq(getattr(item, field))
+        desc = Signal(descriptor_layout(c), reset_less=True)
+        m.d.sync += desc.eq(self.prog.data[0])
+        x_addr = Signal(c.addr_bits(c.x_depth), reset_less=True)
+        y_addr = Signal(c.addr_bits(c.y_depth), reset_less=True)
+        tag2 = Signal(tag, reset_less=True)
+        cmode2 = Signal(reset_less=True)
         valid2 = Signal()
         m.d.sync += [
-            x_addr.eq(desc.x_base + item1.x_off + item1.t),
-            y_addr.eq(desc.y_base + item1.y_off + item1.t),
-            cmode2.eq(desc.cmode), valid2.eq(valid1),
+            x_addr.eq(desc.x_base + delay(m, x_row, 1, "x_row", reset_less=True)),
+            y_addr.eq(desc.y_base + delay(m, y_row, 1, "y_row", reset_less=True)),
+            tag2.eq(delay(m, tag1, 1, "tag1", reset_less=True)), tag2.coef.eq(desc.coef), tag2.shift.eq(desc.shift),
+            cmode2.eq(desc.cmode), valid2.eq(delay(m, valid1, 1, "valid1")),
         ]
-        for field in ("first_word", "last_word", "first_pass", "last_pass", "final", "blk"):
-            m.d.sync += getattr(tag2, field).eq(getattr(item1, field))
-        m.d.sync += [tag2.coef.eq(desc.coef), tag2.shift.eq(desc.shift)]
         m.d.comb += [self.x.addr.eq(x_addr), self.y.addr.eq(y_addr)]
+        x_data, y_data = Signal.like(self.x.data, reset_less=True), Signal.like(self.y.data, reset_less=True)
+        m.d.sync += [x_data.eq(self.x.data), y_data.eq(self.y.data)]
         word = plane_word(c.word_bits)
         m.d.comb += [
-            lanes.i.valid.eq(delay(m, valid2, 1, "valid3")),
-            lanes.i.payload.tag.eq(delay(m, tag2, 1, "tag3")),
-            lanes.i.payload.cmode.eq(delay(m, cmode2, 1, "cmode3")),
-            lanes.i.payload.x.eq(word(self.x.data[0])),
+            lanes.i.valid.eq(delay(m, valid2, 2, "valid3")),
+            lanes.i.payload.tag.eq(delay(m, tag2, 2, "tag3", reset_less=True)),
+            lanes.i.payload.cmode.eq(delay(m, cmode2, 2, "cmode3", reset_less=True)),
+            lanes.i.payload.x.eq(word(x_data[0])),
         ]
         for lane in range(c.lanes):
-            m.d.comb += lanes.i.payload.y[lane].eq(word(self.y.data[lane]))
+            m.d.comb += lanes.i.payload.y[lane].eq(word(y_data[lane]))
 
         # datapath
         m.d.comb += [
@@ -239,7 +255,9 @@ class Engine(wiring.Component):
         for lane in range(c.lanes):
             m.d.comb += self.result.data[lane].eq(threshold.o.payload.value[lane])
         with m.If(self.start):
-            m.d.sync += [addr.eq(0), self.busy.eq(nonempty(self.args))]
+            m.d.sync += [addr.eq(0), self.busy.eq(1)]
+        with m.Elif(go & ~nonzero.all()):
+            m.d.sync += self.busy.eq(0)
         with m.Elif(threshold.o.valid):
             m.d.sync += addr.eq(addr + 1)
             with m.If(threshold.o.payload.tag.final):

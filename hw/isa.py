@@ -110,10 +110,17 @@ def descriptor(
 
 
 def threshold_word(threshold: int, direction: int) -> int:
-    """``bit = direction*Y >= threshold`` as one word: bit 31 set for direction -1."""
+    """``bit = direction*Y >= threshold`` as one word, in the form the hardware compares.
+
+    Bit 31 is set for direction -1, bits 0..30 hold a signed ``t`` with
+    ``bit = (Y >= t) XOR (direction == -1)``: ``t = threshold`` for direction
+    +1, and ``t = 1 - threshold`` for -1 (``-Y >= T`` is ``Y < 1 - T``), so
+    the hardware needs one compare and no negation.
+    """
     if direction not in (1, -1):
         raise ValueError(f"direction must be 1 or -1, got {direction}")
-    t = _check_field(int(threshold), VALUE_BITS, "threshold", signed=True)
+    _check_field(int(threshold), VALUE_BITS, "threshold", signed=True)
+    t = _check_field(int(threshold) if direction > 0 else 1 - int(threshold), VALUE_BITS, "threshold", signed=True)
     return t | (direction < 0) << VALUE_BITS
 
 

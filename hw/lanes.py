@@ -70,7 +70,8 @@ class LaneArray(wiring.Component):
             values = paired + values[len(paired) * 2:]
             level += 1
             if level % self.stage_levels == 0 or len(values) == 1:
-                regs = [Signal(Shape.cast(v.shape()), name=f"{name}_l{level}_{j}") for j, v in enumerate(values)]
+                regs = [Signal(Shape.cast(v.shape()), name=f"{name}_l{level}_{j}", reset_less=True)
+                        for j, v in enumerate(values)]
                 m.d.sync += [r.eq(v) for r, v in zip(regs, values)]
                 values = regs
         return values[0]
@@ -81,9 +82,9 @@ class LaneArray(wiring.Component):
         for lane in range(self.lanes):
             y = self.i.payload.y[lane]
             m_word = x.mask & y.mask
-            selected = Signal(self.word_bits, name=f"sel{lane}")
+            selected = Signal(self.word_bits, name=f"sel{lane}", reset_less=True)
             if self.count_c:
-                m_reg = Signal(self.word_bits, name=f"m{lane}")
+                m_reg = Signal(self.word_bits, name=f"m{lane}", reset_less=True)
                 m.d.sync += [selected.eq(m_word & (x.sign ^ y.sign)), m_reg.eq(m_word)]
                 c = self._popcount(m, m_reg, f"c{lane}")
                 value = c - (self._popcount(m, selected, f"p{lane}") << 1)
@@ -93,6 +94,6 @@ class LaneArray(wiring.Component):
             m.d.comb += self.o.payload.value[lane].eq(value)
         m.d.comb += [
             self.o.valid.eq(delay(m, self.i.valid, self.latency, "lanes_valid")),
-            self.o.payload.tag.eq(delay(m, self.i.payload.tag, self.latency, "lanes_tag")),
+            self.o.payload.tag.eq(delay(m, self.i.payload.tag, self.latency, "lanes_tag", reset_less=True)),
         ]
         return m

@@ -14,13 +14,13 @@ from hw.pipeline import pipe_signature
 class Threshold(wiring.Component):
     """Compares each lane's accumulator with its column's threshold.
 
-    The thresholds of block ``blk`` (one 32-bit word per lane: bit 31 set
-    for direction -1, bits 0..30 the signed threshold, see
-    :func:`hw.isa.threshold_word`) are read from the threshold buffer through
-    ``thresh`` while the values wait one cycle; the direction is applied and
-    the compare made in two more stages (each a carry chain on the UP5K).  With ``binary`` low the
-    values pass through unchanged, so the stage has the same latency either
-    way.  Output values are the accumulators or 0/1.
+    The threshold words of block ``blk`` (one 32-bit word per lane, see
+    :func:`hw.isa.threshold_word`: bit 31 the direction -1, bits 0..30 a
+    signed ``t`` with ``bit = (Y >= t) XOR direction``) are read from the
+    threshold buffer through ``thresh`` while the values wait one cycle; the
+    read data is registered, then compared (one carry chain per lane).  With
+    ``binary`` low the values pass through unchanged, so the stage has the
+    same latency either way.  Output values are the accumulators or 0/1.
     """
 
     def __init__(self, lanes: int, acc_bits: int, addr_bits: int, tag_shape: object) -> None:
@@ -38,25 +38,19 @@ class Threshold(wiring.Component):
 
     def elaborate(self, platform: object) -> Module:
         m = Module()
-        # stage 1: the threshold read; stage 2: direction applied; stage 3: compare
-        held = Signal.like(self.i.payload)
-        valid = Signal()
+        # stage 1: the threshold read; stage 2: its data registered (block RAM
+        # output is slow on the ECP5); stage 3: the compare
         m.d.comb += self.thresh.addr.eq(self.i.payload.blk)
-        m.d.sync += [held.eq(self.i.payload), valid.eq(self.i.valid)]
-        directed = Signal.like(held, name="directed")
-        thresholds = [Signal(signed(VALUE_BITS), name=f"threshold{lane}") for lane in range(self.lanes)]
-        values = [Signal(signed(self.acc_bits + 1), name=f"directed{lane}") for lane in range(self.lanes)]
-        valid2 = Signal()
+        held = [Signal.like(self.i.payload, name=f"held{stage}", reset_less=True) for stage in (1, 2)]
+        valid = [Signal(name=f"valid{stage}") for stage in (1, 2)]
+        m.d.sync += [held[0].eq(self.i.payload), valid[0].eq(self.i.valid), held[1].eq(held[0]), valid[1].eq(valid[0])]
+        thresholds = Signal.like(self.thresh.data, reset_less=True)
+        m.d.sync += thresholds.eq(self.thresh.data)
+        out = Signal.like(self.o.payload, reset_less=True)
         for lane in range(self.lanes):
-            word = self.thresh.data[lane]
-            value = held.value[lane]
-            m.d.sync += [
-                values[lane].eq(Mux(word[VALUE_BITS], -value, value)),
-                thresholds[lane].eq(word[:VALUE_BITS].as_signed()),
-            ]
-        m.d.sync += [directed.eq(held), valid2.eq(valid)]
-        for lane in range(self.lanes):
-            bit = values[lane] >= thresholds[lane]
-            m.d.sync += self.o.payload.value[lane].eq(Mux(self.binary, bit, directed.value[lane]))
-        m.d.sync += [self.o.valid.eq(valid2), self.o.payload.tag.eq(directed.tag)]
+            word, value = thresholds[lane], held[1].value[lane]
+            bit = (value >= word[:VALUE_BITS].as_signed()) ^ word[VALUE_BITS]
+            m.d.sync += out.value[lane].eq(Mux(self.binary, bit, value))
+        m.d.sync += [self.o.valid.eq(valid[1]), out.tag.eq(held[1].tag)]
+        m.d.comb += self.o.payload.eq(out)
         return m

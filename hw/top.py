@@ -9,7 +9,7 @@ from amaranth.hdl import Module
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from hw.accelerator import Accelerator
+from hw.accelerator import Accelerator, SkidBuffer
 from hw.bridge import Bridge
 from hw.config import AccelConfig
 from hw.uart import UARTReceiver, UARTTransmitter
@@ -37,8 +37,11 @@ class Top(wiring.Component):
         m.submodules.bridge = bridge = Bridge(self.buffer_words, self.idle_timeout)
         m.submodules.accelerator = accel = Accelerator(self.config)
         wiring.connect(m, rx.data, bridge.rx)
-        wiring.connect(m, bridge.tx, tx.data)
+        # registered, so that the bridge's byte logic sees the UART's ready from a flip-flop
+        m.submodules.tx_reg = tx_reg = SkidBuffer(8)
+        wiring.connect(m, bridge.tx, tx_reg.i)
+        wiring.connect(m, tx_reg.o, tx.data)
         wiring.connect(m, bridge.cmd, accel.cmd)
         wiring.connect(m, accel.rsp, bridge.rsp)
-        m.d.comb += [rx.rx.eq(self.rx), self.tx.eq(tx.tx), self.busy.eq(bridge.cmd.valid | bridge.tx.valid)]
+        m.d.comb += [rx.rx.eq(self.rx), self.tx.eq(tx.tx), self.busy.eq(bridge.busy)]
         return m

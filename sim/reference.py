@@ -104,6 +104,7 @@ class AcceleratorModel:
         words, passes = args[1] & ((1 << c.words_bits) - 1), args[1] >> 16
         offset = _wrap(args[2], c.acc_bits)
         if 0 in (rows, blocks, words, passes):
+            self.cycles += 1  # the start cycle, in which the engine finds the run empty
             return
         X, Y, T, prog = (self.buffers[op] for op in (Op.LOAD_X, Op.LOAD_Y, Op.LOAD_THRESH, Op.LOAD_PROG))
         for a in range(rows):
@@ -129,8 +130,8 @@ class AcceleratorModel:
 
     @staticmethod
     def _compare(value: int, word: int) -> int:
-        direction = -1 if word >> VALUE_BITS & 1 else 1
-        return int(direction * value >= from_word(word, VALUE_BITS))
+        """``hw.isa.threshold_word``'s form: ``(Y >= t) XOR direction bit``."""
+        return int(value >= from_word(word, VALUE_BITS)) ^ (word >> VALUE_BITS & 1)
 
     def _read(self, packed: bool, addr: int, count: int) -> list[int]:
         out = []

@@ -67,7 +67,10 @@ class BoardTop(Elaboratable):
             m.d.por += timer.eq(0)
         with m.Elif(timer != hold):
             m.d.por += timer.eq(timer + 1)
-        m.d.comb += sync.rst.eq(timer != hold)
+        # registered: the reset net fans out to the whole control path
+        reset = Signal(init=1)
+        m.d.por += reset.eq(timer != hold)
+        m.d.comb += sync.rst.eq(reset)
 
         m.submodules.top = top = Top(self.config, self.divisor, self.buffer_words)
         uart = platform.request("uart", 0, dir="-")

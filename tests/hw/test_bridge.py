@@ -31,10 +31,16 @@ def frame(seq: int, answers: int, words: list[int]) -> bytes:
     return protocol.encode_command(seq, payload) + GAP
 
 
-def run_bridge(stream: bytes, answer_word, cycles: int, bridge: Bridge | None = None, spacing: int = 3):
-    """Feed ``stream`` into rx (a byte every ``spacing`` cycles); a stub accelerator answers each cmd word."""
+def run_bridge(stream: bytes, answer_word, cycles: int, bridge: Bridge | None = None, spacing: int = 3,
+               stall: float = 0.0):
+    """Feed ``stream`` into rx (a byte every ``spacing`` cycles); a stub accelerator answers each cmd word.
+
+    With ``stall``, the accelerator's ``cmd.ready`` and the UART's ``tx.ready``
+    are low in that fraction of cycles (at random).
+    """
     dut = bridge or Bridge(buffer_words=16, idle_timeout=40)
     got_cmd, got_tx = [], bytearray()
+    rng = random.Random(1)
 
     async def line(ctx):
         for b in stream:
@@ -46,24 +52,24 @@ def run_bridge(stream: bytes, answer_word, cycles: int, bridge: Bridge | None = 
                 await ctx.tick().repeat(spacing - 1)
 
     async def accelerator(ctx):
-        ctx.set(dut.cmd.ready, 1)
         pending = []
         while True:
+            ctx.set(dut.cmd.ready, rng.random() >= stall)
             ctx.set(dut.rsp.valid, bool(pending))
             if pending:
                 ctx.set(dut.rsp.payload, pending[0])
-            _, _, cv, cp, rr = await ctx.tick().sample(dut.cmd.valid, dut.cmd.payload, dut.rsp.ready)
+            _, _, cv, cr, cp, rr = await ctx.tick().sample(dut.cmd.valid, dut.cmd.ready, dut.cmd.payload, dut.rsp.ready)
             if pending and rr:
                 pending.pop(0)
-            if cv:
+            if cv and cr:
                 got_cmd.append(cp)
                 pending.extend(answer_word(cp))
 
     async def uart_tx(ctx):
-        ctx.set(dut.tx.ready, 1)
         while True:
-            _, _, v, p = await ctx.tick().sample(dut.tx.valid, dut.tx.payload)
-            if v:
+            ctx.set(dut.tx.ready, rng.random() >= stall)
+            _, _, v, p, r = await ctx.tick().sample(dut.tx.valid, dut.tx.payload, dut.tx.ready)
+            if v and r:
                 got_tx.append(p)
 
     sim = Simulator(dut)
@@ -90,11 +96,20 @@ def test_good_frames_pass_through_and_are_answered():
     assert rsp[1].payload == (read[0] ^ 0xFFFF_FFFF).to_bytes(4, "little") + (7).to_bytes(4, "little")
 
 
+def test_backpressure_on_both_sides_loses_nothing():
+    load = [header(Op.LOAD_X, 0), 5, *range(100, 105)]
+    read = [header(Op.READ, 0), header(Op.READ, 1)]
+    cmd, rsp = run_bridge(frame(1, 0, load) + frame(2, 4, read), echo_read, 4000, stall=0.5)
+    assert cmd == load + read
+    assert [(f.seq, f.status) for f in rsp] == [(1, Status.OK), (2, Status.OK)]
+    assert rsp[1].payload == b"".join(w.to_bytes(4, "little") for r in read for w in echo_read(r))
+
+
 def test_a_frame_arriving_while_one_runs_is_dropped_not_mixed_in():
     first = [header(Op.LOAD_X, 0), 1, 0x12345678]
     back_to_back = protocol.encode_command(1, b"".join(w.to_bytes(4, "little") for w in [0] + first)) + \
         protocol.encode_command(2, b"".join(w.to_bytes(4, "little") for w in [0, header(Op.RESET)]))
-    cmd, rsp = run_bridge(back_to_back, echo_read, 400, spacing=1)
+    cmd, rsp = run_bridge(back_to_back, echo_read, 400, spacing=2)
     assert cmd == first
     assert [(f.seq, f.status) for f in rsp] == [(1, Status.OK)]
 

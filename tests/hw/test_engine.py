@@ -32,6 +32,7 @@ def test_sequencer_issues_the_loop_nest_without_bubbles(run_sim, counts):
         ctx.set(dut.args.blocks, blocks)
         ctx.set(dut.args.words, words)
         ctx.set(dut.args.passes, passes)
+        ctx.set(dut.nonempty, 0 not in counts)
         ctx.set(dut.start, 1)
         await ctx.tick()
         ctx.set(dut.start, 0)
@@ -50,5 +51,6 @@ def test_engine_rejects_non_config():
 
 
 def test_engine_latency_counts_every_stage():
-    # descriptor read, address add, operand read, lanes (3 for 8-bit words), words, passes, threshold
-    assert Engine(SMALL).latency == 3 + 3 + 1 + 3 + 3
+    # start, descriptor read and register, address add, operand read and
+    # register, lanes (3 for 8-bit words), words, passes, threshold
+    assert Engine(SMALL).latency == 6 + 3 + 1 + 3 + 3

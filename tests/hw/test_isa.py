@@ -19,7 +19,8 @@ from hw.isa import (
 def test_header_and_values():
     assert header(Op.RUN, 1) == 0x120
     assert from_word(to_word(-5)) == -5
-    assert threshold_word(-1, -1) == (1 << 31) | ((1 << 31) - 1)
+    assert threshold_word(-1, 1) == (1 << 31) - 1
+    assert threshold_word(-1, -1) == (1 << 31) | 2  # -Y >= -1 is Y < 2
 
 
 def test_descriptor_fields_round_trip_through_the_stored_layout():

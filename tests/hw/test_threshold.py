@@ -23,7 +23,9 @@ def test_compare_matches_golden(run_sim):
     directions = rng.choice([-1, 1], (blocks, lanes))
     values = rng.integers(-lim, lim, (60, lanes))
     values[:8] = thresholds[0] * directions[0]  # equality: the bit is 1
+    values[8:16] = thresholds[0] * directions[0] - directions[0]  # one short of it: 0
     blks = rng.integers(0, blocks, 60)
+    blks[:16] = 0
     got = []
 
     async def bench(ctx):
