@@ -19,7 +19,10 @@ give exactly the busy cycles the RTL counted, layer by layer.
 * binary MACs per LUT per cycle: ``lanes * word_bits`` plane-bit products
   a cycle (peak) over the design's LUT4s (the whole board top: accelerator,
   bridge and UART), and the same for the useful MACs (the ideal cycles of
-  the model's layers over the busy cycles).
+  the model's layers over the busy cycles);
+* against the yardsticks of :data:`YARDSTICKS` (bare XOR-popcount arrays,
+  no control, buffers or I/O): the ratio of Fmax, and of peak binary MACs
+  per LUT per second (``peak MACs/LUT/cycle * Fmax``).
 """
 
 from __future__ import annotations
@@ -34,6 +37,24 @@ from hw.engine import engine_latency
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
+
+
+#: Bare XOR-popcount arrays (16 lanes x 64 bits, 2 pipeline stages, 1024
+#: binary MACs a cycle) as measured for the project's hardware issue, per
+#: board family: LUT4 (UP5K: logic cells) and Fmax.
+YARDSTICKS = {
+    "icebreaker": {"design": "XOR-popcount 16 x 64, 2 stages, UP5K", "lut4": 3114, "fmax_mhz": 32.5, "macs_per_cycle": 1024},
+    "ulx3s": {"design": "XOR-popcount 16 x 64, 2 stages, ECP5-25F", "lut4": 3449, "fmax_mhz": 100.0, "macs_per_cycle": 1024},
+}
+
+
+def versus_yardstick(board: str, entry: dict) -> dict:
+    """Fmax and peak MACs per LUT per second of a build over its board's yardstick."""
+    y = YARDSTICKS[board]
+    ours = entry["peak_macs_per_lut_cycle"] * entry["fmax_mhz"]
+    theirs = y["macs_per_cycle"] / y["lut4"] * y["fmax_mhz"]
+    return {**y, "fmax_ratio": round(entry["fmax_mhz"] / y["fmax_mhz"], 3),
+            "macs_per_lut_s_ratio": round(ours / theirs, 3)}
 
 
 def layer_cycles(config: AccelConfig, layer: dict) -> int:
@@ -94,6 +115,7 @@ def measure(build_dir: Path = ROOT / "build", rtl_path: Path = OUT / "rtl_cycles
         path = build_dir / name / "report.json"
         if path.exists():
             boards[name] = board_entry(json.loads(path.read_text()), rtl)
+            boards[name]["yardstick"] = versus_yardstick(name, boards[name])
     if not boards:
         raise SystemExit(f"error: no build/<board>/report.json: run 'make bitstream BOARD={'|'.join(BOARDS)}' first")
     return {
@@ -106,15 +128,17 @@ def measure(build_dir: Path = ROOT / "build", rtl_path: Path = OUT / "rtl_cycles
 def table(report: dict) -> str:
     """The report as a Markdown table."""
     lines = [
-        "| board | config (lanes x bits) | LUT4 | clock / Fmax (MHz) | cycles/image | images/s at Fmax | MACs/LUT/cycle (peak, useful) |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| board | config (lanes x bits) | LUT4 | clock / Fmax (MHz) | cycles/image | images/s at Fmax "
+        "| MACs/LUT/cycle (peak, useful) | vs yardstick: Fmax, MACs/LUT/s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, b in report["boards"].items():
         met = "" if b["timing_met"] else " (not met)"
         lines.append(
             f"| {name} ({b['device']}) | {b['config']} ({b['lanes']} x {b['word_bits']}) | {b['lut4']} | "
             f"{b['clock_mhz']:g} / {b['fmax_mhz']:g}{met} | {b['cycles_per_image']} | {b['images_per_s_at_fmax']:g} | "
-            f"{b['peak_macs_per_lut_cycle']:.3f}, {b['useful_macs_per_lut_cycle']:.3f} |"
+            f"{b['peak_macs_per_lut_cycle']:.3f}, {b['useful_macs_per_lut_cycle']:.3f} | "
+            f"{b['yardstick']['fmax_ratio']:.2f}x, {b['yardstick']['macs_per_lut_s_ratio']:.2f}x |"
         )
     return "\n".join(lines)
 

@@ -7,7 +7,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.config import _check_int
-from hw.pipeline import delay, pipe_signature
+from hw.pipeline import delay, duplicate, pipe_signature
 
 
 class WordAccumulator(wiring.Component):
@@ -46,6 +46,10 @@ class WordAccumulator(wiring.Component):
         return m
 
 
+#: Where :class:`PassAccumulator` splits the coefficient for its two DSP blocks.
+MUL_SPLIT = 16
+
+
 class PassAccumulator(wiring.Component):
     """The affine correction and the superposition: ``acc += (coef * p) << shift``.
 
@@ -53,8 +57,15 @@ class PassAccumulator(wiring.Component):
     the host folds the contract's constants into the pass coefficients
     (``c w_k w_j`` for ``D`` and ``C``, ``-2 c w_k w_j`` for ``P``) and the
     terms with ``C = n`` into ``offset``; see ``docs/accelerator.md``.  ``first``
-    restarts the accumulator at ``offset``, ``last`` emits it.  Three
-    stages: the shift, the product, the add.  The accumulator wraps modulo
+    restarts the accumulator at ``offset``, ``last`` emits it.  Five
+    stages: the shift; a copy of the shifted coefficient's two halves and of
+    ``first`` per lane (:func:`hw.pipeline.duplicate`: one register cannot
+    reach the multipliers of 16 lanes in a 100 MHz cycle on the ECP5); the
+    two half products, one DSP block each; their sum; the add.  The halves
+    split the coefficient at :data:`MUL_SPLIT` bits with a signed low half
+    (``coef = hi * 2**MUL_SPLIT + lo``, ``lo`` in ``-2**15..2**15-1``), so
+    each half product fits one 16 x 16 SB_MAC16 or 18 x 18 MULT18X18D, and
+    each is registered at its DSP block's output.  The accumulator wraps modulo
     ``2**acc_bits``, so the coefficient is shifted once for all lanes,
     modulo ``2**acc_bits`` (``(coef << shift) * p`` and ``(coef * p) << shift``
     agree there), and each lane has an ``acc_bits x p_bits`` multiplier (DSP
@@ -82,23 +93,34 @@ class PassAccumulator(wiring.Component):
             }))),
         })
 
-    latency = 3
+    latency = 5
 
     def elaborate(self, platform: object) -> Module:
         m = Module()
         i = self.i.payload
-        # stage 1: the shift; stage 2: the product; stage 3: the add
+        # stage 1: the shift; stage 2: per-lane copies of the halves; stage 3:
+        # the half products; stage 4: their sum; stage 5: the add
         a = self.acc_bits
         scaled = Signal(signed(a), reset_less=True)
-        p = Signal.like(i.p, reset_less=True)
+        m.d.sync += scaled.eq((i.coef << i.shift)[:a].as_signed())
+        low = Signal(signed(MUL_SPLIT))
+        high = Signal(signed(max(1, a - MUL_SPLIT + 1)))
+        m.d.comb += [low.eq(scaled), high.eq((scaled - low) >> MUL_SPLIT)]
+        lows = duplicate(m, low, self.lanes, "coef_lo")
+        highs = duplicate(m, high, self.lanes, "coef_hi")
+        p = delay(m, i.p, 2, "p", reset_less=True)
         products = [Signal(signed(a), name=f"prod{lane}", reset_less=True) for lane in range(self.lanes)]
+        for lane, prod in enumerate(products):
+            lo_prod = Signal(signed(MUL_SPLIT + self.p_bits), name=f"prod_lo{lane}", reset_less=True)
+            hi_prod = Signal(signed(len(high) + self.p_bits), name=f"prod_hi{lane}", reset_less=True)
+            m.d.sync += [lo_prod.eq(lows[lane] * p[lane]), hi_prod.eq(highs[lane] * p[lane])]
+            m.d.sync += prod.eq(((hi_prod << MUL_SPLIT) + lo_prod)[:a].as_signed())
+        valid = delay(m, self.i.valid, 4, "valid")
+        firsts = duplicate(m, delay(m, i.first, 3, "first", reset_less=True), self.lanes, "first")
+        last = delay(m, i.last, 4, "last", reset_less=True)
         accs = Signal.like(self.o.payload.value, reset_less=True)
-        m.d.sync += [scaled.eq((i.coef << i.shift)[:a].as_signed()), p.eq(i.p)]
-        m.d.sync += [prod.eq((scaled * p[lane])[:a].as_signed()) for lane, prod in enumerate(products)]
-        valid = delay(m, self.i.valid, 2, "valid")
-        first, last = (delay(m, v, 2, name, reset_less=True) for v, name in ((i.first, "first"), (i.last, "last")))
         with m.If(valid):
-            for lane, term in enumerate(products):
+            for lane, (first, term) in enumerate(zip(firsts, products)):
                 m.d.sync += accs[lane].eq(Mux(first, self.offset, accs[lane]) + term)
         m.d.sync += self.o.valid.eq(valid & last)
         m.d.comb += [self.o.payload.value.eq(accs),

@@ -194,6 +194,7 @@ class Bridge(wiring.Component):
         answers = Signal(16)         # rsp words still to forward
         answers_done = Signal()      # answers == 0
         first = Signal(STREAM_BITS, reset_less=True)  # the first command word, registered
+        duplicate = Signal()         # the frame is a retry to answer with DUPLICATE
         feeding = Signal()           # command words are left to send to cmd
         feed_left = Signal(16)       # ... this many, the current one included
         feed_last = Signal()         # feed_left == 1
@@ -232,14 +233,18 @@ class Bridge(wiring.Component):
             with m.State("LATCH"):      # rd.data holds word 1 (the first command header)
                 m.d.sync += [first.eq(rd.data), answers_done.eq(answers == 0)]
                 m.d.comb += rd.addr.eq(1)
-                m.next = "DECIDE"
-            with m.State("DECIDE"):
+                m.next = "CLASSIFY"
+            with m.State("CLASSIFY"):
                 is_read = Signal()
                 for op in READ_OPS:
                     with m.If(has_commands & (first[:8] == int(op))):
                         m.d.comb += is_read.eq(1)
                 m.d.comb += rd.addr.eq(1)
-                with m.If(last_valid & (seq == last_seq) & ~is_read):
+                m.d.sync += duplicate.eq(last_valid & (seq == last_seq) & ~is_read)
+                m.next = "DECIDE"
+            with m.State("DECIDE"):
+                m.d.comb += rd.addr.eq(1)
+                with m.If(duplicate):
                     m.d.sync += [header.eq(Cat(Const(RSP_SYNC, 8), seq, Const(Status.DUPLICATE, 8), Const(0, 16))),
                                  answers.eq(0), answers_done.eq(1), has_commands.eq(0)]
                 with m.Else():

@@ -28,6 +28,7 @@ from hw.boards import BOARDS, Board, board
 from hw.boards.common import BAUD
 from hw.config import STREAM_BITS, AccelConfig, preset
 from hw.isa import descriptor_layout
+from hw.pipeline import DUPLICATE_SUFFIX
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The PyPI tools, by the environment variable amaranth looks them up with.
@@ -56,8 +57,22 @@ FF_CELLS = {"ice40": re.compile(r"SB_DFF\w*$"), "ecp5": re.compile(r"TRELLIS_FF$
 #: 411 LUTs on the UP5K).  No buffer is ever read and written at once: loads,
 #: runs and reads are sequential (``hw.buffers.Buffer``, ``hw.bridge``).
 UNDEFINED_COLLISIONS = "setparam -set COLLISION_X_MASK 1'1 t:$memrd_v2"
+#: Yosys commands that mark the flip-flops of :func:`hw.pipeline.duplicate`
+#: ``keep``: opt_merge would otherwise merge the copies back into one.
+#: (``proc`` makes the flip-flops; synthesis runs it again, to no effect.)
+KEEP_DUPLICATES = f"proc\nsetattr -set keep 1 w:*{DUPLICATE_SUFFIX} %ci1:+$dff[Q] t:$dff %i"
+#: Yosys commands that let synthesis re-encode Amaranth's FSMs one-hot (the
+#: state registers of ``m.FSM()`` end in ``_state``): yosys leaves alone a
+#: state register with an initial value, and the binary-coded state decode
+#: was on the longest paths of the UP5K.  The synchronous reset still sets
+#: the initial state (the board tops hold reset after configuration).
+ONE_HOT_FSMS = "setattr -unset init w:*_state\nsetattr -set fsm_encoding \"one-hot\" w:*_state"
 
 
+#: synth_ice40/synth_ecp5 options per family: DSP inference on the iCE40,
+#: and its UltraPlus timing model (yosys assumes the faster HX otherwise, and
+#: maps for area where the UP5K's slow routing needs shallow logic).
+SYNTH_OPTS = {"ice40": "-dsp -device u", "ecp5": ""}
 #: Further nextpnr options per family: router2 routes the ECP5 in minutes
 #: where router1 took 17 (in the WebAssembly build, on one core).
 NEXTPNR_OPTS = {"ice40": "", "ecp5": "--router router2"}
@@ -144,8 +159,8 @@ def build(b: Board, config: AccelConfig, config_name: str, out: Path, freq_hz: f
     # prepared, then run: platform.build() would first insist on the programmer
     # (amaranth-boards' ULX3S lists openFPGALoader among its required tools)
     plan = platform.build(
-        top, name="top", do_build=False, script_after_read=UNDEFINED_COLLISIONS,
-        synth_opts="-dsp" if b.family == "ice40" else "",
+        top, name="top", do_build=False, script_after_read=f"{UNDEFINED_COLLISIONS}\n{KEEP_DUPLICATES}\n{ONE_HOT_FSMS}",
+        synth_opts=SYNTH_OPTS[b.family],
         # timing is judged from the report, so a missed clock still gives a bitstream and a report
         nextpnr_opts=f"--report top.report.json --timing-allow-fail --seed {seed} {NEXTPNR_OPTS[b.family]}",
     )

@@ -107,13 +107,20 @@ class Decoder(wiring.Component):
         word_is_last = Signal()
         lane_is_last = Signal()
         item_done = loading & word_is_last
+        # the writes are registered (they land a cycle later): the write
+        # enables reach block RAMs all over the die, the FSM's logic stays here
+        written = Signal(max_item_words * STREAM_BITS, reset_less=True)
+        written_addr = Signal(COUNT_BITS, reset_less=True)
+        m.d.sync += [written.eq(Cat(item, cmd.payload)), written_addr.eq(waddr)]
         for index, (op, (banks, words, item_bits, _)) in enumerate(zip(LOAD_OPS, self.targets)):
             port = getattr(self, op.name.lower())
-            raw = Cat(item[:(words - 1) * STREAM_BITS], cmd.payload)
+            raw = Cat(written[:(words - 1) * STREAM_BITS], written[(max_item_words - 1) * STREAM_BITS:])
+            enable = Signal(banks, name=f"{op.name.lower()}_en")
+            m.d.sync += enable.eq((item_done & (target == index)) << lane)
             m.d.comb += [
-                port.addr.eq(waddr),
+                port.addr.eq(written_addr),
                 port.data.eq((unpack_descriptor(c, raw) if op == Op.LOAD_PROG else raw[:item_bits]).replicate(banks)),
-                port.en.eq((item_done & (target == index)) << lane),
+                port.en.eq(enable),
             ]
 
         # -- reads: one result entry per address, lane by lane

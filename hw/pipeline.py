@@ -26,6 +26,23 @@ def delay(m: Module, value: Value, cycles: int, name: str = "delay", reset_less:
     return value
 
 
+#: Name suffix of the registers made by :func:`duplicate`; the board build
+#: marks their flip-flops ``keep`` (``hw.build``), or yosys would merge them.
+DUPLICATE_SUFFIX = "_dup"
+
+
+def duplicate(m: Module, value: Value, copies: int, name: str) -> list[Value]:
+    """``copies`` registered copies of ``value`` (reset-less), one per consumer.
+
+    Register duplication: a value that feeds many far-apart sinks (the
+    multipliers of every lane) gets one flip-flop per sink, so each copy is
+    placed next to its sink and only the copy's own input net is long.
+    """
+    regs = [Signal.like(value, name=f"{name}{k}{DUPLICATE_SUFFIX}", reset_less=True) for k in range(copies)]
+    m.d.sync += [reg.eq(value) for reg in regs]
+    return regs
+
+
 def pipe_signature(payload: object) -> stream.Signature:
     """A pipeline stream: no back-pressure."""
     return stream.Signature(payload, always_ready=True)

@@ -50,19 +50,22 @@ def test_word_accumulator_sums_each_pass(run_sim):
     assert got == expect and len(expect) > 20
 
 
-def test_pass_accumulator_superposes_shifted_products(run_sim):
+@pytest.mark.parametrize("widths", [(6, 8, 2, 20), (13, 18, 4, 30)])
+def test_pass_accumulator_superposes_shifted_products(run_sim, widths):
+    """Small values, and full-width ones that wrap the accumulator (the hardware's sums are modulo 2**acc_bits)."""
     rng = np.random.default_rng(2)
-    lanes, p_bits, coef_bits, shift_bits, acc_bits = 2, 6, 8, 2, 20
+    lanes = 2
+    p_bits, coef_bits, shift_bits, acc_bits = widths
     dut = PassAccumulator(lanes, p_bits, coef_bits, shift_bits, acc_bits, 4)
-    items = _stream(rng, 200, lanes, -32, 31, 60)
-    coefs = rng.integers(-128, 128, len(items))
-    shifts = rng.integers(0, 4, len(items))
+    items = _stream(rng, 200, lanes, -(1 << (p_bits - 1)), (1 << (p_bits - 1)) - 1, 60)
+    coefs = rng.integers(-(1 << (coef_bits - 1)), 1 << (coef_bits - 1), len(items))
+    shifts = rng.integers(0, 1 << shift_bits, len(items))
     offset = -12345
     got = []
 
     async def bench(ctx):
         ctx.set(dut.offset, offset)
-        for c, item in enumerate(items + [None, None]):
+        for c, item in enumerate(items + [None] * dut.latency):
             ctx.set(dut.i.valid, item is not None)
             if item is not None:
                 first, last, ps = item
@@ -82,11 +85,17 @@ def test_pass_accumulator_superposes_shifted_products(run_sim):
         if item is None:
             continue
         first, last, ps = item
-        base = np.full(lanes, offset) if first else acc
-        acc = base + (int(coefs[c]) * ps.astype(np.int64) << int(shifts[c]))
+        base = [offset] * lanes if first else acc
+        acc = [_wrap(b + (int(coefs[c]) * int(v) << int(shifts[c])), acc_bits) for b, v in zip(base, ps)]
         if last:
-            expect.append(acc.tolist())
+            expect.append(acc)
     assert got == expect and len(expect) > 20
+
+
+def _wrap(value: int, bits: int) -> int:
+    """``value`` as a ``bits``-bit two's complement number."""
+    value &= (1 << bits) - 1
+    return value - (1 << bits) if value >> (bits - 1) else value
 
 
 def test_rejects_bad_widths():
