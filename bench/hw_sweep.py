@@ -3,7 +3,8 @@
 ``python -m bench.hw_sweep`` builds each board's configuration with
 ``lanes`` replaced by each of :data:`LANES` (one place-and-route per point,
 seed 1, into ``build/sweep/<board>-lanes<n>/``; a point whose report exists
-for the same configuration is reused), then writes
+for the same configuration there or in ``build/<board>/`` (``make
+bitstream``) is reused), then writes
 ``bench/out/hw_sweep.json`` and plots ``docs/hw_sweep.png``.  Images/s are
 computed as in :mod:`bench.hw`.  Takes tens of minutes: not part of
 ``make test``.
@@ -31,11 +32,11 @@ def point(board_name: str, lanes: int, build_dir: Path) -> dict:
     b = board(board_name)
     config = replace(preset(b.config), lanes=lanes)
     out = build_dir / f"{board_name}-lanes{lanes}"
-    path = out / "report.json"
-    if path.exists():
-        report = json.loads(path.read_text())
-        if report["config"]["parameters"] == json.loads(json.dumps(asdict(config))):
-            return report
+    for path in (out / "report.json", ROOT / "build" / board_name / "report.json"):
+        if path.exists():
+            report = json.loads(path.read_text())
+            if report["config"]["parameters"] == json.loads(json.dumps(asdict(config))):
+                return report
     report = build(b, config, f"{b.config}, lanes={lanes}", out)
     print(summary(report), flush=True)
     return report

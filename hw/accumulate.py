@@ -57,8 +57,8 @@ class PassAccumulator(wiring.Component):
     the host folds the contract's constants into the pass coefficients
     (``c w_k w_j`` for ``D`` and ``C``, ``-2 c w_k w_j`` for ``P``) and the
     terms with ``C = n`` into ``offset``; see ``docs/accelerator.md``.  ``first``
-    restarts the accumulator at ``offset``, ``last`` emits it.  Five
-    stages: the shift; a copy of the shifted coefficient's two halves and of
+    restarts the accumulator at ``offset``, ``last`` emits it.  Six
+    stages: the shift; its split into two halves; a copy of the halves and of
     ``first`` per lane (:func:`hw.pipeline.duplicate`: one register cannot
     reach the multipliers of 16 lanes in a 100 MHz cycle on the ECP5); the
     two half products, one DSP block each; their sum; the add.  The halves
@@ -93,31 +93,31 @@ class PassAccumulator(wiring.Component):
             }))),
         })
 
-    latency = 5
+    latency = 6
 
     def elaborate(self, platform: object) -> Module:
         m = Module()
         i = self.i.payload
-        # stage 1: the shift; stage 2: per-lane copies of the halves; stage 3:
-        # the half products; stage 4: their sum; stage 5: the add
+        # stage 1: the shift; stage 2: the halves; stage 3: per-lane copies of
+        # them; stage 4: the half products; stage 5: their sum; stage 6: the add
         a = self.acc_bits
         scaled = Signal(signed(a), reset_less=True)
+        low = Signal(signed(MUL_SPLIT), reset_less=True)
+        high = Signal(signed(max(1, a - MUL_SPLIT + 1)), reset_less=True)
         m.d.sync += scaled.eq((i.coef << i.shift)[:a].as_signed())
-        low = Signal(signed(MUL_SPLIT))
-        high = Signal(signed(max(1, a - MUL_SPLIT + 1)))
-        m.d.comb += [low.eq(scaled), high.eq((scaled - low) >> MUL_SPLIT)]
+        m.d.sync += [low.eq(scaled), high.eq((scaled - scaled[:MUL_SPLIT].as_signed()) >> MUL_SPLIT)]
         lows = duplicate(m, low, self.lanes, "coef_lo")
         highs = duplicate(m, high, self.lanes, "coef_hi")
-        p = delay(m, i.p, 2, "p", reset_less=True)
+        p = delay(m, i.p, 3, "p", reset_less=True)
         products = [Signal(signed(a), name=f"prod{lane}", reset_less=True) for lane in range(self.lanes)]
         for lane, prod in enumerate(products):
             lo_prod = Signal(signed(MUL_SPLIT + self.p_bits), name=f"prod_lo{lane}", reset_less=True)
             hi_prod = Signal(signed(len(high) + self.p_bits), name=f"prod_hi{lane}", reset_less=True)
             m.d.sync += [lo_prod.eq(lows[lane] * p[lane]), hi_prod.eq(highs[lane] * p[lane])]
             m.d.sync += prod.eq(((hi_prod << MUL_SPLIT) + lo_prod)[:a].as_signed())
-        valid = delay(m, self.i.valid, 4, "valid")
-        firsts = duplicate(m, delay(m, i.first, 3, "first", reset_less=True), self.lanes, "first")
-        last = delay(m, i.last, 4, "last", reset_less=True)
+        valid = delay(m, self.i.valid, 5, "valid")
+        firsts = duplicate(m, delay(m, i.first, 4, "first", reset_less=True), self.lanes, "first")
+        last = delay(m, i.last, 5, "last", reset_less=True)
         accs = Signal.like(self.o.payload.value, reset_less=True)
         with m.If(valid):
             for lane, (first, term) in enumerate(zip(firsts, products)):

@@ -135,15 +135,18 @@ class Decoder(wiring.Component):
                 m.d.comb += cmd.ready.eq(1)
                 with m.If(cmd.valid):
                     m.d.sync += [opcode.eq(cmd.payload[:8]), arg.eq(cmd.payload[8:]), word_idx.eq(0)]
-                    with m.Switch(cmd.payload[:8]):
-                        with m.Case(*LOAD_OPS, Op.READ, Op.READ_BITS):
-                            m.next = "COUNT"
-                        with m.Case(Op.RUN):
-                            m.next = "RUN_ARGS"
-                        with m.Case(Op.READ_CYCLES):
-                            m.next = "CYCLES"
-                        with m.Case(Op.RESET):
-                            m.d.comb += counter.clear.eq(1)
+                    m.next = "DISPATCH"
+            with m.State("DISPATCH"):  # decodes the registered opcode (decoding the stream's word was a UP5K critical path)
+                m.next = "HEADER"
+                with m.Switch(opcode):
+                    with m.Case(*LOAD_OPS, Op.READ, Op.READ_BITS):
+                        m.next = "COUNT"
+                    with m.Case(Op.RUN):
+                        m.next = "RUN_ARGS"
+                    with m.Case(Op.READ_CYCLES):
+                        m.next = "CYCLES"
+                    with m.Case(Op.RESET):
+                        m.d.comb += counter.clear.eq(1)
             with m.State("COUNT"):
                 m.d.comb += cmd.ready.eq(1)
                 with m.If(cmd.valid):

@@ -32,11 +32,18 @@ def test_loads_write_each_buffer_bank_by_bank(run_sim):
     writes = []
 
     async def bench(ctx):
-        ctx.set(dut.cmd.valid, 1)
+        # an entry is written the cycle after its last word; every cycle's writes are captured
         for word in cmds:
+            ctx.set(dut.cmd.valid, 1)
             ctx.set(dut.cmd.payload, word)
-            assert ctx.get(dut.cmd.ready)
-            writes.extend(_capture_writes(ctx.get, dut))  # an entry is written with its last word
+            taken = False
+            while not taken:
+                taken = ctx.get(dut.cmd.ready)
+                writes.extend(_capture_writes(ctx.get, dut))
+                await ctx.tick()
+        ctx.set(dut.cmd.valid, 0)
+        for _ in range(3):
+            writes.extend(_capture_writes(ctx.get, dut))
             await ctx.tick()
 
     run_sim(dut, bench)
