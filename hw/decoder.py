@@ -128,6 +128,7 @@ class Decoder(wiring.Component):
         m.d.comb += self.result.addr.eq(raddr)
         entry = Signal.like(self.result.data, reset_less=True)  # registered: the answer mux starts at a flip-flop
         packed = Signal()
+        reading = Signal()  # the command is a READ or READ_BITS
 
 
         with m.FSM():
@@ -138,6 +139,18 @@ class Decoder(wiring.Component):
                     m.next = "DISPATCH"
             with m.State("DISPATCH"):  # decodes the registered opcode (decoding the stream's word was a UP5K critical path)
                 m.next = "HEADER"
+                # what the opcode alone decides, ready for COUNT
+                m.d.sync += [
+                    reading.eq((opcode == Op.READ) | (opcode == Op.READ_BITS)),
+                    packed.eq(opcode == Op.READ_BITS), lane_last.eq(Mux(opcode == Op.READ_BITS, 0, c.lanes - 1)),
+                    lane_is_last.eq((opcode == Op.READ_BITS) | (c.lanes == 1)),
+                ]
+                for index, (op, (banks, words, _, _)) in enumerate(zip(LOAD_OPS, self.targets)):
+                    with m.If(opcode == op):
+                        m.d.sync += [
+                            target.eq(index), item_last.eq(words - 1), lane_last.eq(banks - 1),
+                            word_is_last.eq(words == 1), lane_is_last.eq(banks == 1),
+                        ]
                 with m.Switch(opcode):
                     with m.Case(*LOAD_OPS, Op.READ, Op.READ_BITS):
                         m.next = "COUNT"
@@ -151,20 +164,10 @@ class Decoder(wiring.Component):
                 m.d.comb += cmd.ready.eq(1)
                 with m.If(cmd.valid):
                     n = cmd.payload[:COUNT_BITS]
-                    m.d.sync += [
-                        count.eq(n), count_last.eq(n == 1), raddr.eq(arg), lane.eq(0),
-                        packed.eq(opcode == Op.READ_BITS), lane_last.eq(Mux(opcode == Op.READ_BITS, 0, c.lanes - 1)),
-                        lane_is_last.eq((opcode == Op.READ_BITS) | (c.lanes == 1)),
-                    ]
-                    for index, (op, (banks, words, _, _)) in enumerate(zip(LOAD_OPS, self.targets)):
-                        with m.If(opcode == op):
-                            m.d.sync += [
-                                target.eq(index), waddr.eq(arg), item_last.eq(words - 1), lane_last.eq(banks - 1),
-                                word_is_last.eq(words == 1), lane_is_last.eq(banks == 1),
-                            ]
+                    m.d.sync += [count.eq(n), count_last.eq(n == 1), raddr.eq(arg), waddr.eq(arg), lane.eq(0)]
                     with m.If(n == 0):
                         m.next = "HEADER"
-                    with m.Elif((opcode == Op.READ) | (opcode == Op.READ_BITS)):
+                    with m.Elif(reading):
                         m.next = "READ_WAIT"
                     with m.Else():
                         m.next = "LOAD"

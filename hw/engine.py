@@ -52,8 +52,8 @@ def engine_latency(config: AccelConfig) -> int:
     """The fixed cycles of a run beyond one per item (see :attr:`Engine.latency`)."""
     lanes = lane_latency(config.word_bits, config.stage_levels)
     # the start cycle, descriptor read and its register, address add,
-    # operand read and its register, then the datapath stages
-    return 6 + lanes + WordAccumulator.latency + PassAccumulator.latency + Threshold.latency
+    # operand read and its two registers, then the datapath stages
+    return 7 + lanes + WordAccumulator.latency + PassAccumulator.latency + Threshold.latency
 
 
 class Sequencer(wiring.Component):
@@ -186,7 +186,7 @@ class Engine(wiring.Component):
         m.d.comb += [seq.start.eq(go), seq.args.eq(args), seq.nonempty.eq(nonzero.all())]
 
         # stage 1: descriptor read, row offsets; stage 2: descriptor registered;
-        # stage 3: addresses; stage 4: operand read; stage 5: operands
+        # stage 3: addresses; stage 4: operand read; stages 5 and 6: operands
         # registered.  Block RAM read data is registered before any logic: its
         # clock-to-output time alone is half of a 100 MHz cycle on the ECP5.
         m.d.comb += self.prog.addr.eq(seq.o.payload.pass_idx)
@@ -211,13 +211,15 @@ class Engine(wiring.Component):
             cmode2.eq(desc.cmode), valid2.eq(delay(m, valid1, 1, "valid1")),
         ]
         m.d.comb += [self.x.addr.eq(x_addr), self.y.addr.eq(y_addr)]
-        x_data, y_data = Signal.like(self.x.data, reset_less=True), Signal.like(self.y.data, reset_less=True)
-        m.d.sync += [x_data.eq(self.x.data), y_data.eq(self.y.data)]
+        # twice: the first register sits by its block RAM, the second feeds
+        # the lanes (the x word goes to all of them, across the die)
+        x_data = delay(m, self.x.data, 2, "x_data", reset_less=True)
+        y_data = delay(m, self.y.data, 2, "y_data", reset_less=True)
         word = plane_word(c.word_bits)
         m.d.comb += [
-            lanes.i.valid.eq(delay(m, valid2, 2, "valid3")),
-            lanes.i.payload.tag.eq(delay(m, tag2, 2, "tag3", reset_less=True)),
-            lanes.i.payload.cmode.eq(delay(m, cmode2, 2, "cmode3", reset_less=True)),
+            lanes.i.valid.eq(delay(m, valid2, 3, "valid3")),
+            lanes.i.payload.tag.eq(delay(m, tag2, 3, "tag3", reset_less=True)),
+            lanes.i.payload.cmode.eq(delay(m, cmode2, 3, "cmode3", reset_less=True)),
             lanes.i.payload.x.eq(word(x_data[0])),
         ]
         for lane in range(c.lanes):

@@ -52,5 +52,5 @@ def test_engine_rejects_non_config():
 
 def test_engine_latency_counts_every_stage():
     # start, descriptor read and register, address add, operand read and
-    # register, lanes (3 for 8-bit words), words, passes, threshold
-    assert Engine(SMALL).latency == 6 + 3 + 1 + 6 + 3
+    # two registers, lanes (3 for 8-bit words), words, passes, threshold
+    assert Engine(SMALL).latency == 7 + 3 + 1 + 6 + 3
