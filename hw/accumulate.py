@@ -57,15 +57,15 @@ class PassAccumulator(wiring.Component):
     the host folds the contract's constants into the pass coefficients
     (``c w_k w_j`` for ``D`` and ``C``, ``-2 c w_k w_j`` for ``P``) and the
     terms with ``C = n`` into ``offset``; see ``docs/accelerator.md``.  ``first``
-    restarts the accumulator at ``offset``, ``last`` emits it.  Six
+    restarts the accumulator at ``offset``, ``last`` emits it.  Seven
     stages: the shift; its split into two halves; a copy of the halves and of
     ``first`` per lane (:func:`hw.pipeline.duplicate`: one register cannot
     reach the multipliers of 16 lanes in a 100 MHz cycle on the ECP5); the
-    two half products, one DSP block each; their sum; the add.  The halves
+    two half products, one DSP block each, registered twice (the first
+    register by the DSP block); their sum; the add.  The halves
     split the coefficient at :data:`MUL_SPLIT` bits with a signed low half
     (``coef = hi * 2**MUL_SPLIT + lo``, ``lo`` in ``-2**15..2**15-1``), so
-    each half product fits one 16 x 16 SB_MAC16 or 18 x 18 MULT18X18D, and
-    each is registered at its DSP block's output.  The accumulator wraps modulo
+    each half product fits one 16 x 16 SB_MAC16 or 18 x 18 MULT18X18D.  The accumulator wraps modulo
     ``2**acc_bits``, so the coefficient is shifted once for all lanes,
     modulo ``2**acc_bits`` (``(coef << shift) * p`` and ``(coef * p) << shift``
     agree there), and each lane has an ``acc_bits x p_bits`` multiplier (DSP
@@ -93,13 +93,13 @@ class PassAccumulator(wiring.Component):
             }))),
         })
 
-    latency = 6
+    latency = 7
 
     def elaborate(self, platform: object) -> Module:
         m = Module()
         i = self.i.payload
         # stage 1: the shift; stage 2: the halves; stage 3: per-lane copies of
-        # them; stage 4: the half products; stage 5: their sum; stage 6: the add
+        # them; stages 4 and 5: the half products; stage 6: their sum; stage 7: the add
         a = self.acc_bits
         scaled = Signal(signed(a), reset_less=True)
         low = Signal(signed(MUL_SPLIT), reset_less=True)
@@ -114,10 +114,12 @@ class PassAccumulator(wiring.Component):
             lo_prod = Signal(signed(MUL_SPLIT + self.p_bits), name=f"prod_lo{lane}", reset_less=True)
             hi_prod = Signal(signed(len(high) + self.p_bits), name=f"prod_hi{lane}", reset_less=True)
             m.d.sync += [lo_prod.eq(lows[lane] * p[lane]), hi_prod.eq(highs[lane] * p[lane])]
+            # registered again: the first register sits by its DSP block
+            lo_prod, hi_prod = (delay(m, v, 1, f"{v.name}_r", reset_less=True) for v in (lo_prod, hi_prod))
             m.d.sync += prod.eq(((hi_prod << MUL_SPLIT) + lo_prod)[:a].as_signed())
-        valid = delay(m, self.i.valid, 5, "valid")
-        firsts = duplicate(m, delay(m, i.first, 4, "first", reset_less=True), self.lanes, "first")
-        last = delay(m, i.last, 5, "last", reset_less=True)
+        valid = delay(m, self.i.valid, 6, "valid")
+        firsts = duplicate(m, delay(m, i.first, 5, "first", reset_less=True), self.lanes, "first")
+        last = delay(m, i.last, 6, "last", reset_less=True)
         accs = Signal.like(self.o.payload.value, reset_less=True)
         with m.If(valid):
             for lane, (first, term) in enumerate(zip(firsts, products)):

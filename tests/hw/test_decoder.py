@@ -93,22 +93,27 @@ def test_rejects_non_config():
         Decoder(None)
 
 
-def test_cycle_counter_carries_into_the_high_half(run_sim):
-    dut = CycleCounter(8, 3)
+def test_cycle_counter_carries_through_its_segments(run_sim):
+    dut = CycleCounter(8, 3)  # segments of 3, 3 and 2 bits: exact after 2 idle cycles
+    assert dut.lag == 2
     seen = []
 
+    def enabled(cycle):
+        return cycle % 7 not in (0, 1)  # idle cycles in between, as between runs
+
     async def bench(ctx):
-        for cycle in range(300):
-            ctx.set(dut.enable, cycle % 7 != 0)  # idle cycles in between, as between runs
-            ctx.set(dut.clear, cycle == 250)
+        for cycle in range(600):
+            ctx.set(dut.enable, enabled(cycle))
+            ctx.set(dut.clear, cycle == 500)
             await ctx.tick()
-            if cycle % 7 == 0:  # enable was low this cycle: the count is exact
+            if cycle % 7 == 1:  # enable was low for the last 2 cycles: the count is exact
                 seen.append(ctx.get(dut.count))
 
     run_sim(dut, bench)
-    def enabled_since_clear(c):
-        start = 0 if c < 250 else 251
-        return sum(1 for k in range(start, c + 1) if k % 7 != 0)
 
-    assert seen == [enabled_since_clear(c) for c in range(300) if c % 7 == 0]
-    assert max(seen) >= 1 << 3  # the high half was used
+    def enabled_since_clear(c):
+        start = 0 if c < 500 else 501
+        return sum(1 for k in range(start, c + 1) if enabled(k)) % 256
+
+    assert seen == [enabled_since_clear(c) for c in range(600) if c % 7 == 1]
+    assert max(seen) >= 1 << 6  # the last segment was used

@@ -53,4 +53,4 @@ def test_engine_rejects_non_config():
 def test_engine_latency_counts_every_stage():
     # start, descriptor read and register, address add, operand read and
     # two registers, lanes (3 for 8-bit words), words, passes, threshold
-    assert Engine(SMALL).latency == 7 + 3 + 1 + 6 + 3
+    assert Engine(SMALL).latency == 7 + 3 + 1 + 7 + 3
