@@ -222,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="a preset of hw/config.py (default: the board's)")
     parser.add_argument("--freq", type=float, help="requested clock in MHz (default: the board's)")
     parser.add_argument("--out", type=Path, help="output folder (default: build/<board>)")
+    parser.add_argument("--seed", type=int, default=1, help="nextpnr's placement seed (default: 1)")
     args = parser.parse_args(argv)
     try:
         b = board(args.board)
@@ -232,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or ROOT / "build" / b.name
     if args.action == "program":
         return program(b, out)
-    report = build(b, config, name, out, None if args.freq is None else args.freq * 1e6)
+    report = build(b, config, name, out, None if args.freq is None else args.freq * 1e6, args.seed)
     print(summary(report))
     print(f"wrote {out / b.bitstream} and {out / 'report.json'}")
     return 0
