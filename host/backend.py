@@ -29,7 +29,14 @@ class Thresholds:
 
 
 class Backend(abc.ABC):
-    """What the host runtime asks of an accelerator (emulated, simulated or real)."""
+    """What the host runtime asks of an accelerator (emulated, simulated or real).
+
+    A subclass keeps the last layer's result in ``_result`` and its cycle
+    count in ``_cycles``, which :meth:`read` and :meth:`cycles` return.
+    """
+
+    _result: np.ndarray | None = None
+    _cycles: int = 0
 
     @abc.abstractmethod
     def load(self, slot: str, groups: Sequence[Operand]) -> None:
@@ -41,13 +48,15 @@ class Backend(abc.ABC):
     ) -> None:
         """Compute the layer ``x_slot`` x ``y_slot`` with integer ``coefs`` (G, H)."""
 
-    @abc.abstractmethod
     def read(self) -> np.ndarray:
         """The last layer's result: int64 ``Y`` or uint8 bits, ``(rows_x, rows_y)``."""
+        if self._result is None:
+            raise RuntimeError("no layer has run since the last reset")
+        return self._result
 
-    @abc.abstractmethod
     def cycles(self) -> int:
         """Cycles the backend has counted since the last :meth:`reset`."""
+        return self._cycles
 
     @abc.abstractmethod
     def reset(self) -> None:

@@ -123,14 +123,6 @@ class DeviceBackend(Backend):
         self._uploaded[y_slot], self._x = y.version, (x_slot, x.version)
         self._result = np.concatenate(parts, axis=1)
 
-    def read(self) -> np.ndarray:
-        if self._result is None:
-            raise RuntimeError("no layer has run since the last reset")
-        return self._result
-
-    def cycles(self) -> int:
-        return self._cycles
-
     def reset(self) -> None:
         self._send([[header(Op.RESET)]])
         self._slots.clear()

@@ -72,14 +72,6 @@ class EmulatorBackend(Backend):
         self._result = y
         self._cycles += ideal_cycles(gx, gy, self.lanes)
 
-    def read(self) -> np.ndarray:
-        if self._result is None:
-            raise RuntimeError("no layer has run since the last reset")
-        return self._result
-
-    def cycles(self) -> int:
-        return self._cycles
-
     def reset(self) -> None:
         self._slots.clear()
         self._result = None
