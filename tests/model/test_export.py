@@ -5,37 +5,21 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 import model.vit as vit
 from host.emulator import EmulatorBackend
 from host.runtime import Runtime
 from model import modelfile
-from model.config import ModelConfig
-from model.data import load_pool, load_splits
+from model.data import load_pool
 from model.export import INPUT_DIVISORS, export_model
 from model.layers import EngineLinear, EngineMatmul, FloatLinear
 from model.modelfile import Preprocessing
 
 
 @pytest.fixture(scope="module")
-def trained():
-    """A small GSB digits model, trained for a few hundred steps at stage 2."""
-    torch.manual_seed(0)
-    splits = load_splits("digits", 100, 20, 0)
-    cfg = ModelConfig(img_size=8, in_chans=1, patch=2, dim=32, depth=2, heads=2, mlp_ratio=2.0, drop_path=0.0)
-    model = vit.build_model(cfg, "gsb")
-    model.set_stage(2)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    x, y = torch.from_numpy(splits.train.x), torch.from_numpy(splits.train.y)
-    for step in range(150):
-        idx = torch.randint(0, len(y), (64,))
-        z, zd = model(x[idx])
-        loss = F.cross_entropy(z, y[idx]) + F.cross_entropy(zd, y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
+def trained(small_vit):
+    """A small GSB digits model, trained for 150 steps at stage 2."""
+    model, splits = small_vit("gsb", 150, stage=2)
     pre = Preprocessing(INPUT_DIVISORS["digits"], splits.mean, splits.std, "digits")
     return model, export_model(model, pre)
 

@@ -7,13 +7,10 @@ import os
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
-import model.vit as vit
 from host.emulator import EmulatorBackend
 from host.runtime import Runtime
 from model import modelfile
-from model.config import ModelConfig
 from model.data import load_pool, load_splits
 from model.export import INPUT_DIVISORS, export_model
 from model.layers import EngineLinear, FactoredLinear
@@ -24,24 +21,11 @@ from model.modelfile import Preprocessing
 
 
 @pytest.fixture(scope="module")
-def setup():
+def setup(small_vit):
     """A small FP digits ViT trained for 120 steps, its splits and calibration."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a shared 2-core machine: one thread is far faster than two contending
-    torch.manual_seed(0)
-    splits = load_splits("digits", 100, 20, 0)
-    cfg = ModelConfig(img_size=8, in_chans=1, patch=2, dim=32, depth=2, heads=2, mlp_ratio=2.0, drop_path=0.0)
-    model = vit.build_model(cfg, "fp")
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    x, y = torch.from_numpy(splits.train.x), torch.from_numpy(splits.train.y)
-    for _ in range(120):
-        idx = torch.randint(0, len(y), (64,))
-        z, zd = model(x[idx])
-        loss = F.cross_entropy(z, y[idx]) + F.cross_entropy(zd, y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
+    model, splits = small_vit("fp", 120)
     calib_x = splits.train.x[:300]
     yield model, splits, calib_x, calibrate(model, calib_x)
     torch.set_num_threads(threads)
