@@ -68,10 +68,17 @@ class DeviceBackend(Backend):
     ``buffer_words`` is the bridge's frame buffer (answer count included).
     Construction resets the device (a RESET frame), so a missing device is
     reported at once by the transport's :class:`~host.protocol.LinkError`.
+    ``clock_hz`` is the device's clock: the frames of a run (the RUN's, which
+    the bridge may answer only once the engine takes the next command, and
+    the READ after it, which waits for the run) get the transport's read
+    timeout plus the run's cycles at that clock.
     """
 
     def __init__(self, transport: Transport, config: AccelConfig, buffer_words: int = 256,
-                 run_retries: int = 3, host_fallback: bool = True):
+                 run_retries: int = 3, host_fallback: bool = True, clock_hz: float = 40e6):
+        if clock_hz <= 0:
+            raise ValueError(f"clock_hz must be > 0, got {clock_hz}")
+        self.clock_hz = clock_hz
         if not isinstance(config, AccelConfig):
             raise TypeError(f"config must be an AccelConfig, got {type(config).__name__}")
         if buffer_words < _LOAD_HEAD + 1 + config.lanes * entry_words(config):
@@ -195,21 +202,22 @@ class DeviceBackend(Backend):
         if len(frame) > 1:
             yield frame
 
-    def _request(self, words: list[int]) -> bytes:
+    def _request(self, words: list[int], busy_cycles: int = 0) -> bytes:
         payload = b"".join(w.to_bytes(4, "little") for w in words)
-        answer = self.transport.request(payload)
+        answer = self.transport.request(payload, self.transport.timeout + busy_cycles / self.clock_hz)
         self.bytes_sent += CMD_HEADER + len(payload) + CRC_BYTES
         self.bytes_received += RSP_HEADER + len(answer) + CRC_BYTES
         return answer
 
-    def _send(self, commands: list[list[int]]) -> None:
+    def _send(self, commands: list[list[int]], busy_cycles: int = 0) -> None:
+        """The commands in frames; ``busy_cycles``: the engine's cycles for a RUN among them."""
         for frame in self._frames(commands):
-            self._request(frame)
+            self._request(frame, busy_cycles)
 
-    def _read(self, command: list[int], answers: int) -> list[int]:
+    def _read(self, command: list[int], answers: int, busy_cycles: int = 0) -> list[int]:
         """A read frame; asked again (reads have no side effects) while the answer has the wrong length."""
         for _ in range(self.transport.retries + 1):
-            answer = self._request([answers] + command)
+            answer = self._request([answers] + command, busy_cycles)
             if len(answer) == 4 * answers:
                 return [int.from_bytes(answer[i:i + 4], "little") for i in range(0, len(answer), 4)]
             self.short_reads += 1
@@ -225,8 +233,8 @@ class DeviceBackend(Backend):
         answers = response_length(c, image)
         expected = image.items + self.latency
         for _ in range(self.run_retries + 1):
-            self._send(setup + program + [run_words(c, image)])
-            *words, lo, hi = self._read(read_words(image) + [header(Op.READ_CYCLES)], answers + 2)
+            self._send(setup + program + [run_words(c, image)], expected)
+            *words, lo, hi = self._read(read_words(image) + [header(Op.READ_CYCLES)], answers + 2, expected)
             counter = lo | hi << 32
             if counter == self._counter + expected:
                 self._counter = counter

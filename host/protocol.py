@@ -177,8 +177,13 @@ class Transport:
         self.seq = 0
         self.resent = 0
 
-    def request(self, payload: bytes) -> bytes:
-        """Send one command frame and return its response payload."""
+    def request(self, payload: bytes, timeout: float | None = None) -> bytes:
+        """Send one command frame and return its response payload.
+
+        ``timeout`` replaces the transport's read timeout for this frame (a
+        frame with a RUN is answered only once the run is done).
+        """
+        timeout = self.timeout if timeout is None else timeout
         seq = self.seq
         self.seq = (self.seq + 1) & 0xFF
         frame = encode_command(seq, payload)
@@ -187,7 +192,7 @@ class Transport:
                 self.resent += 1
             self.link.write(frame)
             received = 0
-            while received <= _GARBAGE_LIMIT and (data := self.link.read(self.timeout)):
+            while received <= _GARBAGE_LIMIT and (data := self.link.read(timeout)):
                 received += len(data)
                 for response in self.decoder.feed(data):
                     if response.seq == seq:
@@ -195,5 +200,5 @@ class Transport:
             self.decoder.flush()
         raise LinkError(
             f"no valid response to frame {seq} after {self.retries + 1} tries "
-            f"({self.timeout:g} s each): is the device connected and running the gsbflow bitstream?"
+            f"({timeout:g} s each): is the device connected and running the gsbflow bitstream?"
         )

@@ -2,8 +2,8 @@
 
 It implements the device side of ``docs/protocol.md``:
 
-* A command frame (``A5 seq len payload crc``), at most a byte every two
-  cycles, is received into a block-RAM
+* A command frame (``A5 seq len payload crc``), up to a byte a cycle, is
+  received into a block-RAM
   buffer of ``buffer_words`` 32-bit words while its CRC-16 is computed. A
   frame with a bad CRC, a length that is not a whole number of words, longer
   than the buffer or shorter than one word, or a gap of more than
@@ -109,20 +109,18 @@ class Bridge(wiring.Component):
         idle_bits = ceil_log2(self.idle_timeout + 1)
         idle = Signal(idle_bits)
         expired = Signal()
-        # The received byte is registered, together with the compares made
-        # on it, so the receive FSM decides on flip-flops alone.  The compares
-        # read the FSM's registers as the byte arrives, which needs at least
-        # two cycles between bytes (a UART gives one every ten bit times).
+        # The receive FSM decides on flip-flops alone (a byte a cycle may
+        # arrive): the received byte is registered with its sync compare, and
+        # the length is checked from its register, so a bad length drops the
+        # frame at its second payload byte.
         byte = Signal(8, reset_less=True)
         got = Signal()
         is_sync = Signal()           # byte == CMD_SYNC
-        length_ok = Signal()         # byte is the high length byte of an acceptable length
-        crc_ok = Signal()            # byte is the high CRC byte, and the CRC matches
-        total = Cat(length[:8], self.rx.payload)
+        length_ok = Signal()         # length is a whole number of words that fits the buffer
+        checked = Signal()           # length_ok holds this frame's check
         m.d.sync += [
             byte.eq(self.rx.payload), got.eq(self.rx.valid), is_sync.eq(self.rx.payload == CMD_SYNC),
-            length_ok.eq((total[:2] == 0) & (total >= 4) & (total <= 4 * self.buffer_words)),
-            crc_ok.eq(Cat(crc_lo, self.rx.payload) == crc),
+            length_ok.eq((length[:2] == 0) & (length >= 4) & (length <= 4 * self.buffer_words)),
         ]
         frame_ok = Signal()          # one cycle: a good frame is in the buffer
         m.d.sync += frame_ok.eq(0)
@@ -159,20 +157,20 @@ class Bridge(wiring.Component):
             with m.State("LEN1"):
                 def body():
                     m.d.sync += [length[8:].eq(byte), crc.eq(crc16_step(crc, byte)), count.eq(0),
-                                 left.eq(Cat(length[:8], byte) - 1), last_byte.eq(0)]
-                    with m.If(length_ok):
-                        m.next = "PAYLOAD"
-                    with m.Else():
-                        m.next = "HUNT"
+                                 left.eq(Cat(length[:8], byte) - 1), last_byte.eq(0), checked.eq(0)]
+                    m.next = "PAYLOAD"
                 timed(body)
             with m.State("PAYLOAD"):
                 def body():
                     m.d.sync += [word.eq(Cat(word[8:], byte)), count.eq(count + 1), crc.eq(crc16_step(crc, byte)),
-                                 left.eq(left - 1), last_byte.eq(left == 1)]
-                    with m.If(count[:2] == 3):
-                        m.d.comb += wr.en.eq(1)
-                    with m.If(last_byte):
-                        m.next = "CRC0"
+                                 left.eq(left - 1), last_byte.eq(left == 1), checked.eq(1)]
+                    with m.If(checked & ~length_ok):
+                        m.next = "HUNT"
+                    with m.Else():
+                        with m.If(count[:2] == 3):
+                            m.d.comb += wr.en.eq(1)
+                        with m.If(last_byte):
+                            m.next = "CRC0"
                 timed(body)
             with m.State("CRC0"):
                 def body():
@@ -181,7 +179,7 @@ class Bridge(wiring.Component):
                 timed(body)
             with m.State("CRC1"):
                 def body():
-                    with m.If(crc_ok):
+                    with m.If(Cat(crc_lo, byte) == crc):  # registers only; frame_ok is not FSM state
                         m.d.sync += frame_ok.eq(1)
                     m.next = "HUNT"
                 timed(body)

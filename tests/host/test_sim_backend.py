@@ -9,6 +9,7 @@ from host.emulator import EmulatorBackend
 from host.protocol import LinkError
 from host.runtime import Runtime
 from host.sim_backend import SIM_CONFIG, FaultyLink, SimBackend, SimLink
+from model import golden
 from model.random_model import TINY, random_model
 from sim.model_layers import model_layers
 
@@ -82,3 +83,18 @@ def test_uart_line_at_divisor_4():
     backend = SimBackend(uart=True)
     assert _run_calls(backend, rounds=1) == 0
     assert backend.cycles() == backend.device_cycles()
+
+
+def test_a_run_longer_than_the_read_timeout_is_waited_for():
+    """The read timeout of a RUN's frame grows by the run's cycles: no re-sends, the right answer."""
+    rng = np.random.default_rng(0)
+    n = 64 * SIM_CONFIG.word_bits
+    x = golden.Operand.from_values(np.where(rng.random((2, n)) < 0.5, 1, -1), golden.Encoding("bipolar"), SIM_CONFIG.word_bits)
+    w = golden.Operand.from_values(np.where(rng.random((128, n)) < 0.5, 1, -1), golden.Encoding("bipolar"), SIM_CONFIG.word_bits)
+    coefs = np.array([[3]])
+    # 2000 cycles at 40 MHz: enough for any frame of loads, half of this 4096-item run
+    backend = SimBackend(timeout=5e-5)
+    backend.load("x", [x])
+    backend.load("w", [w])
+    assert np.array_equal(backend.layer("x", "w", coefs), golden.layer_output([x], [w], coefs))
+    assert backend.transport.resent == 0 and backend.cycles() > 4096

@@ -109,7 +109,7 @@ def test_a_frame_arriving_while_one_runs_is_dropped_not_mixed_in():
     first = [header(Op.LOAD_X, 0), 1, 0x12345678]
     back_to_back = protocol.encode_command(1, b"".join(w.to_bytes(4, "little") for w in [0] + first)) + \
         protocol.encode_command(2, b"".join(w.to_bytes(4, "little") for w in [0, header(Op.RESET)]))
-    cmd, rsp = run_bridge(back_to_back, echo_read, 400, spacing=2)
+    cmd, rsp = run_bridge(back_to_back, echo_read, 400, spacing=1)
     assert cmd == first
     assert [(f.seq, f.status) for f in rsp] == [(1, Status.OK)]
 
