@@ -3,7 +3,7 @@
 #   make test     the whole fast test suite (what CI runs)
 #   make sim      the full cocotb/RTL simulation suite under Icarus
 #   make bench    benchmarks: writes bench/out/*.json and prints tables
-#   make bitstream BOARD=icebreaker|ulx3s [CONFIG=...] [SEED=...]; make program BOARD=...
+#   make bitstream BOARD=icebreaker|ulx3s [CONFIG=...] [SEED=...] [TRIES=...]; make program BOARD=...
 #   make ptq-results / make lowrank: the PTQ and low-rank results
 #   make results  trains the GSB model family and baselines on digits and
 #                 Fashion-MNIST (about 50 min on one core), writes results/
@@ -68,9 +68,10 @@ lowrank: $(STAMP) fashion-mnist
 BOARD ?=
 CONFIG ?=
 SEED ?=
+TRIES ?=
 bitstream: $(STAMP)
-	@test -n "$(BOARD)" || { echo "usage: make bitstream BOARD=icebreaker|ulx3s [CONFIG=preset] [SEED=n]" >&2; exit 1; }
-	nice -n 5 $(PY) -m hw.build bitstream --board $(BOARD) $(if $(CONFIG),--config $(CONFIG)) $(if $(SEED),--seed $(SEED))
+	@test -n "$(BOARD)" || { echo "usage: make bitstream BOARD=icebreaker|ulx3s [CONFIG=preset] [SEED=n] [TRIES=n]" >&2; exit 1; }
+	nice -n 5 $(PY) -m hw.build bitstream --board $(BOARD) $(if $(CONFIG),--config $(CONFIG)) $(if $(SEED),--seed $(SEED)) $(if $(TRIES),--tries $(TRIES))
 
 program: $(STAMP)
 	@test -n "$(BOARD)" || { echo "usage: make program BOARD=icebreaker|ulx3s" >&2; exit 1; }

@@ -37,7 +37,7 @@ def point(board_name: str, lanes: int, build_dir: Path) -> dict:
             report = json.loads(path.read_text())
             if report["config"]["parameters"] == json.loads(json.dumps(asdict(config))):
                 return report
-    report = build(b, config, f"{b.config}, lanes={lanes}", out)
+    report = build(b, config, f"{b.config}, lanes={lanes}", out, tries=3)
     print(summary(report), flush=True)
     return report
 

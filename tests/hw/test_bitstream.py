@@ -33,6 +33,7 @@ def test_small_bitstream_and_report(tmp_path):
     assert clock["fmax_mhz"] and all(f > 0 for f in clock["fmax_mhz"].values())
     assert isinstance(clock["met"], bool)
     assert clock["met"] == all(f >= clock["freq_mhz"] for f in clock["fmax_mhz"].values())
+    assert report["tries"] == [{"seed": 1, "fmax_mhz": clock["fmax_mhz"], "met": clock["met"]}]
 
     config = report["config"]
     assert (config["name"], config["lanes"], config["word_bits"]) == ("small", 2, 8)
