@@ -10,6 +10,7 @@ from amaranth.lib.wiring import In, Out
 from hw.config import STREAM_BITS, AccelConfig, _check_int
 from hw.engine import COUNT_BITS, run_layout
 from hw.isa import DESC_WORDS, LOAD_OPS, Op, descriptor_layout, entry_words, unpack_descriptor
+from hw.pipeline import duplicate
 
 
 class CycleCounter(wiring.Component):
@@ -121,11 +122,18 @@ class Decoder(wiring.Component):
         for index, (op, (banks, words, item_bits, _)) in enumerate(zip(LOAD_OPS, self.targets)):
             port = getattr(self, op.name.lower())
             raw = Cat(written[:(words - 1) * STREAM_BITS], written[(max_item_words - 1) * STREAM_BITS:])
+            data = (unpack_descriptor(c, raw) if op == Op.LOAD_PROG else raw[:item_bits]).replicate(banks)
+            if banks > 1 and op.name.lower().removeprefix("load_") not in c.spram:
+                # a block-RAM buffer with a bank per lane spans the die: one
+                # register per bank, by its block RAMs (an SPRAM buffer
+                # registers its writes itself)
+                now = Cat(item[:(words - 1) * STREAM_BITS], cmd.payload)[:item_bits]
+                data = Cat(*duplicate(m, now, banks, f"{op.name.lower()}_data"))
             enable = Signal(banks, name=f"{op.name.lower()}_en")
             m.d.sync += enable.eq((item_done & (target == index)) << lane)
             m.d.comb += [
                 port.addr.eq(written_addr),
-                port.data.eq((unpack_descriptor(c, raw) if op == Op.LOAD_PROG else raw[:item_bits]).replicate(banks)),
+                port.data.eq(data),
                 port.en.eq(enable),
             ]
 
