@@ -557,7 +557,8 @@ def fold_threshold(
             continue
         # The predicate is monotone in Y; start from the real root and step to
         # the exact boundary of the float64 predicate.
-        root = -b / s
+        # (clamped to the range first: a tiny scale puts the root at infinity)
+        root = min(max(-b / s, y_min - 1.0), y_max + 1.0)
         if s > 0:
             t = int(min(max(math.ceil(root), y_min), y_max + 1))
             while t > y_min and holds(t - 1):

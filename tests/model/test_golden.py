@@ -225,3 +225,14 @@ def test_bad_inputs_raise_clear_errors():
         golden.layer_output([good], [good], np.ones((1, 1)))
     with pytest.raises(ValueError, match="n must be >= 1"):
         golden.words_for(0)
+
+
+def test_threshold_folding_with_a_scale_too_small_for_the_root():
+    """-bias/scale overflows to infinity: the bit is constant over the range."""
+    tiny = 2.2250738585072014e-308
+    for scale, expect in ((tiny, 1), (-tiny, 1)):
+        t, d = golden.fold_threshold(np.array([scale]), np.array([4.0]), -3, 3)
+        ys = np.arange(-3, 4, dtype=np.int64)
+        assert np.all(golden.apply_threshold(ys[:, None], t, d)[:, 0] == expect)
+    t, d = golden.fold_threshold(np.array([tiny]), np.array([-4.0]), -3, 3)
+    assert np.all(golden.apply_threshold(np.arange(-3, 4)[:, None], t, d)[:, 0] == 0)
