@@ -1,17 +1,30 @@
-"""Random command sequences for the stress testbench."""
+"""Random test data: operands, and command sequences for the stress testbench."""
 
 from __future__ import annotations
 
 import random
 
+import numpy as np
+
 from hw.config import STREAM_BITS, AccelConfig
 from hw.isa import Op, descriptor, entry_words, header, run_args
+from model import golden
 
 #: Relative frequency of each operation in :func:`random_ops`.
 WEIGHTS = {
     "load_x": 10, "load_y": 10, "load_thresh": 6, "load_prog": 10, "run": 20,
     "read": 14, "read_bits": 10, "read_cycles": 8, "reset": 3,
 }
+
+
+def random_operand(rng: np.random.Generator, encoding: str, rows: int, n: int, word_bits: int) -> golden.Operand:
+    """``rows`` random rows of ``n`` values of ``encoding``, packed in ``word_bits``-bit words."""
+    enc = golden.Encoding.parse(encoding)
+    lo, hi = enc.value_range
+    values = rng.integers(lo, hi + 1, (rows, n))
+    if encoding == "bipolar":
+        values = np.where(values >= 0, 1, -1)
+    return golden.Operand.from_values(values, enc, word_bits)
 
 
 def _small_or_any(rng: random.Random, bits: int) -> int:

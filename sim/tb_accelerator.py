@@ -42,7 +42,7 @@ from hw.program import (
     run_words,
 )
 from model import golden
-from sim.ops import random_ops
+from sim.ops import random_operand, random_ops
 from sim.reference import AcceleratorModel
 from sim.runner import REPORT_ENV, config_from_env
 
@@ -228,15 +228,6 @@ class Harness:
                             "config": json.loads(os.environ["GSBFLOW_HW_CONFIG"]), **self.extra}
             Path(path).write_text(json.dumps(report, indent=1, sort_keys=True))
         self.checker.done()
-
-
-def random_operand(rng: np.random.Generator, encoding: str, rows: int, n: int, word_bits: int) -> golden.Operand:
-    enc = golden.Encoding.parse(encoding)
-    lo, hi = enc.value_range
-    values = rng.integers(lo, hi + 1, (rows, n))
-    if encoding == "bipolar":
-        values = np.where(values >= 0, 1, -1)
-    return golden.Operand.from_values(values, enc, word_bits)
 
 
 def random_thresholds(rng: np.random.Generator, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -12,6 +12,7 @@ from host.sim_backend import SIM_CONFIG, FaultyLink, SimBackend, SimLink
 from model import golden
 from model.random_model import TINY, random_model
 from sim.model_layers import model_layers
+from sim.ops import random_operand
 
 
 def _images(count: int, seed: int = 0) -> np.ndarray:
@@ -89,8 +90,8 @@ def test_a_run_longer_than_the_read_timeout_is_waited_for():
     """The read timeout of a RUN's frame grows by the run's cycles: no re-sends, the right answer."""
     rng = np.random.default_rng(0)
     n = 64 * SIM_CONFIG.word_bits
-    x = golden.Operand.from_values(np.where(rng.random((2, n)) < 0.5, 1, -1), golden.Encoding("bipolar"), SIM_CONFIG.word_bits)
-    w = golden.Operand.from_values(np.where(rng.random((128, n)) < 0.5, 1, -1), golden.Encoding("bipolar"), SIM_CONFIG.word_bits)
+    x = random_operand(rng, "bipolar", 2, n, SIM_CONFIG.word_bits)
+    w = random_operand(rng, "bipolar", 128, n, SIM_CONFIG.word_bits)
     coefs = np.array([[3]])
     # 2000 cycles at 40 MHz: enough for any frame of loads, half of this 4096-item run
     backend = SimBackend(timeout=5e-5)

@@ -13,17 +13,9 @@ from hw.isa import Op, header
 from hw.program import compile_layer, decode_result, load_words, read_words, response_length, run_words
 from hw.simtools import run_commands
 from model import golden
+from sim.ops import random_operand
 
 KINDS = ("bipolar", "unipolar", "ternary")
-
-
-def random_operand(rng, encoding, rows, n, word_bits):
-    enc = golden.Encoding.parse(encoding)
-    lo, hi = enc.value_range
-    values = rng.integers(lo, hi + 1, (rows, n))
-    if encoding == "bipolar":
-        values = np.where(values >= 0, 1, -1)
-    return golden.Operand.from_values(values, enc, word_bits)
 
 
 def layer_words(config, image):
