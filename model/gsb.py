@@ -253,6 +253,8 @@ class _ScaledQuant(Quantizer):
 
     mean_factor: float
     init_factor: float
+    #: the binarizer with its gradient: ``fn.apply(x + bias, alpha, grad)``
+    fn: type[torch.autograd.Function]
 
     def __init__(self, channels: int, grad: str = "code", scale: str = "learned") -> None:
         super().__init__()
@@ -282,6 +284,12 @@ class _ScaledQuant(Quantizer):
         """The frozen scale used at inference."""
         return (self.running_scale if self.scale == "mean" else self.alpha).clamp_min(EPS)
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not bool(self.enabled):
+            return x
+        x = x + self.bias
+        return self.fn.apply(x, self.current_alpha(x), self.grad)
+
 
 class SignQuant(_ScaledQuant):
     """Bipolar activation binarizer ``alpha * sign(x + bias)``.
@@ -296,13 +304,7 @@ class SignQuant(_ScaledQuant):
     :meth:`deploy_params`.
     """
 
-    mean_factor, init_factor = 1.0, 2.0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not bool(self.enabled):
-            return x
-        x = x + self.bias
-        return SignFn.apply(x, self.current_alpha(x), self.grad)
+    mean_factor, init_factor, fn = 1.0, 2.0, SignFn
 
     def deploy_params(self) -> dict:
         """One ``sign`` group: ``code = +1 if x + offset >= 0 else -1``, value ``scale*code``."""
@@ -318,13 +320,7 @@ class UnsignedQuant(_ScaledQuant):
     ``bit = (x + bias >= alpha/2)``.
     """
 
-    mean_factor, init_factor = 2.0, 4.0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not bool(self.enabled):
-            return x
-        x = x + self.bias
-        return UnsignedFn.apply(x, self.current_alpha(x), self.grad)
+    mean_factor, init_factor, fn = 2.0, 4.0, UnsignedFn
 
     def deploy_params(self) -> dict:
         """One ``step`` group: ``code = [x + offset >= scale/2]``, value ``scale*code``."""
