@@ -263,6 +263,7 @@ class QModel:
         and ``blocks.i.attn.out`` / ``blocks.i.mlp.out`` (the branch outputs)
         and ``blocks.i.attn.map`` (the softmax).
         """
+        capture = {} if capture is None else capture  # a throwaway dict when no one asked
         m = self.model
         cfg = m.cfg
         b = x.shape[0]
@@ -278,33 +279,25 @@ class QModel:
         for i, blk in enumerate(m.blocks):
             p = f"blocks.{i}"
             hin = layer_norm(seq, blk.norm1)
-            if capture is not None:
-                capture[f"{p}.attn.qkv"] = hin
+            capture[f"{p}.attn.qkv"] = hin
             qkv = self.linear(f"{p}.attn.qkv", blk.attn.qkv, hin)
             q, k, v = (heads(z) for z in qkv.chunk(3, dim=-1))
-            if capture is not None:
-                capture[f"{p}.attn.qk"] = (q, k)
+            capture[f"{p}.attn.qk"] = (q, k)
             s = self.matmul(f"{p}.attn.qk", q, k.transpose(-2, -1), 1.0 / math.sqrt(hd))
             a = softmax(s)
-            if capture is not None:
-                capture[f"{p}.attn.av"] = (a, v)
-                capture[f"{p}.attn.map"] = a
+            capture[f"{p}.attn.av"] = (a, v)
+            capture[f"{p}.attn.map"] = a
             o = self.matmul(f"{p}.attn.av", a, v, 1.0).transpose(1, 2).reshape(b, t, cfg.dim)
-            if capture is not None:
-                capture[f"{p}.attn.proj"] = o
+            capture[f"{p}.attn.proj"] = o
             o = self.linear(f"{p}.attn.proj", blk.attn.proj, o)
-            if capture is not None:
-                capture[f"{p}.attn.out"] = o
+            capture[f"{p}.attn.out"] = o
             seq = seq + o
             hin = layer_norm(seq, blk.norm2)
-            if capture is not None:
-                capture[f"{p}.mlp.fc1"] = hin
+            capture[f"{p}.mlp.fc1"] = hin
             hmid = F.gelu(self.linear(f"{p}.mlp.fc1", blk.mlp.fc1, hin))
-            if capture is not None:
-                capture[f"{p}.mlp.fc2"] = hmid
+            capture[f"{p}.mlp.fc2"] = hmid
             o = self.linear(f"{p}.mlp.fc2", blk.mlp.fc2, hmid)
-            if capture is not None:
-                capture[f"{p}.mlp.out"] = o
+            capture[f"{p}.mlp.out"] = o
             seq = seq + o
         seq = layer_norm(seq, m.norm)
         z = F.linear(seq[:, 0], m.head.weight, m.head.bias)
