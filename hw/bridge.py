@@ -197,7 +197,7 @@ class Bridge(wiring.Component):
         feed_left = Signal(16)       # ... this many, the current one included
         feed_last = Signal()         # feed_left == 1
         next_addr = Signal(addr_bits)    # the buffer address of the word after the current one
-        after_addr = Signal(addr_bits)   # and of the one after that
+        after_addr = Signal(addr_bits)   # and of the one after that (a register: no adder before the address)
         header = Signal(40)          # the response header, shifted out a byte at a time
         header_byte = Signal(range(5))
         tx_crc = Signal(16)

@@ -121,14 +121,15 @@ class Decoder(wiring.Component):
         m.d.sync += [written.eq(Cat(item, cmd.payload)), written_addr.eq(waddr)]
         for index, (op, (banks, words, item_bits, _)) in enumerate(zip(LOAD_OPS, self.targets)):
             port = getattr(self, op.name.lower())
-            raw = Cat(written[:(words - 1) * STREAM_BITS], written[(max_item_words - 1) * STREAM_BITS:])
-            data = (unpack_descriptor(c, raw) if op == Op.LOAD_PROG else raw[:item_bits]).replicate(banks)
             if banks > 1 and op.name.lower().removeprefix("load_") not in c.spram:
                 # a block-RAM buffer with a bank per lane spans the die: one
                 # register per bank, by its block RAMs (an SPRAM buffer
                 # registers its writes itself)
                 now = Cat(item[:(words - 1) * STREAM_BITS], cmd.payload)[:item_bits]
                 data = Cat(*duplicate(m, now, banks, f"{op.name.lower()}_data"))
+            else:
+                raw = Cat(written[:(words - 1) * STREAM_BITS], written[(max_item_words - 1) * STREAM_BITS:])
+                data = (unpack_descriptor(c, raw) if op == Op.LOAD_PROG else raw[:item_bits]).replicate(banks)
             enable = Signal(banks, name=f"{op.name.lower()}_en")
             m.d.sync += enable.eq((item_done & (target == index)) << lane)
             m.d.comb += [
