@@ -25,7 +25,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from hw.boards import BOARDS, Board, board
-from hw.boards.common import BAUD
+from hw.boards.common import BAUD, BoardTop
 from hw.config import STREAM_BITS, AccelConfig, preset
 from hw.isa import descriptor_layout
 from hw.pipeline import DUPLICATE_SUFFIX
@@ -76,6 +76,20 @@ SYNTH_OPTS = {"ice40": "-dsp -device u", "ecp5": ""}
 #: Further nextpnr options per family: router2 routes the ECP5 in minutes
 #: where router1 took 17 (in the WebAssembly build, on one core).
 NEXTPNR_OPTS = {"ice40": "", "ecp5": "--router router2"}
+
+
+#: The environment variable the build script reads nextpnr's seed from.
+SEED_VAR = "GSBFLOW_SEED"
+
+
+def place_and_route(out: Path, env: dict[str, str]) -> None:
+    """Run the build script in ``out`` again without its synthesis step (the netlist is there)."""
+    script = (out / "build_top.sh").read_text().splitlines()
+    steps = [line for line in script if not line.startswith('"$YOSYS"')]
+    if len(steps) != len(script) - 1:
+        raise RuntimeError(f"{out / 'build_top.sh'}: expected one yosys step to leave out")
+    (out / "pnr_top.sh").write_text("\n".join(steps) + "\n")
+    subprocess.run(["sh", "pnr_top.sh"], cwd=out, env=env, check=True)
 
 
 def use_pypi_tools() -> None:
@@ -149,15 +163,19 @@ def build(b: Board, config: AccelConfig, config_name: str, out: Path, freq_hz: f
           seed: int = 1, tries: int = 1) -> dict:
     """Build ``config`` for board ``b`` into ``out``; returns (and writes) the report.
 
-    Placement is seeded: with ``tries`` > 1 the build is repeated with seeds
-    ``seed``, ``seed + 1``, ... until timing is met (Fmax moves by about 5%
-    from seed to seed); the report keeps the last build and lists every try.
+    Placement is seeded: with ``tries`` > 1 place and route (not synthesis)
+    is repeated with seeds ``seed``, ``seed + 1``, ... until timing is met
+    (Fmax moves by about 5% from seed to seed); the report keeps the last
+    build and lists every try.
     """
     if isinstance(tries, bool) or not isinstance(tries, int) or tries < 1:
         raise ValueError(f"tries must be a positive int, got {tries!r}")
+    use_pypi_tools()
+    freq_hz = b.freq_hz if freq_hz is None else freq_hz
+    top = b.top(config, freq_hz)
     attempts = []
     for s in range(seed, seed + tries):
-        report = _build_once(b, config, config_name, out, freq_hz, s)
+        report = _build_once(b, top, config_name, out, freq_hz, s, synthesize=(s == seed))
         attempts.append({"seed": s, "fmax_mhz": report["clock"]["fmax_mhz"], "met": report["clock"]["met"]})
         if report["clock"]["met"]:
             break
@@ -166,11 +184,10 @@ def build(b: Board, config: AccelConfig, config_name: str, out: Path, freq_hz: f
     return report
 
 
-def _build_once(b: Board, config: AccelConfig, config_name: str, out: Path, freq_hz: float | None, seed: int) -> dict:
-    """One build with one placement seed; returns its report."""
-    use_pypi_tools()
-    freq_hz = b.freq_hz if freq_hz is None else freq_hz
-    top = b.top(config, freq_hz)
+def _build_once(b: Board, top: BoardTop, config_name: str, out: Path, freq_hz: float, seed: int,
+                synthesize: bool) -> dict:
+    """One build of ``top`` with one placement seed, from synthesis or from ``out``'s netlist; returns its report."""
+    config = top.config
     platform = b.top.platform()
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("report.json", "top.report.json", b.bitstream):
@@ -178,13 +195,18 @@ def _build_once(b: Board, config: AccelConfig, config_name: str, out: Path, freq
     start = time.monotonic()
     # prepared, then run: platform.build() would first insist on the programmer
     # (amaranth-boards' ULX3S lists openFPGALoader among its required tools)
-    plan = platform.build(
-        top, name="top", do_build=False, script_after_read=f"{UNDEFINED_COLLISIONS}\n{KEEP_DUPLICATES}\n{ONE_HOT_FSMS}",
-        synth_opts=SYNTH_OPTS[b.family],
-        # timing is judged from the report, so a missed clock still gives a bitstream and a report
-        nextpnr_opts=f"--report top.report.json --timing-allow-fail --seed {seed} {NEXTPNR_OPTS[b.family]}",
-    )
-    plan.execute_local(str(out))
+    env = {**os.environ, SEED_VAR: str(seed)}
+    if synthesize:
+        plan = platform.build(
+            top, name="top", do_build=False, script_after_read=f"{UNDEFINED_COLLISIONS}\n{KEEP_DUPLICATES}\n{ONE_HOT_FSMS}",
+            synth_opts=SYNTH_OPTS[b.family],
+            # timing is judged from the report, so a missed clock still gives a bitstream and a report;
+            # the seed comes from the environment, so that place_and_route() can run again with another
+            nextpnr_opts=f"--report top.report.json --timing-allow-fail --seed ${SEED_VAR} {NEXTPNR_OPTS[b.family]}",
+        )
+        plan.execute_local(str(out), env=env)
+    else:
+        place_and_route(out, env)
     build_s = time.monotonic() - start
     nextpnr = json.loads((out / "top.report.json").read_text())
     resources, clock = parse_report(b.family, nextpnr, (out / "top.rpt").read_text(), top.freq_hz)
@@ -243,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="output folder (default: build/<board>)")
     parser.add_argument("--seed", type=int, default=1, help="nextpnr's placement seed (default: 1)")
     parser.add_argument("--tries", type=int, default=3,
-                        help="builds with seeds seed, seed+1, ... until timing is met (default: 3)")
+                        help="place-and-route tries, with seeds seed, seed+1, ..., until timing is met (default: 3)")
     args = parser.parse_args(argv)
     try:
         b = board(args.board)
