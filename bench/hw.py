@@ -20,9 +20,11 @@ give exactly the busy cycles the RTL counted, layer by layer.
   a cycle (peak) over the design's LUT4s (the whole board top: accelerator,
   bridge and UART), and the same for the useful MACs (the ideal cycles of
   the model's layers over the busy cycles);
-* against the yardsticks of :data:`YARDSTICKS` (bare XOR-popcount arrays,
-  no control, buffers or I/O): the ratio of Fmax, and of peak binary MACs
-  per LUT per second (``peak MACs/LUT/cycle * Fmax``).
+* against the yardstick measured on the same device by
+  :mod:`bench.yardstick` (``bench/out/yardstick.json``: a bare XOR-popcount
+  array, no control, buffers or I/O): the ratio of Fmax, and of peak binary
+  MACs per LUT4 per second (``peak MACs/LUT/cycle * Fmax``) and per logic
+  cell (UP5K) or slice LUT (ECP5) per second.
 """
 
 from __future__ import annotations
@@ -39,22 +41,18 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
 
 
-#: Bare XOR-popcount arrays (16 lanes x 64 bits, 2 pipeline stages, 1024
-#: binary MACs a cycle) as measured for the project's hardware issue, per
-#: board family: LUT4 (UP5K: logic cells) and Fmax.
-YARDSTICKS = {
-    "icebreaker": {"design": "XOR-popcount 16 x 64, 2 stages, UP5K", "lut4": 3114, "fmax_mhz": 32.5, "macs_per_cycle": 1024},
-    "ulx3s": {"design": "XOR-popcount 16 x 64, 2 stages, ECP5-25F", "lut4": 3449, "fmax_mhz": 100.0, "macs_per_cycle": 1024},
-}
+def macs_per_s(macs: int, area: int, fmax_mhz: float) -> float:
+    """Binary MACs per unit of area per second (millions)."""
+    return macs / area * fmax_mhz
 
 
-def versus_yardstick(board: str, entry: dict) -> dict:
-    """Fmax and peak MACs per LUT per second of a build over its board's yardstick."""
-    y = YARDSTICKS[board]
-    ours = entry["peak_macs_per_lut_cycle"] * entry["fmax_mhz"]
-    theirs = y["macs_per_cycle"] / y["lut4"] * y["fmax_mhz"]
-    return {**y, "fmax_ratio": round(entry["fmax_mhz"] / y["fmax_mhz"], 3),
-            "macs_per_lut_s_ratio": round(ours / theirs, 3)}
+def versus_yardstick(entry: dict, yardstick: dict) -> dict:
+    """Ratios of a build over its yardstick: Fmax, peak MACs per LUT4 per second, and per logic cell/slice LUT per second."""
+    ratios = {"fmax_ratio": entry["fmax_mhz"] / yardstick["fmax_mhz"]}
+    for key, area in (("macs_per_lut_s_ratio", "lut4"), ("macs_per_logic_s_ratio", "logic")):
+        ratios[key] = (macs_per_s(entry["peak_macs_per_cycle"], entry[area], entry["fmax_mhz"])
+                       / macs_per_s(yardstick["macs_per_cycle"], yardstick[area], yardstick["fmax_mhz"]))
+    return {**yardstick, **{key: round(value, 3) for key, value in ratios.items()}}
 
 
 def layer_cycles(config: AccelConfig, layer: dict) -> int:
@@ -85,6 +83,7 @@ def board_entry(report: dict, rtl: dict) -> dict:
     macs = sum(layer["rows_x"] * layer["rows_y"] * layer["passes"] * layer["n"] for layer in rtl["layers"].values())
     fmax = min(report["clock"]["fmax_mhz"].values())
     lut4 = report["resources"]["lut4"]["used"]
+    logic = report["resources"].get("logic_cells", report["resources"].get("slice_luts"))["used"]
     peak = config.lanes * config.word_bits
     return {
         "config": report["config"]["name"],
@@ -92,6 +91,7 @@ def board_entry(report: dict, rtl: dict) -> dict:
         "word_bits": config.word_bits,
         "device": report["device"],
         "lut4": lut4,
+        "logic": logic,
         "clock_mhz": report["clock"]["freq_mhz"],
         "fmax_mhz": fmax,
         "timing_met": report["clock"]["met"],
@@ -104,18 +104,23 @@ def board_entry(report: dict, rtl: dict) -> dict:
     }
 
 
-def measure(build_dir: Path = ROOT / "build", rtl_path: Path = OUT / "rtl_cycles.json") -> dict:
+def measure(build_dir: Path = ROOT / "build", rtl_path: Path = OUT / "rtl_cycles.json",
+            yardstick_path: Path = OUT / "yardstick.json") -> dict:
     """The ``bench/out/hw.json`` report for every board that has a build."""
-    if not rtl_path.exists():
-        raise SystemExit(f"error: {rtl_path} is missing: run 'python -m bench.rtl_cycles' (make bench) first")
+    for path, command in ((rtl_path, "make bench"), (yardstick_path, "python -m bench.yardstick")):
+        if not path.exists():
+            raise SystemExit(f"error: {path} is missing: run '{command}' first")
     rtl = json.loads(rtl_path.read_text())
+    yardsticks = json.loads(yardstick_path.read_text())["points"]
     check_cycle_model(rtl)
     boards = {}
     for name in BOARDS:
         path = build_dir / name / "report.json"
         if path.exists():
             boards[name] = board_entry(json.loads(path.read_text()), rtl)
-            boards[name]["yardstick"] = versus_yardstick(name, boards[name])
+            if name not in yardsticks:
+                raise SystemExit(f"error: {yardstick_path} has no {name!r} point: run 'python -m bench.yardstick --point {name}'")
+            boards[name]["yardstick"] = versus_yardstick(boards[name], yardsticks[name])
     if not boards:
         raise SystemExit(f"error: no build/<board>/report.json: run 'make bitstream BOARD={'|'.join(BOARDS)}' first")
     return {
@@ -129,7 +134,7 @@ def table(report: dict) -> str:
     """The report as a Markdown table."""
     lines = [
         "| board | config (lanes x bits) | LUT4 | clock / Fmax (MHz) | cycles/image | images/s at Fmax "
-        "| MACs/LUT/cycle (peak, useful) | vs yardstick: Fmax, MACs/LUT/s |",
+        "| MACs/LUT/cycle (peak, useful) | vs yardstick: Fmax, MACs/LUT4/s, MACs/logic cell/s |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, b in report["boards"].items():
@@ -138,7 +143,8 @@ def table(report: dict) -> str:
             f"| {name} ({b['device']}) | {b['config']} ({b['lanes']} x {b['word_bits']}) | {b['lut4']} | "
             f"{b['clock_mhz']:g} / {b['fmax_mhz']:g}{met} | {b['cycles_per_image']} | {b['images_per_s_at_fmax']:g} | "
             f"{b['peak_macs_per_lut_cycle']:.3f}, {b['useful_macs_per_lut_cycle']:.3f} | "
-            f"{b['yardstick']['fmax_ratio']:.2f}x, {b['yardstick']['macs_per_lut_s_ratio']:.2f}x |"
+            f"{b['yardstick']['fmax_ratio']:.2f}x, {b['yardstick']['macs_per_lut_s_ratio']:.3f}x, "
+            f"{b['yardstick']['macs_per_logic_s_ratio']:.3f}x |"
         )
     return "\n".join(lines)
 

@@ -25,7 +25,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from hw.boards import BOARDS, Board, board
-from hw.boards.common import BAUD, BoardTop
+from hw.boards.common import BAUD, BoardTop, ClockedTop
 from hw.config import STREAM_BITS, AccelConfig, preset
 from hw.isa import descriptor_layout
 from hw.pipeline import DUPLICATE_SUFFIX
@@ -171,6 +171,7 @@ def build(b: Board, config: AccelConfig, config_name: str, out: Path, freq_hz: f
     if isinstance(tries, bool) or not isinstance(tries, int) or tries < 1:
         raise ValueError(f"tries must be a positive int, got {tries!r}")
     use_pypi_tools()
+    (out / "report.json").unlink(missing_ok=True)
     freq_hz = b.freq_hz if freq_hz is None else freq_hz
     top = b.top(config, freq_hz)
     attempts = []
@@ -189,28 +190,8 @@ def _build_once(b: Board, top: BoardTop, config_name: str, out: Path, freq_hz: f
     """One build of ``top`` with one placement seed, from synthesis or from ``out``'s netlist; returns its report."""
     config = top.config
     platform = b.top.platform()
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in ("report.json", "top.report.json", b.bitstream):
-        (out / stale).unlink(missing_ok=True)
-    start = time.monotonic()
-    # prepared, then run: platform.build() would first insist on the programmer
-    # (amaranth-boards' ULX3S lists openFPGALoader among its required tools)
-    env = {**os.environ, SEED_VAR: str(seed)}
-    if synthesize:
-        plan = platform.build(
-            top, name="top", do_build=False, script_after_read=f"{UNDEFINED_COLLISIONS}\n{KEEP_DUPLICATES}\n{ONE_HOT_FSMS}",
-            synth_opts=SYNTH_OPTS[b.family],
-            # timing is judged from the report, so a missed clock still gives a bitstream and a report;
-            # the seed comes from the environment, so that place_and_route() can run again with another
-            nextpnr_opts=f"--report top.report.json --timing-allow-fail --seed ${SEED_VAR} {NEXTPNR_OPTS[b.family]}",
-        )
-        plan.execute_local(str(out), env=env)
-    else:
-        place_and_route(out, env)
-    build_s = time.monotonic() - start
-    nextpnr = json.loads((out / "top.report.json").read_text())
-    resources, clock = parse_report(b.family, nextpnr, (out / "top.rpt").read_text(), top.freq_hz)
-    report = {
+    resources, clock, build_s = run_toolchain(platform, top, b.family, out, seed, synthesize)
+    return {
         "board": b.name,
         "device": f"{platform.device}-{platform.package}",
         "bitstream": b.bitstream,
@@ -227,7 +208,35 @@ def _build_once(b: Board, top: BoardTop, config_name: str, out: Path, freq_hz: f
         "build_s": round(build_s, 1),
         "seed": seed,
     }
-    return report
+
+
+def run_toolchain(platform: object, top: ClockedTop, family: str, out: Path, seed: int = 1,
+                  synthesize: bool = True) -> tuple[dict, dict, float]:
+    """Synthesise (unless the netlist in ``out`` is to be reused), place and route ``top`` into ``out``.
+
+    Returns the resources and clocks of :func:`parse_report` and the seconds it took.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in ("top.report.json", "top.bin", "top.bit"):
+        (out / stale).unlink(missing_ok=True)
+    start = time.monotonic()
+    # prepared, then run: platform.build() would first insist on the programmer
+    # (amaranth-boards' ULX3S lists openFPGALoader among its required tools)
+    env = {**os.environ, SEED_VAR: str(seed)}
+    if synthesize:
+        plan = platform.build(
+            top, name="top", do_build=False, script_after_read=f"{UNDEFINED_COLLISIONS}\n{KEEP_DUPLICATES}\n{ONE_HOT_FSMS}",
+            synth_opts=SYNTH_OPTS[family],
+            # timing is judged from the report, so a missed clock still gives a bitstream and a report;
+            # the seed comes from the environment, so that place_and_route() can run again with another
+            nextpnr_opts=f"--report top.report.json --timing-allow-fail --seed ${SEED_VAR} {NEXTPNR_OPTS[family]}",
+        )
+        plan.execute_local(str(out), env=env)
+    else:
+        place_and_route(out, env)
+    nextpnr = json.loads((out / "top.report.json").read_text())
+    resources, clock = parse_report(family, nextpnr, (out / "top.rpt").read_text(), top.freq_hz)
+    return resources, clock, time.monotonic() - start
 
 
 def summary(report: dict) -> str:

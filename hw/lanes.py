@@ -23,6 +23,24 @@ def lane_latency(word_bits: int, stage_levels: int) -> int:
     return 1 + -(-levels // stage_levels)
 
 
+def popcount_tree(m: Module, bits: Value, stage_levels: int, name: str) -> Value:
+    """The number of ones in ``bits``: an adder tree with a register after every
+    ``stage_levels`` levels and after the last one (``ceil(log2(len(bits)) /
+    stage_levels)`` cycles)."""
+    values = [bits[i] for i in range(len(bits))]
+    level = 0
+    while len(values) > 1:
+        paired = [a + b for a, b in zip(values[0::2], values[1::2])]
+        values = paired + values[len(paired) * 2:]
+        level += 1
+        if level % stage_levels == 0 or len(values) == 1:
+            regs = [Signal(Shape.cast(v.shape()), name=f"{name}_l{level}_{j}", reset_less=True)
+                    for j, v in enumerate(values)]
+            m.d.sync += [r.eq(v) for r, v in zip(regs, values)]
+            values = regs
+    return values[0]
+
+
 class LaneArray(wiring.Component):
     """``lanes`` lanes computing ``popcount(m & (a ^ b))`` on ``word_bits`` bits.
 
@@ -61,21 +79,6 @@ class LaneArray(wiring.Component):
         """Cycles from ``i`` to ``o``."""
         return lane_latency(self.word_bits, self.stage_levels)
 
-    def _popcount(self, m: Module, bits: Value, name: str) -> Value:
-        """A pipelined adder tree; returns the count, ``latency - 1`` cycles later."""
-        values = [bits[i] for i in range(len(bits))]
-        level = 0
-        while len(values) > 1:
-            paired = [a + b for a, b in zip(values[0::2], values[1::2])]
-            values = paired + values[len(paired) * 2:]
-            level += 1
-            if level % self.stage_levels == 0 or len(values) == 1:
-                regs = [Signal(Shape.cast(v.shape()), name=f"{name}_l{level}_{j}", reset_less=True)
-                        for j, v in enumerate(values)]
-                m.d.sync += [r.eq(v) for r, v in zip(regs, values)]
-                values = regs
-        return values[0]
-
     def elaborate(self, platform: object) -> Module:
         m = Module()
         x = self.i.payload.x
@@ -86,11 +89,11 @@ class LaneArray(wiring.Component):
             if self.count_c:
                 m_reg = Signal(self.word_bits, name=f"m{lane}", reset_less=True)
                 m.d.sync += [selected.eq(m_word & (x.sign ^ y.sign)), m_reg.eq(m_word)]
-                c = self._popcount(m, m_reg, f"c{lane}")
-                value = c - (self._popcount(m, selected, f"p{lane}") << 1)
+                c = popcount_tree(m, m_reg, self.stage_levels, f"c{lane}")
+                value = c - (popcount_tree(m, selected, self.stage_levels, f"p{lane}") << 1)
             else:
                 m.d.sync += selected.eq(Mux(self.i.payload.cmode, m_word, m_word & (x.sign ^ y.sign)))
-                value = self._popcount(m, selected, f"p{lane}")
+                value = popcount_tree(m, selected, self.stage_levels, f"p{lane}")
             m.d.comb += self.o.payload.value[lane].eq(value)
         m.d.comb += [
             self.o.valid.eq(delay(m, self.i.valid, self.latency, "lanes_valid")),

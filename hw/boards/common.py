@@ -20,32 +20,25 @@ RESET_HOLD_S = 15e-6
 LED_PERIOD_BITS = 20
 
 
-class BoardTop(Elaboratable):
-    """:class:`hw.top.Top` on a board: PLL clock, UART resource, status LED.
+class ClockedTop(Elaboratable):
+    """A design on a board's PLL clock: what every top shares, accelerator or not.
 
-    A subclass provides :attr:`pll` (the setting for the requested clock) and
-    :meth:`clock`, which instantiates the PLL and returns its output clock and
-    lock signal.  The ``sync`` domain runs from that clock and stays in reset
-    until :data:`RESET_HOLD_S` after lock.  nextpnr derives the clock's
-    constraint from the oscillator pin's through the PLL.  LED 0 lights while the bridge has
-    a command or an answer in flight (per :data:`LED_PERIOD_BITS`).
+    A board's subclass provides :meth:`pll_setting` (the setting for the
+    requested clock) and :meth:`clock`, which instantiates the PLL and returns
+    its output clock and lock signal, and names the amaranth-boards
+    ``platform``.  :meth:`clock_domains` makes the ``sync`` domain from that
+    clock, held in reset until :data:`RESET_HOLD_S` after lock.  nextpnr
+    derives the clock's constraint from the oscillator pin's through the PLL.
     """
 
-    def __init__(self, config: AccelConfig, freq_hz: float, buffer_words: int = 256) -> None:
-        if not isinstance(config, AccelConfig):
-            raise TypeError(f"config must be an AccelConfig, got {type(config).__name__}")
-        self.config, self.requested_hz, self.buffer_words = config, freq_hz, buffer_words
+    def __init__(self, freq_hz: float) -> None:
+        self.requested_hz = freq_hz
         self.pll = self.pll_setting(freq_hz)
 
     @property
     def freq_hz(self) -> float:
         """The clock the PLL really makes (at or above the requested one)."""
         return self.pll.freq_hz
-
-    @property
-    def divisor(self) -> int:
-        """UART clock cycles per bit at :data:`BAUD`."""
-        return round(self.freq_hz / BAUD)
 
     def pll_setting(self, freq_hz: float) -> PLLSetting:
         """The board's PLL setting for ``freq_hz``."""
@@ -55,8 +48,8 @@ class BoardTop(Elaboratable):
         """Instantiate the PLL in ``m``; returns its output clock and lock."""
         raise NotImplementedError
 
-    def elaborate(self, platform: object) -> Module:
-        m = Module()
+    def clock_domains(self, m: Module, platform: object) -> None:
+        """The ``sync`` domain from the PLL, held in reset until :data:`RESET_HOLD_S` after lock."""
         clk, lock = self.clock(m, platform)
         m.domains.sync = sync = ClockDomain("sync")
         m.domains.por = ClockDomain("por", reset_less=True, local=True)
@@ -72,6 +65,28 @@ class BoardTop(Elaboratable):
         m.d.por += reset.eq(timer != hold)
         m.d.comb += sync.rst.eq(reset)
 
+class BoardTop(ClockedTop):
+    """:class:`hw.top.Top` on a board: PLL clock, UART resource, status LED.
+
+    A board's top mixes this with the board's :class:`ClockedTop` subclass.
+    LED 0 lights while the bridge has a command or an answer in flight (per
+    :data:`LED_PERIOD_BITS`).
+    """
+
+    def __init__(self, config: AccelConfig, freq_hz: float, buffer_words: int = 256) -> None:
+        if not isinstance(config, AccelConfig):
+            raise TypeError(f"config must be an AccelConfig, got {type(config).__name__}")
+        self.config, self.buffer_words = config, buffer_words
+        super().__init__(freq_hz)
+
+    @property
+    def divisor(self) -> int:
+        """UART clock cycles per bit at :data:`BAUD`."""
+        return round(self.freq_hz / BAUD)
+
+    def elaborate(self, platform: object) -> Module:
+        m = Module()
+        self.clock_domains(m, platform)
         m.submodules.top = top = Top(self.config, self.divisor, self.buffer_words)
         uart = platform.request("uart", 0, dir="-")
         m.submodules.rx = rx = io.Buffer("i", uart.rx)

@@ -5,18 +5,17 @@ from __future__ import annotations
 from amaranth.hdl import Instance, Module, Signal, Value
 from amaranth_boards.icebreaker import ICEBreakerPlatform
 
-from hw.boards.common import BoardTop
+from hw.boards.common import BoardTop, ClockedTop
 from hw.boards.pll import PLLSetting, ice40_pll
 
 OSC_HZ = 12e6
 
 
-class ICEBreakerTop(BoardTop):
-    """:class:`BoardTop` for :class:`ICEBreakerPlatform`.
+class ICEBreakerClock(ClockedTop):
+    """:class:`ClockedTop` for :class:`ICEBreakerPlatform`.
 
     The 12 MHz clock pin (35) is a PLL input pad, so the SB_PLL40_PAD takes
-    it directly and drives the global network.  Buffers named in
-    ``config.spram`` go into the UP5K's SPRAM.
+    it directly and drives the global network.
     """
 
     platform = ICEBreakerPlatform
@@ -34,3 +33,7 @@ class ICEBreakerTop(BoardTop):
             o_PLLOUTGLOBAL=clk, o_LOCK=lock,
         )
         return clk, lock
+
+
+class ICEBreakerTop(ICEBreakerClock, BoardTop):
+    """The accelerator on the iCEBreaker; buffers named in ``config.spram`` go into the UP5K's SPRAM."""

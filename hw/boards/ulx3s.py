@@ -6,14 +6,14 @@ from amaranth.hdl import Instance, Module, Signal, Value
 from amaranth.lib import io
 from amaranth_boards.ulx3s import ULX3S_85F_Platform
 
-from hw.boards.common import BoardTop
+from hw.boards.common import BoardTop, ClockedTop
 from hw.boards.pll import PLLSetting, ecp5_pll
 
 OSC_HZ = 25e6
 
 
-class ULX3STop(BoardTop):
-    """:class:`BoardTop` for :class:`ULX3S_85F_Platform`."""
+class ULX3SClock(ClockedTop):
+    """:class:`ClockedTop` for :class:`ULX3S_85F_Platform`."""
 
     platform = ULX3S_85F_Platform
 
@@ -37,3 +37,7 @@ class ULX3STop(BoardTop):
             o_CLKOP=clk, o_LOCK=lock,
         )
         return clk, lock
+
+
+class ULX3STop(ULX3SClock, BoardTop):
+    """The accelerator on the ULX3S."""

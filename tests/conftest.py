@@ -1,4 +1,4 @@
-"""Shared helpers for the Amaranth-simulator unit tests of ``hw``."""
+"""Shared helpers: the Amaranth simulator for the unit tests of ``hw`` and ``bench``."""
 
 from __future__ import annotations
 
