@@ -10,7 +10,10 @@ commands of :mod:`hw.program` to the bridge (``hw/bridge.py``).
   version) is there, as ``y`` into its own region of the y buffer when it
   was (re)loaded since its last upload.  So resident weights go up once,
   activations with every call.  Regions are allocated by a bump allocator:
-  a slot reloaded with the same number of bank rows keeps its region.
+  a slot reloaded with the same number of bank rows keeps its region.  When
+  a slot does not fit the rest of the y buffer, every region is dropped
+  (:attr:`y_flushes`) and allocation starts again from row 0: a model whose
+  weights do not all fit runs, re-uploading them as they are used.
 * **Frames.**  Every frame's payload is the answer count, then whole
   commands; a LOAD longer than the bridge's buffer is split into several.
   A read (READ or READ_BITS, then READ_CYCLES) has a frame of its own, since
@@ -20,6 +23,10 @@ commands of :mod:`hw.program` to the bridge (``hw/bridge.py``).
   reads the counter, which must have grown by exactly the run's
   ``items + latency`` cycles; if not, the run is repeated (``run_retries``).
   :meth:`cycles` is the sum of those checked per-run counts.
+* **Tall x operands.**  When the x rows' entries overflow the x buffer, or
+  their results the result buffer, a layer runs in ranges of x rows, each
+  uploaded in turn (the y operand stays resident); within a range the y
+  rows are split into runs that fit the result buffer.
 * **Layers the configuration cannot hold** (for example an int8 x int8
   patch embedding whose accumulator needs more bits) are computed on the
   host by the numeric contract when ``host_fallback`` is set, and listed in
@@ -47,6 +54,7 @@ from hw.program import (
     response_length,
     run_words,
     stream_words,
+    take_rows,
     y_layout,
 )
 from model import golden
@@ -92,6 +100,8 @@ class DeviceBackend(Backend):
         self.reruns = 0
         #: read frames answered with the wrong number of words, and asked again
         self.short_reads = 0
+        #: times the y buffer was full and every resident slot was dropped
+        self.y_flushes = 0
         #: layer (x slot) -> why it was computed on the host
         self.host_layers: dict[str, str] = {}
         self._slots: dict[str, _Slot] = {}
@@ -111,8 +121,11 @@ class DeviceBackend(Backend):
         thr = None if thresholds is None else (thresholds.thresholds, thresholds.directions)
         rows, firsts = self._layout(y_slot, y)
         base = self._region(y_slot, len(rows))
+        ranges = self._x_ranges(x.groups)
         try:
-            chunks = compile_chunks(self.config, x.groups, y.groups, coefs, thr, [base + f for f in firsts])
+            plans = [(start, compile_chunks(self.config, self._x_rows(x.groups, start, stop, len(ranges)), y.groups,
+                                            coefs, thr, [base + f for f in firsts]))
+                     for start, stop in ranges]
         except ValueError as exc:
             if not self.host_fallback:
                 raise
@@ -124,11 +137,32 @@ class DeviceBackend(Backend):
         c, setup = self.config, []
         if self._uploaded.get(y_slot) != y.version:
             setup += self._load(Op.LOAD_Y, base, c.lanes * entry_words(c), stream_words(c, (e for r in rows for e in r)))
-        if self._x != (x_slot, x.version):
-            setup += self._load(Op.LOAD_X, 0, entry_words(c), stream_words(c, chunks[0][1].x_entries))
-        parts = [self._run_chunk(image, setup if i == 0 else []) for i, (_, image) in enumerate(chunks)]
-        self._uploaded[y_slot], self._x = y.version, (x_slot, x.version)
-        self._result = np.concatenate(parts, axis=1)
+        parts = []
+        for start, chunks in plans:
+            if self._x != (x_slot, x.version, start):
+                setup += self._load(Op.LOAD_X, 0, entry_words(c), stream_words(c, chunks[0][1].x_entries))
+            columns = [self._run_chunk(image, setup if i == 0 else []) for i, (_, image) in enumerate(chunks)]
+            self._uploaded[y_slot], self._x, setup = y.version, (x_slot, x.version, start), []
+            parts.append(np.concatenate(columns, axis=1))
+        self._result = np.concatenate(parts, axis=0)
+
+    def _x_ranges(self, groups_x: Sequence[Operand]) -> list[tuple[int, int]]:
+        """The x rows of each run: as many as the x buffer (their entries) and the result buffer (one y block) hold.
+
+        One range of every row when even one row does not fit: compiling it
+        then says why.
+        """
+        c, rows = self.config, groups_x[0].rows
+        per_row = sum(len(g.planes) for g in groups_x) * golden.words_for(groups_x[0].n, c.word_bits)
+        step = min(c.x_depth // per_row, c.result_depth)
+        if step == 0 or step >= rows:
+            return [(0, rows)]
+        return [(start, min(start + step, rows)) for start in range(0, rows, step)]
+
+    @staticmethod
+    def _x_rows(groups_x: Sequence[Operand], start: int, stop: int, ranges: int) -> Sequence[Operand]:
+        """Rows ``start:stop`` of every x group (the groups themselves when there is one range)."""
+        return groups_x if ranges == 1 else [take_rows(g, start, stop) for g in groups_x]
 
     def reset(self) -> None:
         self._send([[header(Op.RESET)]])
@@ -137,7 +171,7 @@ class DeviceBackend(Backend):
         self._uploaded: dict[str, int] = {}
         self._layouts: dict[str, tuple[int, list[tuple[int, ...]], list[int]]] = {}
         self._next_row = 0
-        self._x: tuple[str, int] | None = None
+        self._x: tuple[str, int, int] | None = None  # the x buffer's slot, version and first row
         self._result: np.ndarray | None = None
         self._cycles = self._counter = 0
 
@@ -166,11 +200,14 @@ class DeviceBackend(Backend):
         region = self._regions.get(slot)
         if region is not None and region[1] == rows:
             return region[0]
+        if rows > self.config.y_depth:
+            raise ValueError(f"slot {slot!r} needs {rows} bank rows, more than the y buffer's y_depth={self.config.y_depth}")
         if self._next_row + rows > self.config.y_depth:
-            raise ValueError(
-                f"y buffer full: slot {slot!r} needs {rows} bank rows, {self.config.y_depth - self._next_row} "
-                f"of y_depth={self.config.y_depth} are free (resident slots: {sorted(self._regions)})"
-            )
+            # full of other slots: forget them all; each goes up again when next used
+            self.y_flushes += 1
+            self._regions.clear()
+            self._uploaded.clear()
+            self._next_row = 0
         self._regions[slot] = (self._next_row, rows)
         self._uploaded.pop(slot, None)
         self._next_row += rows

@@ -173,11 +173,11 @@ def engine_check(ck, model, specs: dict, splits, dataset: str, args, log) -> dic
                  "max_abs_logit_diff": float(np.abs(r["logits"] - lt).max()), "cycles_per_image": r["cycles_per_image"],
                  "emulator_accuracy": 100 * float(np.mean(r["predictions"] == labels)), "seconds_per_image": sec / max(n, 1),
                  "file_bytes": os.path.getsize(path)}
-        sb = sim_backend()
-        if sb is not None:
+        if args.sim_images > 0:
+            sb = sim_backend()
             rs = run_runtime(mf, raw[:args.sim_images], sb)
             entry["sim"] = {"images": args.sim_images, "predictions_equal": int(np.sum(rs["predictions"] == lt[:args.sim_images].argmax(-1))),
-                            "cycles_per_image": rs["cycles_per_image"], "host_layers": sorted(getattr(sb, "host_layers", {}))}
+                            "cycles_per_image": rs["cycles_per_image"], "host_layers": sorted(sb.host_layers)}
         out[name] = entry
         log(f"[ptq] {dataset} {name} on the EmulatorBackend: {entry['predictions_equal']}/{n} predictions equal to torch, "
             f"{entry['cycles_per_image']:.0f} cycles/image" + (f", SimBackend {entry['sim']}" if "sim" in entry else ""))

@@ -13,6 +13,7 @@ from host.emulator import EmulatorBackend
 from host.protocol import CMD_SYNC, FrameDecoder, Link, Status, Transport, encode_response
 from hw.bridge import READ_OPS
 from hw.config import DEFAULT
+from hw.isa import Op
 from model.golden import Operand
 from sim.reference import AcceleratorModel
 
@@ -73,6 +74,33 @@ def test_layers_equal_the_emulator_with_resident_weights_and_chunks():
     assert dev.cycles() == dev.device_cycles()
 
 
+def test_x_rows_beyond_the_x_buffer_run_in_ranges_on_the_device():
+    rng = np.random.default_rng(4)
+    link = ModelLink()
+    dev, emu = _backends(link)
+    # 2 planes x 3 words per row: 21 rows fill the 128-entry x buffer, so 50 rows take three ranges
+    x, y = [_op(rng, 50, 40, "bipolar"), _op(rng, 50, 40, "ternary")], [_op(rng, 9, 40, "unipolar")]
+    thr = Thresholds(rng.integers(-3, 4, 9), rng.choice([-1, 1], 9))
+    for b in (dev, emu):
+        b.load("t.x", x)
+        b.load("t.w", y)
+    loads, load = [], link.model._load
+
+    def record_load(op, addr, count, data):
+        loads.append((op, addr, count))
+        return load(op, addr, count, data)
+
+    link.model._load = record_load
+    coefs = np.array([[2], [-3]])
+    assert np.array_equal(dev.layer("t.x", "t.w", coefs), emu.layer("t.x", "t.w", coefs))
+    assert np.array_equal(dev.layer("t.x", "t.w", coefs, thr), emu.layer("t.x", "t.w", coefs, thr))
+    assert dev.host_layers == {}
+    # three ranges of 21, 21 and 8 rows (126, 126 and 48 entries), uploaded for each of the two layers
+    assert [count for op, _, count in loads if op == Op.LOAD_X] == [126, 126, 48] * 2
+    assert len([op for op, _, _ in loads if op == Op.LOAD_Y]) == 1
+    assert dev.cycles() == dev.device_cycles()
+
+
 def test_thresholds_and_host_fallback():
     rng = np.random.default_rng(1)
     dev, emu = _backends(ModelLink())
@@ -87,13 +115,29 @@ def test_thresholds_and_host_fallback():
     assert "a" in dev.host_layers
 
 
-def test_full_y_buffer_names_the_slot():
+def test_a_slot_larger_than_the_y_buffer_is_named():
     rng = np.random.default_rng(2)
     dev, _ = _backends(ModelLink())
     dev.load("x", [_op(rng, 2, 16, "bipolar")])
     dev.load("big.w", [_op(rng, 4 * 600, 16, "bipolar")])
     with pytest.raises(ValueError, match=r"slot 'big.w' needs 600 bank rows.*y_depth=512"):
         dev.run("x", "big.w", np.array([[1]]))
+
+
+def test_weights_beyond_the_y_buffer_are_uploaded_again_when_used():
+    rng = np.random.default_rng(5)
+    link = ModelLink()
+    dev, emu = _backends(link)
+    x = [_op(rng, 3, 16, "bipolar")]
+    weights = {f"l{i}.w": [_op(rng, 4 * 200, 16, "bipolar")] for i in range(3)}   # 200 bank rows each, 512 in all
+    for b in (dev, emu):
+        b.load("l.x", x)
+        for name, w in weights.items():
+            b.load(name, w)
+    for name in list(weights) * 2:
+        assert np.array_equal(dev.layer("l.x", name, np.array([[1]])), emu.layer("l.x", name, np.array([[1]])))
+    # l0, l1 | flush: l2, l0 | flush: l1, l2
+    assert dev.y_flushes == 2 and dev.host_layers == {}
 
 
 def test_a_reset_during_a_run_repeats_the_run():
