@@ -147,20 +147,20 @@ def test_runtime_equals_torch_quantized_forward(tmp_path):
     assert r["cycles_per_image"] > 0
 
 
-def _mixed_bits(spec):
-    """Some layers at 6 and 8 bits (re-quantized at the same steps scaled) to cover several widths."""
+def _at_bits(s, bits):
+    """A 4-bit layer spec re-quantized at ``bits``: both operands' steps scaled by ``2 ** (4 - bits)``."""
     from dataclasses import replace
 
-    out = dict(spec)
-    for name, s in spec.items():
-        if name.startswith("blocks.1"):
-            b = 8 if "attn" in name else 6
-            f = 2.0 ** (b - 4)
-            if isinstance(s, LinearSpec):
-                out[name] = LinearSpec(replace(s.x, bits=b, step=s.x.step / f), replace(s.w, bits=b, step=s.w.step / f), s.bias)
-            else:
-                out[name] = MatmulSpec(replace(s.x, bits=b, step=s.x.step / f), replace(s.y, bits=b, step=s.y.step / f))
-    return out
+    f = 2.0 ** (bits - 4)
+    if isinstance(s, LinearSpec):
+        return LinearSpec(replace(s.x, bits=bits, step=s.x.step / f), replace(s.w, bits=bits, step=s.w.step / f), s.bias)
+    return MatmulSpec(replace(s.x, bits=bits, step=s.x.step / f), replace(s.y, bits=bits, step=s.y.step / f))
+
+
+def _mixed_bits(spec):
+    """Some layers at 6 and 8 bits (re-quantized at the same steps scaled) to cover several widths."""
+    return {name: _at_bits(s, 8 if "attn" in name else 6) if name.startswith("blocks.1") else s
+            for name, s in spec.items()}
 
 
 def _export(m, spec, tmp_path):
@@ -315,17 +315,8 @@ def test_digits_test_split_emulator_equals_torch(tmp_path):
 
 
 def _mixed_bits_depth(spec):
-    from dataclasses import replace
-
-    out = {}
-    for name, s in spec.items():
-        b = 8 if name.startswith("blocks.0") else 4
-        f = 2.0 ** (b - 4)
-        if isinstance(s, LinearSpec):
-            out[name] = LinearSpec(replace(s.x, bits=b, step=s.x.step / f), replace(s.w, bits=b, step=s.w.step / f), s.bias)
-        else:
-            out[name] = MatmulSpec(replace(s.x, bits=b, step=s.x.step / f), replace(s.y, bits=b, step=s.y.step / f))
-    return out
+    """The first block at 8 bits, the rest at 4."""
+    return {name: _at_bits(s, 8 if name.startswith("blocks.0") else 4) for name, s in spec.items()}
 
 
 def test_int8_layers_fit_the_accelerator_accumulator():
