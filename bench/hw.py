@@ -34,6 +34,7 @@ import json
 from pathlib import Path
 
 from hw.boards import BOARDS
+from hw.build import LOGIC_RESOURCE
 from hw.config import AccelConfig
 from hw.engine import engine_latency
 
@@ -83,7 +84,7 @@ def board_entry(report: dict, rtl: dict) -> dict:
     macs = sum(layer["rows_x"] * layer["rows_y"] * layer["passes"] * layer["n"] for layer in rtl["layers"].values())
     fmax = min(report["clock"]["fmax_mhz"].values())
     lut4 = report["resources"]["lut4"]["used"]
-    logic = report["resources"].get("logic_cells", report["resources"].get("slice_luts"))["used"]
+    logic = report["resources"][LOGIC_RESOURCE[BOARDS[report["board"]].family]]["used"]
     peak = config.lanes * config.word_bits
     return {
         "config": report["config"]["name"],

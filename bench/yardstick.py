@@ -28,7 +28,8 @@ from hw.boards import BOARDS
 from hw.boards.common import ClockedTop
 from hw.boards.icebreaker import ICEBreakerClock
 from hw.boards.ulx3s import ULX3SClock
-from hw.build import LUT_CELLS, SYNTH_OPTS, TOOLS, run_toolchain, use_pypi_tools, yosys_cells
+from bench.hw import macs_per_s
+from hw.build import LOGIC_RESOURCE, LUT_CELLS, SYNTH_OPTS, TOOLS, run_toolchain, use_pypi_tools, yosys_cells
 from hw.config import _check_int
 from hw.lanes import LaneArray, popcount_tree
 
@@ -62,11 +63,6 @@ class XorPopcountArray(wiring.Component):
         self.word_bits = _check_int(word_bits, "word_bits", 2)
         self.stages = _check_int(stages, "stages", 1)
         super().__init__()
-
-    @property
-    def macs_per_cycle(self) -> int:
-        """Binary products a cycle."""
-        return self.lanes * self.word_bits
 
     def elaborate(self, platform: object) -> Module:
         m = Module()
@@ -123,7 +119,7 @@ def measure_point(name: str, build_dir: Path) -> dict:
     top = top_class(BOARDS[board_name].freq_hz)
     platform = top_class.platform()
     resources, clock, seconds = run_toolchain(platform, top, family, build_dir / name)
-    logic = resources["logic_cells" if family == "ice40" else "slice_luts"]
+    logic = resources[LOGIC_RESOURCE[family]]
     return {
         "device": f"{platform.device}-{platform.package}",
         "design": f"XOR-popcount {LANES} x {WORD_BITS}, {STAGES} stages",
@@ -182,7 +178,7 @@ def table(report: dict) -> str:
         lines.append(
             f"| {name} | {p['device']} | {p['lut4']} | {p['lut4'] / p['macs_per_cycle']:.2f} | "
             f"{p['logic']} {p['logic_cell']} | {p['ff']} | {p['fmax_mhz']:g} | "
-            f"{p['macs_per_cycle'] / p['lut4'] * p['fmax_mhz']:.1f} |"
+            f"{macs_per_s(p['macs_per_cycle'], p['lut4'], p['fmax_mhz']):.1f} |"
         )
     lines += ["", f"| {LANE_COUNT} lanes x {LANE_BITS} bits, synthesised alone | " + " | ".join(report["lanes"]) + " |",
               "| --- |" + " --- |" * len(report["lanes"])]

@@ -121,11 +121,10 @@ class DeviceBackend(Backend):
         thr = None if thresholds is None else (thresholds.thresholds, thresholds.directions)
         rows, firsts = self._layout(y_slot, y)
         base = self._region(y_slot, len(rows))
-        ranges = self._x_ranges(x.groups)
         try:
-            plans = [(start, compile_chunks(self.config, self._x_rows(x.groups, start, stop, len(ranges)), y.groups,
+            plans = [(start, compile_chunks(self.config, [take_rows(g, start, stop) for g in x.groups], y.groups,
                                             coefs, thr, [base + f for f in firsts]))
-                     for start, stop in ranges]
+                     for start, stop in self._x_ranges(x.groups)]
         except ValueError as exc:
             if not self.host_fallback:
                 raise
@@ -154,15 +153,8 @@ class DeviceBackend(Backend):
         """
         c, rows = self.config, groups_x[0].rows
         per_row = sum(len(g.planes) for g in groups_x) * golden.words_for(groups_x[0].n, c.word_bits)
-        step = min(c.x_depth // per_row, c.result_depth)
-        if step == 0 or step >= rows:
-            return [(0, rows)]
+        step = min(c.x_depth // per_row, c.result_depth) or rows
         return [(start, min(start + step, rows)) for start in range(0, rows, step)]
-
-    @staticmethod
-    def _x_rows(groups_x: Sequence[Operand], start: int, stop: int, ranges: int) -> Sequence[Operand]:
-        """Rows ``start:stop`` of every x group (the groups themselves when there is one range)."""
-        return groups_x if ranges == 1 else [take_rows(g, start, stop) for g in groups_x]
 
     def reset(self) -> None:
         self._send([[header(Op.RESET)]])

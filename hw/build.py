@@ -44,6 +44,9 @@ CELLS = {
     "ice40": {"logic": "ICESTORM_LC", "bram": "ICESTORM_RAM", "spram": "ICESTORM_SPRAM", "dsp": "ICESTORM_DSP"},
     "ecp5": {"logic": "TRELLIS_COMB", "ff": "TRELLIS_FF", "bram": "DP16KD", "dsp": "MULT18X18D"},
 }
+#: The report's key for each family's logic resource: iCE40 logic cells (a
+#: LUT4 and a flip-flop each), ECP5 slice LUTs.
+LOGIC_RESOURCE = {"ice40": "logic_cells", "ecp5": "slice_luts"}
 #: yosys's names of the LUTs and flip-flops in the synthesised netlist.
 LUT_CELLS = {"ice40": re.compile(r"SB_LUT4$"), "ecp5": re.compile(r"LUT4$")}
 FF_CELLS = {"ice40": re.compile(r"SB_DFF\w*$"), "ecp5": re.compile(r"TRELLIS_FF$")}
@@ -143,7 +146,7 @@ def parse_report(family: str, nextpnr: dict, yosys_log: str, freq_hz: float) -> 
     # iCE40: a logic cell holds one LUT4 and one flip-flop, so both count against the LCs
     ff_available = used[names["ff"]]["available"] if "ff" in names else logic["available"]
     resources = {
-        "logic_cells" if family == "ice40" else "slice_luts": {**logic, "cell": names["logic"]},
+        LOGIC_RESOURCE[family]: {**logic, "cell": names["logic"]},
         "lut4": {"used": lut4, "available": logic["available"]},
         "ff": {"used": ff, "available": ff_available},
         "bram": cell("bram"),
