@@ -10,7 +10,9 @@ deploy parameters (``deploy_params``) as a :class:`~model.quantizers.Quantizer`.
 ``Q K^T`` and ``A V`` become engine matmuls of the Q/K and attention-map/V
 quantizers. A full-precision model exports with float layers only.
 
-Usage: ``python -m model.export CHECKPOINT OUT.gsbf``.
+A GSB-family model also carries its integer-only program (:mod:`model.intvit`).
+
+Usage: ``python -m model.export CHECKPOINT OUT.gsbf [--no-integer]``.
 """
 
 from __future__ import annotations
@@ -112,11 +114,34 @@ def checkpoint_preprocessing(path: str) -> Preprocessing:
     return Preprocessing(INPUT_DIVISORS[cfg.data.dataset], float(splits.mean), float(splits.std), cfg.data.dataset)
 
 
-def export_checkpoint(path: str, word_bits: int = DEFAULT_WORD_BITS, overrides: dict[str, Layer] | None = None) -> Model:
-    """Export a ``python -m model.train`` checkpoint, with its dataset's preprocessing."""
+def calibration_images(path: str) -> np.ndarray:
+    """The raw training images of a checkpoint's own training split (what the integer program calibrates on)."""
+    from model.config import from_dict
+    from model.data import load_pool, split_indices
+
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    cfg, seed = from_dict(ck["config"]), int(ck["seed"])
+    xtr, ytr, _, _ = load_pool(cfg.data.dataset)
+    train, _ = split_indices(ytr, cfg.data.samples_per_class, cfg.data.val_per_class, seed)
+    return np.rint(xtr[train] * np.float32(INPUT_DIVISORS[cfg.data.dataset])).astype(np.int64)
+
+
+def export_checkpoint(path: str, word_bits: int = DEFAULT_WORD_BITS, overrides: dict[str, Layer] | None = None,
+                      integer: bool = True) -> Model:
+    """Export a ``python -m model.train`` checkpoint, with its dataset's preprocessing.
+
+    A GSB-family model (``gsb``, ``bin1`` and their variants) also gets its
+    integer program (:mod:`model.intvit`), calibrated on its training split,
+    unless ``integer`` is false or ``overrides`` replace layers.
+    """
+    from model.intvit import attach, compile_program
     from model.train import load_model
 
-    return export_model(load_model(path), checkpoint_preprocessing(path), word_bits, {"checkpoint": str(path)}, overrides)
+    torch_model = load_model(path)
+    model = export_model(torch_model, checkpoint_preprocessing(path), word_bits, {"checkpoint": str(path)}, overrides)
+    if integer and torch_model.kind != "fp" and not overrides:
+        attach(model, compile_program(model, calibration_images(path)))
+    return model
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,9 +150,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("checkpoint", help="a checkpoint written by python -m model.train (best.pt)")
     parser.add_argument("out", help="the model file to write (.gsbf)")
     parser.add_argument("--word-bits", type=int, default=DEFAULT_WORD_BITS, help="packing word width (default 64)")
+    parser.add_argument("--no-integer", action="store_true",
+                        help="do not compile the integer-only program (by default a GSB-family model carries one)")
     args = parser.parse_args(argv)
-    save(export_checkpoint(args.checkpoint, args.word_bits), args.out)
-    print(f"wrote {args.out}")
+    model = export_checkpoint(args.checkpoint, args.word_bits, integer=not args.no_integer)
+    save(model, args.out)
+    print(f"wrote {args.out}" + (" with its integer program" if model.integer is not None else ""))
     return 0
 
 

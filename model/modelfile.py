@@ -8,6 +8,10 @@ Layout of ``model.gsbf`` (a zip archive, members stored uncompressed)::
     manifest.sha256        hex digest of manifest.json
     arrays/<name>.npy      one array per entry of manifest["arrays"]
 
+Version 2 adds the optional ``integer`` section: the model's integer program
+(:mod:`model.intvit`), its parameters in the manifest and its arrays named
+``integer.<name>``.  Version 1 files still load, without one.
+
 :func:`load` validates everything and raises :class:`ModelFileError`, whose
 message names the file and the field, for any file that is not exactly what
 :func:`save` wrote: a truncated, corrupted or mismatched file never loads to a
@@ -32,7 +36,8 @@ from model.layers import EngineLinear, EngineMatmul, FactoredLinear, FloatLinear
 from model.quantizers import RULE_PARAMS, QuantGroup, Quantizer
 
 FORMAT_NAME = "gsbflow-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  #: version 1 has no integer section
 MANIFEST = "manifest.json"
 MANIFEST_DIGEST = "manifest.sha256"
 
@@ -160,9 +165,17 @@ class Preprocessing:
         return (x - np.float32(self.mean)) / np.float32(self.std)
 
 
+@dataclass(frozen=True)
+class IntegerSection:
+    """The stored integer program of a model (validated by :func:`model.intvit.validate`)."""
+
+    params: dict[str, int]
+    arrays: dict[str, np.ndarray]
+
+
 @dataclass
 class Model:
-    """An exported model: architecture, host tensors and layers."""
+    """An exported model: architecture, host tensors and layers, and optionally its integer program."""
 
     architecture: Architecture
     preprocessing: Preprocessing
@@ -170,6 +183,7 @@ class Model:
     layers: dict[str, Layer]
     word_bits: int = golden.DEFAULT_WORD_BITS
     meta: dict[str, Any] = field(default_factory=dict)
+    integer: IntegerSection | None = None
 
     def engine_layers(self) -> dict[str, Layer]:
         """The layers a Backend computes."""
@@ -235,6 +249,9 @@ def to_manifest(model: Model) -> tuple[dict, dict[str, np.ndarray]]:
         "meta": model.meta,
         "layers": layers,
     }
+    if model.integer is not None:
+        manifest["integer"] = {"params": dict(model.integer.params)}
+        arrays.update({f"integer.{name}": a for name, a in model.integer.arrays.items()})
     return manifest, arrays
 
 
@@ -517,11 +534,16 @@ def load(path: str | os.PathLike) -> Model:
     """Read and validate a model file; raises :class:`ModelFileError` on any fault."""
     manifest, members = _read_members(path)
     r = _Reader(path)
-    r.keys(manifest, {"format", "version", "word_bits", "architecture", "preprocessing", "meta", "layers", "arrays"}, "manifest")
+    r.keys(manifest, {"format", "version", "word_bits", "architecture", "preprocessing", "meta", "layers", "arrays", "integer"},
+           "manifest")
     if r.get(manifest, "format", str, "") != FORMAT_NAME:
         raise r.fail("format", f"expected {FORMAT_NAME!r}, got {manifest['format']!r}")
-    if r.get(manifest, "version", int, "") != FORMAT_VERSION:
-        raise r.fail("version", f"this gsbflow reads version {FORMAT_VERSION}, the file has {manifest['version']}")
+    version = r.get(manifest, "version", int, "")
+    if version not in READABLE_VERSIONS:
+        raise r.fail("version", f"this gsbflow reads versions {', '.join(map(str, READABLE_VERSIONS))}, the file has {version}"
+                     + (": a newer gsbflow wrote it" if version > FORMAT_VERSION else ""))
+    if version == 1 and "integer" in manifest:
+        raise r.fail("integer", "a version 1 file has no integer section")
     word_bits = r.build("word_bits", lambda: golden.check_word_bits(r.get(manifest, "word_bits", int, "")))
     arch = _read_dataclass(r, Architecture, r.get(manifest, "architecture", dict, ""), "architecture")
     pre = _read_dataclass(r, Preprocessing, r.get(manifest, "preprocessing", dict, ""), "preprocessing")
@@ -534,7 +556,26 @@ def load(path: str | os.PathLike) -> Model:
     if set(layer_objs) != required:
         raise r.fail("layers", f"expected exactly {sorted(required)}, got {sorted(layer_objs)}")
     layers = {name: _read_layer(r, name, layer_objs[name], arch, arrays, used, word_bits) for name in sorted(layer_objs)}
+    model = Model(arch, pre, tensors, layers, word_bits, meta)
+    if "integer" in manifest:
+        model.integer = _read_integer(r, r.get(manifest, "integer", dict, ""), model, arrays, used)
     unused = sorted(set(arrays) - used)
     if unused:
         raise r.fail("arrays", f"arrays not used by any layer: {unused}")
-    return Model(arch, pre, tensors, layers, word_bits, meta)
+    return model
+
+
+def _read_integer(r: _Reader, obj: dict, model: Model, arrays: dict[str, np.ndarray], used: set) -> IntegerSection:
+    """The integer section, checked field by field against :func:`model.intvit.schema` and its bounds."""
+    from model import intvit  # intvit builds on this module's Model
+
+    r.keys(obj, {"params"}, "integer")
+    params = r.get(obj, "params", dict, "integer")
+    names = [n for n in arrays if n.startswith("integer.")]
+    section = {n[len("integer."):]: arrays[n] for n in names}
+    try:
+        intvit.validate(model, params, section)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+        raise r.fail("integer", str(exc)) from None
+    used.update(names)
+    return IntegerSection(dict(params), section)

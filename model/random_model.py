@@ -74,3 +74,25 @@ def random_model(arch: Architecture = TINY, seed: int = 0, word_bits: int = DEFA
                                    (0.1 * rng.normal(size=arch.num_classes)).astype(np.float32))
     pre = Preprocessing(input_divisor=16.0, mean=0.3, std=0.4, dataset="digits")
     return Model(arch, pre, tensors, layers, word_bits, {"source": f"random_model(seed={seed})"})
+
+
+def random_integer_model(arch: Architecture = TINY, seed: int = 0, word_bits: int = DEFAULT_WORD_BITS) -> Model:
+    """:func:`random_model` shaped like a GSB-family export (8-bit float patch embedding and heads), with its integer program.
+
+    The program is calibrated on random raw images (0..16), so it holds
+    every kind of step of :mod:`model.intvit` without a trained model.
+    """
+    from model.intvit import attach, compile_program
+
+    model = random_model(arch, seed, word_bits)
+    rng = np.random.default_rng(seed + 1)
+    names = ["patch_embed"] + (["head", "head_dist"] if arch.distillation_token else ["head"])
+    for name in names:
+        out_f, in_f = arch.linear_shapes()[name]
+        scale = 0.02 if name == "patch_embed" else 0.01
+        codes = rng.integers(-127, 128, size=(out_f, in_f))
+        codes[0, 0] = 127  # the largest |code| fixes the scale, as fake_quant_int8 does
+        model.layers[name] = FloatLinear((codes * np.float32(scale)).astype(np.float32),
+                                         (0.1 * rng.normal(size=out_f)).astype(np.float32))
+    calibration = rng.integers(0, 17, size=(32, arch.in_channels, arch.image_size, arch.image_size))
+    return attach(model, compile_program(model, calibration))

@@ -32,6 +32,7 @@ lists the frozen quantities per layer for the exporter.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -44,6 +45,10 @@ from model.layers import EngineMatmul
 from .config import ModelConfig
 from .gsb import (AttnQuant, Quantizer, SignQuant, UnsignedQuant, VGroupQuant, binarize_weight,
                   fake_quant_int8, weight_planes)
+
+if TYPE_CHECKING:
+    from model.intvit import IntegerProgram, Trace
+    from model.modelfile import Preprocessing
 
 METHODS = ("fp", "gsb", "gsb_nokd", "gsb_ste", "gsb_ramp", "bin1")
 KD_METHODS = ("gsb", "gsb_ste", "gsb_ramp", "bin1")
@@ -283,6 +288,14 @@ class ViT(nn.Module):
             for m in parts:
                 m.integer = False
 
+    @torch.no_grad()
+    def integer_program(self, preprocessing: "Preprocessing", calibration: np.ndarray) -> "IntegerProgram":
+        """This model's integer-only program (:mod:`model.intvit`), calibrated on raw training images."""
+        from model.export import export_model
+        from model.intvit import compile_program
+
+        return compile_program(export_model(self.eval(), preprocessing), calibration)
+
     def set_stage(self, stage: int) -> None:
         """0: full precision; 1: MLP weights binary only; 2: everything quantized."""
         if stage not in (0, 1, 2):
@@ -300,6 +313,21 @@ class ViT(nn.Module):
                 m.enabled.fill_(stage >= 2)
             if isinstance(m, Int8Linear):
                 m.int8.fill_(stage >= 2)
+
+
+@torch.no_grad()
+def deploy_integer(program: "IntegerProgram", raw: np.ndarray, trace: "Trace | None" = None) -> torch.Tensor:
+    """The integer deploy forward: int64 logits of raw pixel images, exactly the contract's.
+
+    Every engine product is a torch int64 matrix product on the unpacked
+    codes (:class:`model.intvit.ReferenceEngine`); every other step is the
+    contract's integer operation (:mod:`model.intops`).  ``program`` comes
+    from :meth:`ViT.integer_program`.
+    """
+    from model.intvit import ReferenceEngine, forward
+
+    engine = ReferenceEngine(program, lambda a, b: (torch.from_numpy(a) @ torch.from_numpy(b)).numpy())
+    return torch.from_numpy(forward(program, raw, engine, trace))
 
 
 def build_model(cfg: ModelConfig, method: str) -> ViT:

@@ -261,3 +261,110 @@ def test_fuzzed_factored_files_load_identically_or_raise_model_file_error(saved_
         except ModelFileError:
             continue
         assert same_model(loaded, original)
+
+
+# ---------------------------------------------------------------- the integer section (version 2)
+
+
+@pytest.fixture(scope="module")
+def saved_integer(tmp_path_factory) -> tuple[modelfile.Model, bytes]:
+    from model.random_model import random_integer_model
+
+    model = random_integer_model(seed=7)
+    path = tmp_path_factory.mktemp("i") / "integer.gsbf"
+    modelfile.save(model, path)
+    return model, path.read_bytes()
+
+
+def test_integer_section_round_trip(saved_integer, tmp_path):
+    model, data = saved_integer
+    (tmp_path / "m.gsbf").write_bytes(data)
+    loaded = modelfile.load(tmp_path / "m.gsbf")
+    assert loaded.integer is not None and same_model(loaded, model)
+    assert json.loads(zipfile.ZipFile(io.BytesIO(data)).read(modelfile.MANIFEST))["version"] == 2
+
+
+def _without_integer(data: bytes, version: int) -> bytes:
+    """The file as version ``version`` without its integer section (what gsbflow 1 wrote)."""
+    src = zipfile.ZipFile(io.BytesIO(data))
+    manifest = json.loads(src.read(modelfile.MANIFEST))
+    manifest["version"] = version
+    del manifest["integer"]
+    manifest["arrays"] = {k: v for k, v in manifest["arrays"].items() if not k.startswith("integer.")}
+    text = json.dumps(manifest).encode()
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as dst:
+        dst.writestr(modelfile.MANIFEST, text)
+        dst.writestr(modelfile.MANIFEST_DIGEST, hashlib.sha256(text).hexdigest())
+        for name in src.namelist():
+            if name.startswith("arrays/") and not name.startswith("arrays/integer."):
+                dst.writestr(name, src.read(name))
+    return out.getvalue()
+
+
+def test_version_1_files_load_without_an_integer_program(saved_integer, tmp_path):
+    path = tmp_path / "v1.gsbf"
+    path.write_bytes(_without_integer(saved_integer[1], 1))
+    loaded = modelfile.load(path)
+    assert loaded.integer is None
+    from model import intvit
+
+    with pytest.raises(ValueError, match="no integer program"):
+        intvit.program(loaded)
+
+
+INTEGER_FIELDS = [
+    (_set(["version"], 1), "integer", "version 1 file has no integer section"),
+    (_set(["version"], 3), "version", "a newer gsbflow"),
+    (_set(["integer", "params", "residual_bits"], 40), "integer", "params.residual_bits"),
+    (_set(["integer", "params", "residual_frac"], "12"), "integer", "expected an int"),
+    (_set(["integer", "params", "blocks.0.attn.v_groups"], 10 ** 30), "integer", "v_groups"),
+    (_set(["integer", "params", "surprise"], 1), "integer", "unknown"),
+    (_delete(["integer", "params", "pixel_max"]), "integer", "missing"),
+    (_set(["integer", "extra"], {}), "integer", "unknown fields"),
+    (_set(["integer"], []), "integer", "expected"),
+]
+
+
+@pytest.mark.parametrize("edit,field,message", INTEGER_FIELDS)
+def test_inconsistent_integer_section_names_the_field(saved_integer, tmp_path, edit, field, message):
+    path = tmp_path / "bad.gsbf"
+    path.write_bytes(rewrite(saved_integer[1], edit))
+    with pytest.raises(ModelFileError, match=message) as info:
+        modelfile.load(path)
+    assert info.value.field.startswith(field) and str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("name, change, message", [
+    ("blocks.0.attn.q.hi", lambda a: a[:, :1], r"expected int64 \(32, 2\)"),
+    ("tokens", lambda a: a.astype(np.int32), "expected int64"),
+    ("blocks.1.attn.levels", lambda a: a + (1 << 30), "values outside"),
+    ("norm.gain", lambda a: np.full_like(a, 32767), "norm output can reach"),
+])
+def test_integer_arrays_are_validated(saved_integer, tmp_path, name, change, message):
+    model, _ = saved_integer
+    arrays = dict(model.integer.arrays, **{name: change(model.integer.arrays[name])})
+    bad = modelfile.Model(model.architecture, model.preprocessing, model.tensors, model.layers, model.word_bits, model.meta,
+                          modelfile.IntegerSection(model.integer.params, arrays))
+    modelfile.save(bad, tmp_path / "bad.gsbf")
+    with pytest.raises(ModelFileError, match=message) as info:
+        modelfile.load(tmp_path / "bad.gsbf")
+    assert info.value.field == "integer"
+
+
+def test_fuzzed_integer_files_load_identically_or_raise_model_file_error(saved_integer, tmp_path):
+    model, data = saved_integer
+    rng = np.random.default_rng(20261201)
+    path = tmp_path / "fuzz.gsbf"
+    errors = 0
+    for _ in range(300):
+        kind, damaged = mutate(data, rng)
+        path.write_bytes(damaged)
+        try:
+            loaded = modelfile.load(path)
+        except ModelFileError as exc:
+            assert str(path) in str(exc)
+            errors += 1
+        else:
+            assert same_model(loaded, model), f"{kind} damage loaded to a different model"
+    assert errors > 200
