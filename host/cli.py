@@ -2,7 +2,9 @@
 
 ``python -m host infer --model FILE --backend emulator|sim|serial`` streams
 a dataset's test images through a backend and prints accuracy, latency,
-throughput and the traffic; ``--compare A B`` runs two backends and lists
+throughput and the traffic.  A model file that carries an integer program
+(:mod:`model.intvit`) runs it, integers from the raw pixels to the class
+(``--float-host`` runs the float-host graph of :mod:`host.runtime` instead); ``--compare A B`` runs two backends and lists
 the images they disagree on; ``python -m host demo`` is what ``make demo``
 runs.
 """
@@ -22,10 +24,11 @@ from tqdm import tqdm
 from host.backend import Backend
 from host.device import DeviceBackend
 from host.emulator import EmulatorBackend
+from host.integer_runtime import IntegerRuntime
 from host.protocol import LinkError
 from host.runtime import Runtime
 from hw.config import PRESETS, preset
-from model import modelfile
+from model import intvit, modelfile
 
 
 def test_images(dataset: str, input_divisor: float) -> tuple[np.ndarray, np.ndarray]:
@@ -62,8 +65,12 @@ def make_backend(name: str, port: str | None = None, baud: int = 115200, config:
 
 def infer(model: modelfile.Model, images: np.ndarray, labels: np.ndarray, backend: str = "emulator",
           progress: bool = True, baud: int = 115200, clock_mhz: float = 40.0, port: str | None = None,
-          config: str = "default") -> dict:
+          config: str = "default", float_host: bool = False) -> dict:
     """Run ``images`` through ``model`` on a backend (see :func:`make_backend`); return the summary dict.
+
+    The model's integer program runs when it has one and ``float_host`` is
+    false (the summary's ``mode`` is ``integer``, and ``float_steps`` counts
+    the steps that gave a float result: 0); otherwise the float-host graph.
 
     A device backend also reports its traffic: the frame bytes each image
     sends and receives once the weights are resident (the mean over the
@@ -73,13 +80,17 @@ def infer(model: modelfile.Model, images: np.ndarray, labels: np.ndarray, backen
     engine's busy cycles at ``clock_mhz``.
     """
     name, backend = backend, make_backend(backend, port, baud, config)
-    runtime = Runtime(model, backend)
+    integer = model.integer is not None and not float_host
+    runtime = IntegerRuntime(intvit.program(model), backend) if integer else Runtime(model, backend)
     device = backend if isinstance(backend, DeviceBackend) else None
     predictions, latencies, sent, received = [], [], [], []
     for img in tqdm(images, desc=f"infer ({name})", unit="img", disable=not progress):
         start = time.perf_counter()
         before = (device.bytes_sent, device.bytes_received) if device else (0, 0)
-        predictions.append(int(np.argmax(runtime.forward(img))))
+        if integer:
+            predictions.append(int(runtime.predict(img[None])[0]))
+        else:
+            predictions.append(int(np.argmax(runtime.forward(img))))
         latencies.append(time.perf_counter() - start)
         if device:
             sent.append(device.bytes_sent - before[0])
@@ -88,6 +99,7 @@ def infer(model: modelfile.Model, images: np.ndarray, labels: np.ndarray, backen
     cycles = backend.cycles() / max(1, len(images))
     summary = {
         "backend": name,
+        "mode": "integer" if integer else "float-host",
         "images": int(len(images)),
         "accuracy": float(np.mean(predictions == labels)),
         "latency_ms_mean": 1e3 * float(np.mean(latencies)),
@@ -97,6 +109,8 @@ def infer(model: modelfile.Model, images: np.ndarray, labels: np.ndarray, backen
         "compute_bound_images_per_s": clock_mhz * 1e6 / cycles if cycles else None,
         "predictions": predictions.tolist(),
     }
+    if integer:
+        summary.update({"steps_per_image": runtime.steps / max(1, len(images)), "float_steps": runtime.float_steps})
     if device:
         steady = slice(1, None) if len(images) > 1 else slice(None)
         per_image = float(np.mean(sent[steady])), float(np.mean(received[steady]))
@@ -121,10 +135,13 @@ def compare(a: dict, b: dict) -> list[dict]:
 
 def _print_summary(summary: dict) -> None:
     bound = summary["compute_bound_images_per_s"]
-    print(f"backend {summary['backend']}: {summary['images']} images, accuracy {100 * summary['accuracy']:.2f}%, "
+    print(f"backend {summary['backend']} ({summary['mode']}): {summary['images']} images, accuracy {100 * summary['accuracy']:.2f}%, "
           f"latency {summary['latency_ms_mean']:.2f} ms/image, {summary['images_per_s']:.2f} images/s, "
           f"{summary['engine_cycles_per_image']:.0f} engine cycles/image"
           + (f" (compute bound {bound:.0f} images/s at {summary['clock_mhz']:g} MHz)" if bound else ""))
+    if summary["mode"] == "integer":
+        print(f"  integer program: {summary['steps_per_image']:.0f} steps per image from raw pixels to class, "
+              f"{summary['float_steps']} of them in float")
     if "bytes_sent_per_image" in summary:
         print(f"  traffic: {summary['bytes_sent_per_image']:.0f} bytes sent, {summary['bytes_received_per_image']:.0f} "
               f"received per image (weights resident; upload {summary['weight_upload_bytes'] or 0:.0f} bytes once): "
@@ -156,9 +173,12 @@ def cmd_infer(args: argparse.Namespace) -> int:
     if args.limit is not None:
         images, labels = images[: args.limit], labels[: args.limit]
     names = args.compare or [args.backend]
+    if model.integer is None and not args.float_host:
+        print(f"note: {args.model} carries no integer program (format version 1, or not a GSB-family model): "
+              "running the float-host graph", file=sys.stderr)
     try:
-        summaries = [infer(model, images, labels, name, not args.quiet, args.baud, args.clock_mhz, args.port, args.config)
-                     for name in names]
+        summaries = [infer(model, images, labels, name, not args.quiet, args.baud, args.clock_mhz, args.port, args.config,
+                           args.float_host) for name in names]
     except (LinkError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -184,11 +204,16 @@ def demo_model(out: Path, progress: bool) -> Path:
     from model.train import train
 
     path = out / "gsb-digits.gsbf"
-    if path.exists():
-        print(f"demo: reusing {path} (delete it to train again)")
-        return path
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
     run = out / "runs" / "gsb"
+    if path.exists():
+        try:
+            if modelfile.load(path).integer is not None:
+                print(f"demo: reusing {path} (delete it to train again)")
+                return path
+        except modelfile.ModelFileError:
+            pass
+        print(f"demo: {path} has no integer program (an older export): exporting again")
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
     print("demo: training the default digits model: a full-precision teacher, then GSB in two stages "
           f"(configs/digits.yaml, 100 images per class, seed 0) into {run.parent}; a few minutes on 2 cores")
     metrics = train(load_config("configs/digits.yaml"), "gsb", 0, str(run), resume=True, progress=progress)
@@ -208,9 +233,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.limit is not None:
         images, labels = images[: args.limit], labels[: args.limit]
     arch = model.architecture
-    print(f"demo: running the {len(images)} digits test images through the host runtime on the EmulatorBackend: "
-          f"every binary product (qkv, proj, fc1, fc2, Q K^T, attention x V; dim {arch.dim}, depth {arch.depth}, "
-          f"heads {arch.heads}) on the popcount contract, LayerNorm/softmax/GELU on the host")
+    print(f"demo: running the {len(images)} digits test images through the integer-only program on the EmulatorBackend: "
+          f"every product (8-bit patch embedding and heads; binary qkv, proj, fc1, fc2, Q K^T, attention x V; dim {arch.dim}, "
+          f"depth {arch.depth}, heads {arch.heads}) on the popcount contract, LayerNorm, softmax, GELU and the residual "
+          "adds as integer operations, raw pixels in, class index out")
     summary = infer(model, images, labels, "emulator", progress=not args.quiet)
     _print_summary(summary)
     _write_json(str(out / "demo.json"), summary)
@@ -233,6 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clock-mhz", type=float, default=40.0, help="the board clock for the compute bound (default: 40)")
     p.add_argument("--limit", type=int, default=None, help="run only the first N test images")
     p.add_argument("--json", default=None, help="write the summary (accuracy, latency, traffic, predictions) to this JSON file")
+    p.add_argument("--float-host", action="store_true",
+                   help="run the float-host graph (LayerNorm, softmax, GELU in float32 on the host) even when the "
+                        "model file carries an integer program")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_infer)
     p = sub.add_parser("demo", help="what `make demo` runs: train (or reuse) the GSB digits model, export it, run the test set on the emulator")

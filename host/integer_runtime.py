@@ -1,0 +1,90 @@
+"""Run a model's integer program (:mod:`model.intvit`) with its products on a Backend.
+
+Every engine product of the program (the 8-bit patch embedding and heads,
+the binary block layers, ``Q K^T`` and ``A V``) is packed into operand
+planes and computed by the Backend; every other step is an integer operation
+of :mod:`model.intops` on the host.  Nothing between the raw pixels and the
+class index is a float: :attr:`IntegerRuntime.float_steps` counts the steps
+whose result was not an integer array (it is 0).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from host.backend import Backend
+from model import intops, intvit
+from model.golden import Encoding, Operand
+from model.layers import EngineLinear
+
+#: the encoding of the 8-bit weights of the patch embedding and the heads
+INT8 = Encoding("int", 8)
+
+
+class BackendEngine:
+    """An :class:`model.intvit.Engine` whose products run on a Backend.
+
+    Weights are loaded once (slot ``<layer>.w``); each call loads the
+    activations (``<layer>.x``, and ``<layer>.y`` for a matmul).  A batched
+    matmul runs one backend layer per leading index (image and head).
+    """
+
+    def __init__(self, prog: intvit.IntegerProgram, backend: Backend):
+        self.prog, self.backend = prog, backend
+        self.word_bits = prog.model.word_bits
+        for name in intvit.linear_names(prog.model.architecture, prog.head_names):
+            layer = prog.model.layers.get(name)
+            if isinstance(layer, EngineLinear):
+                weights = [w.operand for w in layer.weights]
+            else:
+                weights = [Operand.from_values(prog.arrays[f"{name}.codes"], INT8, self.word_bits)]
+            backend.load(f"{name}.w", weights)
+
+    def _pack(self, codes: Sequence[np.ndarray], encodings: Sequence[Encoding]) -> list[Operand]:
+        return [Operand.from_values(c, e, self.word_bits) for c, e in zip(codes, encodings)]
+
+    def linear(self, name: str, xs: Sequence[np.ndarray]) -> np.ndarray:
+        x_enc, _, coefs = self.prog.engine_layer(name)
+        self.backend.load(f"{name}.x", self._pack(xs, x_enc))
+        return self.backend.layer(f"{name}.x", f"{name}.w", coefs)
+
+    def matmul(self, name: str, xs: Sequence[np.ndarray], ys: Sequence[np.ndarray]) -> np.ndarray:
+        x_enc, y_enc, coefs = self.prog.engine_layer(name)
+        lead = xs[0].shape[:-2]
+        out = np.empty(lead + (xs[0].shape[-2], ys[0].shape[-2]), np.int64)
+        for idx in np.ndindex(lead):
+            self.backend.load(f"{name}.x", self._pack([x[idx] for x in xs], x_enc))
+            self.backend.load(f"{name}.y", self._pack([y[idx] for y in ys], y_enc))
+            out[idx] = self.backend.layer(f"{name}.x", f"{name}.y", coefs)
+        return out
+
+
+class IntegerRuntime:
+    """Executes an integer program on a Backend, image batch by image batch.
+
+    ``trace``, when true, keeps every step's integers of the last batch in
+    :attr:`last_trace` (``model.intvit.Trace.values``).
+    """
+
+    def __init__(self, prog: intvit.IntegerProgram, backend: Backend, trace: bool = False):
+        self.prog, self.backend = prog, backend
+        self.engine = BackendEngine(prog, backend)
+        self.keep = trace
+        self.steps = 0
+        self.float_steps = 0
+        self.last_trace: dict[str, np.ndarray] | None = None
+
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        """Integer logits (B, classes) of raw pixel images (B, C, H, W)."""
+        trace = intvit.Trace(keep=self.keep)
+        logits = intvit.forward(self.prog, images, self.engine, trace)
+        self.steps += trace.steps
+        self.float_steps += trace.float_steps
+        self.last_trace = trace.values
+        return logits
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """Class indices (B,) of raw pixel images: the lowest index of the largest integer logit."""
+        return intops.argmax(self.logits(images))
