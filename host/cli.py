@@ -26,7 +26,7 @@ from host.device import DeviceBackend
 from host.emulator import EmulatorBackend
 from host.integer_runtime import IntegerRuntime
 from host.protocol import LinkError
-from host.runtime import Runtime
+from host.runtime import Runtime, check_images
 from hw.config import PRESETS, preset
 from model import intvit, modelfile
 
@@ -79,6 +79,7 @@ def infer(model: modelfile.Model, images: np.ndarray, labels: np.ndarray, backen
     answer, so both directions count), next to the compute bound of the
     engine's busy cycles at ``clock_mhz``.
     """
+    images = check_images(model, images)
     name, backend = backend, make_backend(backend, port, baud, config)
     integer = model.integer is not None and not float_host
     runtime = IntegerRuntime(intvit.program(model), backend) if integer else Runtime(model, backend)
@@ -150,11 +151,41 @@ def _print_summary(summary: dict) -> None:
             print(f"  {layer} ran on the host: {why}")
 
 
+def _finite(value: object) -> object:
+    """``value`` with every non-finite float replaced by None: JSON has no NaN or infinity."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
 def _write_json(path: str | None, summary: dict) -> None:
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(summary, indent=1))
+        Path(path).write_text(json.dumps(_finite(summary), indent=1, allow_nan=False))
         print(f"wrote {path}")
+
+
+def _check_writable(path: str) -> None:
+    """Raise OSError now, before a long run, if the summary could not be written to ``path`` after it."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    existed = target.exists()
+    with open(target, "a"):
+        pass
+    if not existed:
+        target.unlink()
+
+
+def _at_least_one(text: str) -> int:
+    """argparse type of ``--limit``: an int >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _load(path: str) -> modelfile.Model | None:
@@ -166,6 +197,12 @@ def _load(path: str) -> modelfile.Model | None:
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
+    if args.json:
+        try:
+            _check_writable(args.json)
+        except OSError as exc:
+            print(f"error: cannot write --json {args.json}: {exc}", file=sys.stderr)
+            return 2
     model = _load(args.model)
     if model is None:
         return 2
@@ -257,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baud", type=int, default=115200, help="the serial line's baud rate, also for the link bound (default: 115200)")
     p.add_argument("--config", default="default", choices=sorted(PRESETS), help="the board's accelerator preset (serial backend)")
     p.add_argument("--clock-mhz", type=float, default=40.0, help="the board clock for the compute bound (default: 40)")
-    p.add_argument("--limit", type=int, default=None, help="run only the first N test images")
+    p.add_argument("--limit", type=_at_least_one, default=None, help="run only the first N test images (N >= 1)")
     p.add_argument("--json", default=None, help="write the summary (accuracy, latency, traffic, predictions) to this JSON file")
     p.add_argument("--float-host", action="store_true",
                    help="run the float-host graph (LayerNorm, softmax, GELU in float32 on the host) even when the "
@@ -266,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_infer)
     p = sub.add_parser("demo", help="what `make demo` runs: train (or reuse) the GSB digits model, export it, run the test set on the emulator")
     p.add_argument("--out", default="build/demo", help="folder for the model file and summary (default: build/demo)")
-    p.add_argument("--limit", type=int, default=None, help="run only the first N test images")
+    p.add_argument("--limit", type=_at_least_one, default=None, help="run only the first N test images (N >= 1)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_demo)
     return parser

@@ -29,6 +29,8 @@ import abc
 import enum
 from dataclasses import dataclass
 
+import numpy as np
+
 CMD_SYNC = 0xA5
 RSP_SYNC = 0x5A
 MAX_PAYLOAD = 0xFFFF
@@ -92,13 +94,79 @@ class Frame:
     payload: bytes
 
 
+# The decoder checks the CRC of every candidate frame (each sync byte) in O(1)
+# from prefix sums, so its time is linear in its input: with the CRC register
+# as a polynomial mod P, one byte b turns r into r*x^8 + b*x^16, hence the CRC
+# of bytes s..e-1 from ``init`` is init*x^(8(e-s)) + x^(8(e+1)) * (H[e] - H[s])
+# with H[k] the sum of b_j * x^(-8j) over j < k (GF(2): minus is xor).
+_CRC_POLY = 0x11021
+_X8_ORDER = 32767  # x^8 has this multiplicative order mod P: exponents of x^8 repeat with it
+
+
+def _gf_mul(a: np.ndarray, b: np.ndarray, a_bits: int = 16) -> np.ndarray:
+    """Elementwise product mod P of polynomials given as ints (``a`` of ``a_bits`` bits, ``b`` of 16)."""
+    a, b = a.astype(np.uint32), b.astype(np.uint32)
+    product = np.zeros(np.broadcast(a, b).shape, np.uint32)
+    for j in range(a_bits):
+        product ^= ((a >> j) & 1) * (b << j)
+    for j in range(a_bits + 14, 15, -1):
+        product ^= ((product >> j) & 1) * np.uint32(_CRC_POLY << (j - 16))
+    return product.astype(np.uint16)
+
+
+def _x8_powers() -> np.ndarray:
+    """``x^(8m) mod P`` for m in 0.._X8_ORDER-1, doubling the table at each step."""
+    powers = np.ones(1, np.uint16)
+    while len(powers) < _X8_ORDER:
+        step = _gf_mul(powers[-1:], np.uint16(1 << 8))  # x^(8k) with k = len(powers)
+        powers = np.concatenate([powers, _gf_mul(powers, step)])
+    return powers[:_X8_ORDER]
+
+
+_X8 = _x8_powers()
+_INIT_SHIFTED = _gf_mul(_X8, np.uint16(0xFFFF))  # init * x^(8n): the init's part of a CRC over n bytes
+
+
+class _CrcPrefix:
+    """H[k] (above) for every position k of the decoder's buffer, kept as bytes arrive and leave."""
+
+    def __init__(self):
+        self.values = np.zeros(1, np.uint16)
+        self.start = 0         # values[start] is H at buffer position 0
+        self.end = 1
+        self.offset = 0        # the stream position of buffer position 0, mod _X8_ORDER
+
+    def append(self, data: bytes) -> None:
+        n = self.end - self.start - 1
+        positions = (self.offset + n + np.arange(len(data))) % _X8_ORDER
+        terms = _gf_mul(np.frombuffer(data, np.uint8), _X8[(-positions) % _X8_ORDER], a_bits=8)
+        new = np.bitwise_xor.accumulate(terms) ^ self.values[self.end - 1]
+        if self.end + len(new) > len(self.values):
+            kept = self.values[self.start:self.end]
+            self.values = np.zeros(2 * (len(kept) + len(new)), np.uint16)
+            self.values[:len(kept)] = kept
+            self.start, self.end = 0, len(kept)
+        self.values[self.end:self.end + len(new)] = new
+        self.end += len(new)
+
+    def drop(self, count: int) -> None:
+        self.start += count
+        self.offset = (self.offset + count) % _X8_ORDER
+
+    def crc(self, s: np.ndarray, e: np.ndarray) -> np.ndarray:
+        """CRC-16/CCITT-FALSE of buffer[s:e] for each pair."""
+        h = self.values[self.start + s] ^ self.values[self.start + e]
+        return _INIT_SHIFTED[(e - s) % _X8_ORDER] ^ _gf_mul(_X8[(self.offset + e + 1) % _X8_ORDER], h)
+
+
 class FrameDecoder:
     """Finds valid frames in a byte stream, skipping anything corrupt.
 
     ``sync`` selects command or response frames. Bytes before a sync byte,
     and frames whose CRC fails, are dropped; after a bad frame the search
     restarts one byte after its sync byte, so a frame hidden inside garbage is
-    still found.
+    still found. Its time is linear in its input, whatever the bytes (a
+    babbling line of sync bytes included).
     """
 
     def __init__(self, sync: int, max_payload: int = MAX_PAYLOAD):
@@ -110,39 +178,72 @@ class FrameDecoder:
         self.header = CMD_HEADER if sync == CMD_SYNC else RSP_HEADER
         self.buffer = bytearray()
         self.dropped = 0
+        self._prefix = _CrcPrefix()
+        self._need = 1  # buffer bytes before anything can be decided
 
     def feed(self, data: bytes) -> list[Frame]:
         """Add bytes; return the frames completed by them."""
         self.buffer += data
+        self._prefix.append(bytes(data))
         frames = []
-        while True:
-            start = self.buffer.find(self.sync)
-            if start < 0:
-                self.dropped += len(self.buffer)
-                self.buffer.clear()
-                return frames
+        while len(self.buffer) >= self._need:
+            start, total = self._search()
+            self._drop(start)
             self.dropped += start
-            del self.buffer[:start]
-            if len(self.buffer) < self.header:
+            if not total:
+                self._need = self._frame_length() if self.buffer else 1
                 return frames
-            length = self.buffer[self.header - 2] | self.buffer[self.header - 1] << 8
-            total = self.header + length + CRC_BYTES
-            if length <= self.max_payload and len(self.buffer) < total:
-                return frames
-            body = bytes(self.buffer[1:self.header + length])
-            crc = (self.buffer[total - 2] | self.buffer[total - 1] << 8) if length <= self.max_payload else -1
-            if crc16(body) != crc:
-                self.dropped += 1
-                del self.buffer[:1]
-                continue
-            status = body[1] if self.sync == RSP_SYNC else None
-            frames.append(Frame(body[0], status, body[self.header - 1:]))
-            del self.buffer[:total]
+            body = bytes(self.buffer[1:total - CRC_BYTES])
+            frames.append(Frame(body[0], body[1] if self.sync == RSP_SYNC else None, body[self.header - 1:]))
+            self._drop(total)
+            self._need = 1
+        return frames
+
+    def _frame_length(self) -> int:
+        """The length of the frame starting at buffer[0], or the header's while its length is unknown."""
+        if len(self.buffer) < self.header:
+            return self.header
+        return self.header + (self.buffer[self.header - 2] | self.buffer[self.header - 1] << 8) + CRC_BYTES
+
+    def _search(self) -> tuple[int, int]:
+        """``(start, total)``: the first sync byte that starts a valid frame (of ``total`` bytes) or one that
+        may yet (``total`` 0); ``(len(buffer), 0)`` if none.
+
+        Windows of growing size keep the work proportional to the bytes passed over.
+        """
+        data = np.frombuffer(self.buffer, np.uint8)
+        n, lo, width = len(data), 0, 64
+        try:
+            while lo < n:
+                hi = min(n, lo + width)
+                start = lo + np.flatnonzero(data[lo:hi] == self.sync)
+                known = start + self.header <= n
+                length = np.zeros(len(start), np.int64)
+                length[known] = data[start[known] + self.header - 2] | data[start[known] + self.header - 1].astype(np.int64) << 8
+                total = self.header + length + CRC_BYTES
+                fits = length <= self.max_payload
+                complete = known & fits & (start + total <= n)
+                valid = np.zeros(len(start), bool)
+                s, e = start[complete] + 1, start[complete] + total[complete] - CRC_BYTES
+                valid[complete] = self._prefix.crc(s, e) == (data[e] | data[e + 1].astype(np.uint16) << 8)
+                found = np.flatnonzero(valid | ~known | (fits & ~complete))
+                if len(found):
+                    k = found[0]
+                    return int(start[k]), int(total[k]) if valid[k] else 0
+                lo, width = hi, 2 * width
+            return n, 0
+        finally:
+            del data  # release the buffer export so the bytearray can shrink
+
+    def _drop(self, count: int) -> None:
+        del self.buffer[:count]
+        self._prefix.drop(count)
 
     def flush(self) -> None:
         """The line went idle: drop a partial frame (its length field may be corrupt)."""
         self.dropped += len(self.buffer)
-        self.buffer.clear()
+        self._drop(len(self.buffer))
+        self._need = 1
 
 
 class Link(abc.ABC):

@@ -51,6 +51,30 @@ def gelu(x: np.ndarray) -> np.ndarray:
     return (np.float32(0.5) * x * (np.float32(1.0) + erf(x / np.float32(np.sqrt(2.0))).astype(np.float32))).astype(np.float32)
 
 
+def check_images(model: Model, images: np.ndarray, batch: bool = True) -> np.ndarray:
+    """``images`` (B, C, H, W), or one image (C, H, W) when not ``batch``, as an array, or a ValueError.
+
+    Raw pixels must be real numbers between 0 and the model's ``input_divisor``
+    (the range its preprocessing expects): NaN, infinities and out-of-range
+    values would otherwise give confident predictions, and a wrong shape a
+    numpy reshape error that does not say what was expected.
+    """
+    arch, divisor = model.architecture, model.preprocessing.input_divisor
+    expected = (arch.in_channels, arch.image_size, arch.image_size)
+    a = np.asarray(images)
+    if a.shape[int(batch):] != expected or a.ndim != len(expected) + int(batch):
+        want = f"(B, C, H, W) = (B, {', '.join(map(str, expected))})" if batch else f"(C, H, W) = {expected}"
+        raise ValueError(f"{'images' if batch else 'an image'} must have shape {want}, got {a.shape}")
+    if a.dtype.kind not in "biuf":
+        raise ValueError(f"images must hold real numbers, got dtype {a.dtype}")
+    lo, hi = min(0.0, divisor), max(0.0, divisor)
+    inside = (a >= lo) & (a <= hi)  # NaN is never inside
+    if not np.all(inside):
+        bad = a[~inside].flat[0]
+        raise ValueError(f"raw pixel values must be finite and in [{lo:g}, {hi:g}] (the model's input_divisor), got {bad}")
+    return a
+
+
 def patchify(x: np.ndarray, patch: int) -> np.ndarray:
     """(C, H, W) to (patches, C*patch*patch), patches row-major, each flattened as (C, p, p)."""
     c, h, w = x.shape
@@ -128,7 +152,7 @@ class Runtime:
         """Logits (float32, num_classes) of one raw image (C, H, W)."""
         m, arch = self.model, self.model.architecture
         t = m.tensors
-        x = m.preprocessing.apply(image)
+        x = m.preprocessing.apply(check_images(m, image, batch=False))
         seq = [t["cls_token"]] + ([t["dist_token"]] if arch.distillation_token else [])
         seq = np.concatenate(seq + [self.linear("patch_embed", patchify(x, arch.patch_size))]) + t["pos_embed"]
         d = arch.dim
@@ -152,4 +176,4 @@ class Runtime:
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Class predictions for a batch of raw images (B, C, H, W)."""
-        return np.array([int(np.argmax(self.forward(img))) for img in images])
+        return np.array([int(np.argmax(self.forward(img))) for img in check_images(self.model, images)])

@@ -8,16 +8,22 @@ A config file has three sections (see ``configs/digits.yaml``)::
     train: {epochs, stage1_fraction, batch_size, lr, weight_decay,
             quant_lr, warmup_epochs, eval_every}
 
-Unknown keys raise, so a typo never silently falls back to a default.
+Unknown keys raise, so a typo never silently falls back to a default; a
+config file must have all three sections; every value is checked for its type
+and range, with a message naming the key (``model.dim: must be an int >= 1``),
+before anything is built from it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import yaml
+
+from .data import DATASETS
 
 
 @dataclass
@@ -50,6 +56,8 @@ class ModelConfig:
             raise ValueError(f"dim {self.dim} is not a multiple of heads {self.heads}")
         if not self.cls_token:
             raise ValueError("the family needs a cls token (the classifier reads it)")
+        if self.hidden < 1:
+            raise ValueError(f"mlp_ratio {self.mlp_ratio} gives {self.hidden} MLP hidden channels (dim {self.dim})")
 
     @property
     def num_patches(self) -> int:
@@ -87,18 +95,63 @@ class Config:
         return dataclasses.asdict(self)
 
 
+SECTIONS = ("data", "model", "train")
+_KINDS = {"int": int, "float": (int, float), "bool": bool, "str": str}
+
+
+def _at_least(low: float) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v >= low), f">= {low:g}"
+
+
+def _in(low: float, high: float, open_high: bool = False) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: low <= v < high if open_high else low <= v <= high), f"in [{low:g}, {high:g}{')' if open_high else ']'}"
+
+
+#: The range of each key (its type comes from the dataclass field); None passes where the type allows it.
+RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "dataset": ((lambda v: v in DATASETS), f"one of {', '.join(DATASETS)}"),
+    "samples_per_class": _at_least(1), "val_per_class": _at_least(1), "shift": _at_least(0),
+    **{k: _at_least(1) for k in ("img_size", "in_chans", "patch", "dim", "depth", "heads", "num_classes")},
+    "mlp_ratio": ((lambda v: v > 0), "> 0"), "drop_path": _in(0, 1, open_high=True),
+    "epochs": _at_least(1), "fp_epochs": _at_least(1), "stage1_fraction": _in(0, 1), "batch_size": _at_least(1),
+    "lr": ((lambda v: v > 0), "> 0"), "quant_lr": ((lambda v: v > 0), "> 0"), "weight_decay": _at_least(0),
+    "warmup_epochs": _at_least(0), "eval_every": _at_least(1),
+}
+
+
+def _check_value(key: str, annotation: str, value: Any) -> None:
+    """``value`` of config key ``key`` (``section.name``) has the field's type and lies in its range."""
+    kinds = [k.strip() for k in annotation.split("|")]
+    if value is None and "None" in kinds:
+        return
+    allowed = [_KINDS[k] for k in kinds if k != "None"]
+    if (isinstance(value, bool) and "bool" not in kinds) or not isinstance(value, tuple(allowed)) or (
+            isinstance(value, float) and not math.isfinite(value)):
+        raise ValueError(f"config key '{key}': must be {' or '.join(kinds)}, got {value!r}")
+    rule, words = RANGES.get(key.split(".")[1], ((lambda v: True), ""))
+    if not rule(value):
+        raise ValueError(f"config key '{key}': must be {words}, got {value!r}")
+
+
 def _build(cls: type, values: dict[str, Any] | None, section: str) -> Any:
+    if values is not None and not isinstance(values, dict):
+        raise ValueError(f"config section '{section}' must be a mapping, got {type(values).__name__}")
     values = dict(values or {})
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
     if unknown:
         raise ValueError(f"unknown key(s) in config section '{section}': {', '.join(unknown)}")
+    for name, value in values.items():
+        _check_value(f"{section}.{name}", str(fields[name].type), value)
     return cls(**values)
 
 
 def from_dict(d: dict[str, Any]) -> Config:
+    """A Config from a dict of sections; a missing section or key takes the defaults."""
+    if d is not None and not isinstance(d, dict):
+        raise ValueError(f"a config must be a mapping of sections, got {type(d).__name__}")
     d = dict(d or {})
-    unknown = sorted(set(d) - {"data", "model", "train"})
+    unknown = sorted(set(d) - set(SECTIONS))
     if unknown:
         raise ValueError(f"unknown config section(s): {', '.join(unknown)}")
     return Config(
@@ -109,5 +162,13 @@ def from_dict(d: dict[str, Any]) -> Config:
 
 
 def load_config(path: str) -> Config:
+    """A config file: every section must be there (a file never falls back to a whole default section)."""
     with open(path) as f:
-        return from_dict(yaml.safe_load(f))
+        d = yaml.safe_load(f)
+    missing = [s for s in SECTIONS if not isinstance(d, dict) or s not in d]
+    if missing:
+        raise ValueError(f"{path}: missing config section(s): {', '.join(missing)}")
+    try:
+        return from_dict(d)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None

@@ -107,8 +107,9 @@ def checkpoint_preprocessing(path: str) -> Preprocessing:
     """The input preprocessing of a ``python -m model.train`` checkpoint (its training split's statistics)."""
     from model.config import from_dict
     from model.data import load_splits
+    from model.train import load_checkpoint
 
-    ck = torch.load(path, map_location="cpu", weights_only=False)
+    ck = load_checkpoint(path)
     cfg, seed = from_dict(ck["config"]), int(ck["seed"])
     splits = load_splits(cfg.data.dataset, cfg.data.samples_per_class, cfg.data.val_per_class, seed)
     return Preprocessing(INPUT_DIVISORS[cfg.data.dataset], float(splits.mean), float(splits.std), cfg.data.dataset)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import zipfile
 from dataclasses import dataclass, field
@@ -40,6 +41,22 @@ FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)  #: version 1 has no integer section
 MANIFEST = "manifest.json"
 MANIFEST_DIGEST = "manifest.sha256"
+
+# Bounds :func:`load` checks before it allocates or decompresses anything, so a
+# hostile file costs at most about MAX_ARCHIVE_BYTES of memory and fails fast.
+MAX_ARCHIVE_BYTES = 256 << 20  # all members together, uncompressed, as the zip directory declares them
+MAX_MANIFEST_BYTES = 4 << 20
+MAX_MEMBERS = 4096
+MAX_JSON_DEPTH = 32
+MAX_JSON_INT = 2**53
+MAX_ARRAY_DIMS = 8
+#: Every manifest float is 0 or of magnitude in [MIN_ABS_FLOAT, MAX_ABS_FLOAT] (float32 holds it, and its
+#: products with activations stay finite); float32 arrays stay within MAX_ABS_FLOAT.
+MIN_ABS_FLOAT, MAX_ABS_FLOAT = 1e-30, 1e30
+#: Upper bounds of the architecture's sizes, and of its sequence length.
+ARCHITECTURE_LIMITS = {"image_size": 1024, "in_channels": 64, "patch_size": 1024, "dim": 8192, "depth": 256,
+                       "heads": 256, "mlp_hidden": 32768, "num_classes": 100_000}
+MAX_TOKENS = 4096
 
 
 class ModelFileError(ValueError):
@@ -313,16 +330,55 @@ class _Reader:
             raise self.fail(where, str(exc)) from None
 
 
+def _check_directory(r: _Reader, infos: list[zipfile.ZipInfo]) -> None:
+    """Member count, names and declared uncompressed sizes, from the zip directory alone."""
+    if len(infos) > MAX_MEMBERS:
+        raise r.fail("file", f"{len(infos)} members, more than {MAX_MEMBERS}")
+    names = [info.filename for info in infos]
+    if len(set(names)) != len(names):
+        raise r.fail("file", "duplicate members")
+    total = 0
+    for info in infos:
+        limit = MAX_MANIFEST_BYTES if info.filename == MANIFEST else MAX_ARCHIVE_BYTES - total
+        if info.file_size > limit:
+            raise r.fail(info.filename, f"declares {info.file_size} bytes uncompressed, more than the {limit} allowed")
+        total += info.file_size
+
+
+def _read_member(r: _Reader, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+    """A member's data, never more than the directory declares (zipfile checks the CRC at the end)."""
+    with zf.open(info) as f:
+        data = f.read(info.file_size + 1)
+    if len(data) != info.file_size:
+        raise r.fail(info.filename, f"holds {len(data)} bytes, the zip directory declares {info.file_size}")
+    return data
+
+
+def _check_values(r: _Reader, value: Any, where: str, depth: int = 0) -> None:
+    """Nesting depth and every number of the parsed manifest in range, each fault named by its field."""
+    if depth > MAX_JSON_DEPTH:
+        raise r.fail(where, f"nested deeper than {MAX_JSON_DEPTH} levels")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_values(r, item, f"{where}.{key}".lstrip("."), depth + 1)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_values(r, item, f"{where}[{i}]", depth + 1)
+    elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_JSON_INT:
+        raise r.fail(where, f"an integer of {value.bit_length()} bits, beyond +-2^53")
+    elif isinstance(value, float) and not (value == 0.0 or MIN_ABS_FLOAT <= abs(value) <= MAX_ABS_FLOAT):
+        raise r.fail(where, f"{value!r} is not 0 or of magnitude in [{MIN_ABS_FLOAT:g}, {MAX_ABS_FLOAT:g}]")
+
+
 def _read_members(path: str | os.PathLike) -> tuple[dict, dict[str, bytes]]:
     r = _Reader(path)
     if not os.path.isfile(path):
         raise r.fail("file", "no such file")
     try:
         with zipfile.ZipFile(path) as zf:
-            names = zf.namelist()
-            if len(set(names)) != len(names):
-                raise r.fail("file", "duplicate members")
-            members = {n: zf.read(n) for n in names}
+            infos = zf.infolist()
+            _check_directory(r, infos)
+            members = {info.filename: _read_member(r, zf, info) for info in infos}
     except ModelFileError:
         raise
     except Exception as exc:  # zipfile, zlib and OS errors of a damaged archive
@@ -335,9 +391,25 @@ def _read_members(path: str | os.PathLike) -> tuple[dict, dict[str, bytes]]:
         raise r.fail(MANIFEST_DIGEST, "does not match manifest.json (the file is corrupt)")
     try:
         manifest = json.loads(text)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise r.fail(MANIFEST, f"not valid JSON ({exc})") from None
+    except (ValueError, RecursionError) as exc:  # also undecodable text, huge integer literals, deep nesting
+        raise r.fail(MANIFEST, f"not valid JSON ({type(exc).__name__}: {exc})") from None
+    _check_values(r, manifest, "")
     return manifest, members
+
+
+def _read_shape(r: _Reader, entry: dict, where: str) -> tuple[list[int], int]:
+    """An array entry's shape and element count, each dimension and the count checked without overflow."""
+    shape = r.get(entry, "shape", list, where)
+    if len(shape) > MAX_ARRAY_DIMS:
+        raise r.fail(f"{where}.shape", f"{len(shape)} dimensions, more than {MAX_ARRAY_DIMS}")
+    count = 1
+    for i, dim in enumerate(shape):
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 0:
+            raise r.fail(f"{where}.shape[{i}]", f"expected a non-negative int, got {dim!r}")
+        count *= dim
+    if count > MAX_ARCHIVE_BYTES:
+        raise r.fail(f"{where}.shape", f"{count} elements, more than the archive may hold")
+    return shape, count
 
 
 def _read_arrays(r: _Reader, manifest: dict, members: dict[str, bytes]) -> dict[str, np.ndarray]:
@@ -349,7 +421,7 @@ def _read_arrays(r: _Reader, manifest: dict, members: dict[str, bytes]) -> dict[
     arrays = {}
     for name, entry in entries.items():
         where = f"arrays.{name}"
-        shape = r.get(entry, "shape", list, where)
+        shape, count = _read_shape(r, entry, where)
         dtype = r.get(entry, "dtype", str, where)
         digest = r.get(entry, "sha256", str, where)
         data = members[f"arrays/{name}.npy"]
@@ -362,13 +434,20 @@ def _read_arrays(r: _Reader, manifest: dict, members: dict[str, bytes]) -> dict[
             raise r.fail(where, f"not a valid .npy array ({exc})") from None
         if list(header[0]) != shape or header[2].str != dtype or header[1]:
             raise r.fail(where, f"array header {header[0]}/{header[2].str} does not match the manifest {shape}/{dtype}")
+        if header[2].kind not in "biuf":
+            raise r.fail(f"{where}.dtype", f"{dtype} is not a plain numeric dtype")
         body = data[buf.tell():]
-        if len(body) != int(np.prod(shape, dtype=np.int64)) * header[2].itemsize:
+        if len(body) != count * header[2].itemsize:
             raise r.fail(where, "array data has the wrong length (truncated?)")
         if hashlib.sha256(body).hexdigest() != digest:
             raise r.fail(where, "sha256 of the array data does not match the manifest (the file is corrupt)")
         arrays[name] = np.frombuffer(body, dtype=header[2]).reshape(shape).copy()
     return arrays
+
+
+def _sane_floats(a: np.ndarray) -> bool:
+    """All finite and within +-MAX_ABS_FLOAT (NaN compares false)."""
+    return bool(np.all(np.abs(a) <= MAX_ABS_FLOAT))
 
 
 def _take(r: _Reader, arrays: dict[str, np.ndarray], used: set[str], name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
@@ -377,8 +456,8 @@ def _take(r: _Reader, arrays: dict[str, np.ndarray], used: set[str], name: str, 
     a = arrays[name]
     if a.dtype != np.dtype(dtype) or a.shape != tuple(shape):
         raise r.fail(f"arrays.{name}", f"expected {np.dtype(dtype)} {tuple(shape)}, got {a.dtype} {a.shape}")
-    if np.issubdtype(a.dtype, np.floating) and not np.all(np.isfinite(a)):
-        raise r.fail(f"arrays.{name}", "holds non-finite values")
+    if np.issubdtype(a.dtype, np.floating) and not _sane_floats(a):
+        raise r.fail(f"arrays.{name}", f"holds non-finite values or values beyond +-{MAX_ABS_FLOAT:g}")
     used.add(name)
     return a
 
@@ -408,8 +487,8 @@ def _read_quantizer(r: _Reader, obj: dict, where: str, arrays: dict, used: set, 
             raise r.fail(f"{where}.offset", f"names a missing array {offset_name!r}")
         offset = arrays[offset_name]
         used.add(offset_name)
-        if offset.dtype != np.float32 or not np.all(np.isfinite(offset)):
-            raise r.fail(f"arrays.{offset_name}", "must be finite float32")
+        if offset.dtype != np.float32 or not _sane_floats(offset):
+            raise r.fail(f"arrays.{offset_name}", f"must be float32, finite and within +-{MAX_ABS_FLOAT:g}")
         try:
             if np.broadcast_shapes(offset.shape, input_shape) != input_shape:
                 raise ValueError
@@ -530,6 +609,19 @@ def _read_dataclass(r: _Reader, cls: type, obj: dict, where: str) -> Any:
     return r.build(where, lambda: cls(**obj))
 
 
+def _read_architecture(r: _Reader, obj: dict) -> Architecture:
+    """The architecture, its sizes range-checked before anything is built from them."""
+    if isinstance(obj, dict):
+        for name, limit in ARCHITECTURE_LIMITS.items():
+            value = obj.get(name)
+            if isinstance(value, int) and not isinstance(value, bool) and value > limit:
+                raise r.fail(f"architecture.{name}", f"{value} is more than {limit}")
+    arch = _read_dataclass(r, Architecture, obj, "architecture")
+    if arch.tokens > MAX_TOKENS:
+        raise r.fail("architecture.image_size", f"image_size/patch_size give {arch.tokens} tokens, more than {MAX_TOKENS}")
+    return arch
+
+
 def load(path: str | os.PathLike) -> Model:
     """Read and validate a model file; raises :class:`ModelFileError` on any fault."""
     manifest, members = _read_members(path)
@@ -545,7 +637,7 @@ def load(path: str | os.PathLike) -> Model:
     if version == 1 and "integer" in manifest:
         raise r.fail("integer", "a version 1 file has no integer section")
     word_bits = r.build("word_bits", lambda: golden.check_word_bits(r.get(manifest, "word_bits", int, "")))
-    arch = _read_dataclass(r, Architecture, r.get(manifest, "architecture", dict, ""), "architecture")
+    arch = _read_architecture(r, r.get(manifest, "architecture", dict, ""))
     pre = _read_dataclass(r, Preprocessing, r.get(manifest, "preprocessing", dict, ""), "preprocessing")
     meta = r.get(manifest, "meta", dict, "")
     arrays = _read_arrays(r, manifest, members)

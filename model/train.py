@@ -29,6 +29,7 @@ import copy
 import json
 import math
 import os
+import pickle
 import sys
 import time
 
@@ -97,11 +98,25 @@ def stage_plan(cfg: Config, method: str, epochs: int | None) -> list[tuple[int, 
     return [(1, e1), (2, max(1, total - e1))]
 
 
+def load_checkpoint(path: str) -> dict:
+    """A checkpoint's contents, unpickled with ``weights_only=True``.
+
+    Only tensors, dicts, lists, tuples, strings, numbers and ``None`` load, so a
+    hostile ``.pt`` (a pickle whose objects run code on load) is refused
+    instead of executed.  Every checkpoint :func:`train` writes holds only those.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ValueError(f"{path}: refused, the checkpoint holds objects other than tensors, "
+                         f"containers, strings and numbers ({str(e).splitlines()[0]})") from None
+
+
 def load_model(path: str) -> ViT:
     """Rebuild a trained model from a ``best.pt``/``last.pt`` checkpoint (eval mode)."""
     from .config import from_dict
 
-    ck = torch.load(path, map_location="cpu", weights_only=False)
+    ck = load_checkpoint(path)
     cfg = from_dict(ck["config"])
     model = build_model(cfg.model, ck["method"])
     model.load_state_dict(ck["model"])
@@ -164,7 +179,7 @@ def train(
     last_path = os.path.join(out, "last.pt")
     opt = None
     if resume and os.path.exists(last_path):
-        ck = torch.load(last_path, map_location="cpu", weights_only=False)
+        ck = load_checkpoint(last_path)
         model.set_stage(plan[ck["state"]["stage_idx"]][0])
         model.load_state_dict(ck["model"])
         state = ck["state"]
@@ -186,7 +201,7 @@ def train(
         if opt is None or si != state["stage_idx"]:
             # a new stage starts (or a fresh run): from the previous stage's best weights
             if si > 0 and si != state.get("loaded_stage", -1):
-                prev = torch.load(os.path.join(out, f"stage{plan[si - 1][0]}_best.pt"), map_location="cpu", weights_only=False)
+                prev = load_checkpoint(os.path.join(out, f"stage{plan[si - 1][0]}_best.pt"))
                 model.set_stage(plan[si - 1][0])
                 model.load_state_dict(prev["model"])
             model.set_stage(stage)
@@ -250,7 +265,7 @@ def train(
             break
 
     final_stage = plan[-1][0] if max_steps is None else plan[state["stage_idx"]][0]
-    best = torch.load(os.path.join(out, f"stage{final_stage}_best.pt"), map_location="cpu", weights_only=False)
+    best = load_checkpoint(os.path.join(out, f"stage{final_stage}_best.pt"))
     torch.save(best, os.path.join(out, "best.pt"))
     model.set_stage(final_stage)
     model.load_state_dict(best["model"])

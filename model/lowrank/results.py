@@ -64,16 +64,14 @@ def fp_checkpoint(dataset: str, seed: int, spc: int = 100, root: str = ROOT, log
 
 def run_seed(dataset: str, seed: int, args, log=print) -> dict:
     """Every budget and method for one FP model, and the int8 combination."""
-    import torch
-
     from model.config import from_dict
     from model.data import load_splits
     from model.lowrank.compensate import LowRankConfig, calibrate, compress
-    from model.train import evaluate, load_model
+    from model.train import evaluate, load_checkpoint, load_model
 
     ck = fp_checkpoint(dataset, seed, log=log)
     fp = load_model(ck)
-    cfg = from_dict(torch.load(ck, map_location="cpu", weights_only=False)["config"])
+    cfg = from_dict(load_checkpoint(ck)["config"])
     splits = load_splits(cfg.data.dataset, cfg.data.samples_per_class, cfg.data.val_per_class, seed)
     calib = calibrate(fp, splits.train.x)
     rec = {"dataset": dataset, "seed": seed, "checkpoint": ck,

@@ -63,17 +63,15 @@ def _mean_std(v: list[float]) -> tuple[float, float]:
 
 def run_dataset(dataset: str, args, log=print) -> dict:
     """Everything for one dataset; returns the JSON-able record."""
-    import torch
-
     from model.data import load_splits
     from model.ptq import mixed
     from model.ptq.quant import QModel, build_layers, weight_storage_bits
     from model.ptq.search import SearchConfig, baseline_spec, calibration_indices, capture, search_model
-    from model.train import load_model
+    from model.train import load_checkpoint, load_model
 
     ck = fp_checkpoint(dataset, args.model_seed)
     model = load_model(ck)
-    ck_meta = torch.load(ck, map_location="cpu", weights_only=False)
+    ck_meta = load_checkpoint(ck)
     dcfg = ck_meta["config"]["data"]
     splits = load_splits(dataset, dcfg["samples_per_class"], dcfg["val_per_class"], args.model_seed)
     fp = QModel(model)

@@ -44,3 +44,31 @@ def test_compare_emulator_and_sim(model_file, tmp_path, capsys):
     sim = result["compare"][1]
     assert sim["bytes_sent_per_image"] > 0 and sim["link_bound_images_per_s"] > 0
     assert "differ on 0 of 2 images" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("limit", ["0", "-3"])
+def test_limit_below_one_is_a_usage_error(model_file, capsys, limit):
+    with pytest.raises(SystemExit) as info:
+        main(["infer", "--model", str(model_file), "--limit", limit, "--quiet"])
+    assert info.value.code == 2 and "--limit: must be at least 1" in capsys.readouterr().err
+
+
+def test_unwritable_json_fails_before_the_run(model_file, tmp_path, capsys, monkeypatch):
+    import host.cli
+
+    monkeypatch.setattr(host.cli, "infer", lambda *a, **k: pytest.fail("ran although --json cannot be written"))
+    (tmp_path / "file").write_text("")
+    for bad in (tmp_path / "file" / "out.json", tmp_path):
+        assert main(["infer", "--model", str(model_file), "--limit", "1", "--quiet", "--json", str(bad)]) == 2
+        assert "cannot write --json" in capsys.readouterr().err
+    host.cli._check_writable(str(tmp_path / "new" / "x.json"))
+    assert not (tmp_path / "new" / "x.json").exists()  # the probe leaves no empty summary behind
+
+
+def test_json_summary_has_no_bare_nan(tmp_path):
+    from host.cli import _write_json
+
+    out = tmp_path / "s.json"
+    _write_json(str(out), {"accuracy": float("nan"), "rates": [1.0, float("inf")]})
+    assert json.loads(out.read_text()) == {"accuracy": None, "rates": [1.0, None]}
+    assert "NaN" not in out.read_text()

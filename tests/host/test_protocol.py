@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -124,6 +126,50 @@ def test_oversized_length_field_does_not_stall_the_decoder():
     dec = FrameDecoder(CMD_SYNC, max_payload=16)
     good = protocol.encode_command(3, b"ok")
     assert [f.seq for f in dec.feed(bytes([CMD_SYNC, 0, 0xFF, 0xFF]) + good)] == [3]
+
+
+def reference_decode(sync: int, stream: bytes, max_payload: int = protocol.MAX_PAYLOAD) -> list[tuple]:
+    """The decoder's contract, written the slow and obvious way: at each sync byte, a frame if its CRC holds."""
+    header = protocol.CMD_HEADER if sync == CMD_SYNC else protocol.RSP_HEADER
+    frames, i = [], 0
+    while (i := stream.find(bytes([sync]), i)) >= 0 and i + header <= len(stream):
+        length = stream[i + header - 2] | stream[i + header - 1] << 8
+        end = i + header + length + 2
+        if length <= max_payload and end > len(stream):
+            break  # incomplete: the decoder waits for more bytes
+        body = stream[i + 1:i + header + length]
+        if length <= max_payload and protocol.crc16(body) == (stream[end - 2] | stream[end - 1] << 8):
+            frames.append((body[0], body[1] if sync == RSP_SYNC else None, body[header - 1:]))
+            i = end
+        else:
+            i += 1
+    return frames
+
+
+@settings(max_examples=100, deadline=None)
+@given(parts=st.lists(st.one_of(st.binary(max_size=12), st.binary(max_size=40).map(lambda p: protocol.encode_response(len(p), Status.OK, p)),
+                                st.sampled_from([bytes([RSP_SYNC]), bytes([RSP_SYNC, 0, 0, 1, 0])])), max_size=12),
+       split=st.integers(1, 64), max_payload=st.sampled_from([protocol.MAX_PAYLOAD, 8]))
+def test_decoder_equals_the_reference_on_sync_rich_garbage(parts, split, max_payload):
+    stream = b"".join(parts)
+    dec = FrameDecoder(RSP_SYNC, max_payload)
+    frames = []
+    for i in range(0, len(stream), split):
+        frames += dec.feed(stream[i:i + split])
+    assert [(f.seq, f.status, f.payload) for f in frames] == reference_decode(RSP_SYNC, stream, max_payload)
+
+
+@pytest.mark.parametrize("chunk", [4096, 1 << 21])
+def test_decoder_is_linear_on_a_babbling_line_of_sync_bytes(chunk):
+    """2 MiB of 0x5A (each byte a candidate frame of 23,130 payload bytes) in well under 2 s, then a real frame."""
+    dec = FrameDecoder(RSP_SYNC)
+    babble = bytes([RSP_SYNC]) * (1 << 21)
+    t0 = time.perf_counter()
+    for i in range(0, len(babble), chunk):
+        assert dec.feed(babble[i:i + chunk]) == []
+    assert time.perf_counter() - t0 < 2.0
+    dec.flush()
+    assert [f.payload for f in dec.feed(protocol.encode_response(1, Status.OK, b"ok"))] == [b"ok"]
 
 
 def test_bad_arguments():

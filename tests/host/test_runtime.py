@@ -124,3 +124,25 @@ def test_factored_linear_runs_its_stages_on_the_engine(images):
     layer = model.layers["blocks.0.attn.qkv"]
     want = linear_output(layer.stages[1], linear_output(layer.stages[0], x, model.word_bits), model.word_bits)
     assert np.array_equal(Runtime(model, EmulatorBackend("fast")).linear("blocks.0.attn.qkv", x), want)
+
+
+@pytest.mark.parametrize("image,message", [
+    (np.zeros((8, 8)), r"shape \(C, H, W\) = \(1, 8, 8\), got \(8, 8\)"),
+    (np.zeros((1, 8, 9)), r"shape \(C, H, W\) = \(1, 8, 8\)"),
+    (np.full((1, 8, 8), np.nan), "finite"),
+    (np.full((1, 8, 8), np.inf), "finite"),
+    (np.full((1, 8, 8), 1e30), r"in \[0, 16\]"),
+    (np.full((1, 8, 8), -1.0), r"in \[0, 16\]"),
+    (np.full((1, 8, 8), "7"), "real numbers"),
+])
+def test_bad_images_are_refused_naming_the_expected_input(image, message):
+    rt = Runtime(random_model(seed=0), EmulatorBackend("reference"))
+    with pytest.raises(ValueError, match=message):
+        rt.forward(image)
+
+
+def test_predict_names_the_batch_shape(images):
+    rt = Runtime(random_model(seed=0), EmulatorBackend("reference"))
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\) = \(B, 1, 8, 8\), got \(1, 8, 8\)"):
+        rt.predict(images[0])
+    assert rt.predict(images[:1].astype(np.uint8)).shape == (1,)

@@ -23,3 +23,41 @@ def test_unknown_keys_and_bad_shapes_raise():
         from_dict({"modle": {}})
     with pytest.raises(ValueError, match="multiple of patch"):
         from_dict({"model": {"img_size": 9, "patch": 2}})
+
+
+@pytest.mark.parametrize("section,key,value,message", [
+    ("model", "dim", 0, r"'model.dim': must be >= 1, got 0"),
+    ("model", "depth", -2, r"'model.depth': must be >= 1"),
+    ("model", "patch", 0, r"'model.patch': must be >= 1"),  # not a ZeroDivisionError in img_size % patch
+    ("model", "heads", "4", r"'model.heads': must be int, got '4'"),
+    ("model", "dim", 64.0, r"'model.dim': must be int"),
+    ("model", "cls_token", 1, r"'model.cls_token': must be bool"),
+    ("model", "mlp_ratio", 0.001, r"mlp_ratio 0.001 gives 0 MLP hidden channels"),
+    ("model", "drop_path", 1.0, r"'model.drop_path': must be in \[0, 1\)"),
+    ("data", "dataset", "cifar", r"'data.dataset': must be one of digits, fashion_mnist"),
+    ("data", "samples_per_class", 0, r"'data.samples_per_class': must be >= 1"),
+    ("data", "shift", True, r"'data.shift': must be int, got True"),
+    ("train", "batch_size", 0, r"'train.batch_size': must be >= 1"),
+    ("train", "lr", float("nan"), r"'train.lr': must be float, got nan"),
+    ("train", "lr", -1e-3, r"'train.lr': must be > 0"),
+    ("train", "epochs", None, r"'train.epochs': must be int, got None"),
+    ("train", "stage1_fraction", 1.5, r"'train.stage1_fraction': must be in \[0, 1\]"),
+])
+def test_bad_values_are_refused_naming_the_key(section, key, value, message):
+    with pytest.raises(ValueError, match=message):
+        from_dict({section: {key: value}})
+
+
+def test_config_files_need_every_section_as_a_mapping(tmp_path):
+    import yaml
+
+    full = yaml.safe_load(open("configs/digits.yaml"))
+    path = tmp_path / "c.yaml"
+    for broken, message in (({k: v for k, v in full.items() if k != "train"}, "missing config section.*train"),
+                            ({**full, "model": [1, 2]}, "section 'model' must be a mapping"),
+                            ([1, 2], "missing config section.*data, model, train"),
+                            ({**full, "model": {**full["model"], "dim": -64}}, r"c\.yaml: config key 'model\.dim'")):
+        path.write_text(yaml.safe_dump(broken))
+        with pytest.raises(ValueError, match=message):
+            load_config(str(path))
+    assert load_config("configs/digits.yaml").train.lr == full["train"]["lr"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import time
+import tracemalloc
 import zipfile
 from pathlib import Path
 
@@ -45,12 +47,12 @@ def test_missing_file_names_the_file(tmp_path):
         modelfile.load(tmp_path / "nope.gsbf")
 
 
-def rewrite(data: bytes, edit) -> bytes:
-    """Apply ``edit`` to the manifest and re-sign it, as a careless tool would."""
+def rewrite(data: bytes, edit, raw=lambda text: text) -> bytes:
+    """Apply ``edit`` to the manifest, then ``raw`` to its JSON text, and re-sign it, as a careless tool would."""
     src = zipfile.ZipFile(io.BytesIO(data))
     manifest = json.loads(src.read(modelfile.MANIFEST))
     edit(manifest)
-    text = json.dumps(manifest).encode()
+    text = raw(json.dumps(manifest)).encode()
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w") as dst:
         for name in src.namelist():
@@ -174,6 +176,134 @@ def test_fuzzed_files_load_identically_or_raise_model_file_error(saved, tmp_path
             outcomes[f"{kind}:identical"] = outcomes.get(f"{kind}:identical", 0) + 1
     assert outcomes.get("reorder:identical", 0) > 0
     assert sum(v for k, v in outcomes.items() if k.endswith(":error")) > 800
+
+
+# ---------------------------------------------------------------- crafted hostile files
+
+
+def _nested(depth: int):
+    def edit(m):
+        m["meta"]["deep"] = "DEEP"
+    return edit, lambda text: text.replace('"DEEP"', "[" * depth + "]" * depth)
+
+
+HUGE_INT = "9" * 5000  # past Python's int-from-string limit: json.loads raises a plain ValueError on it
+HOSTILE = [
+    (_set(["architecture", "depth"], 10**12), "architecture.depth"),
+    (_set(["architecture", "dim"], 2**40), "architecture.dim"),
+    (_set(["architecture", "mlp_hidden"], -3), "architecture"),
+    (_set(["architecture", "image_size"], 1024), "architecture.image_size"),  # 2^18 tokens
+    (_set(["word_bits"], "HUGE"), modelfile.MANIFEST),
+    (_set(["meta", "seed"], 10**30), "meta.seed"),
+    (_set(["layers", "blocks.0.attn.qkv", "coef_bits"], 2**80), "layers.blocks.0.attn.qkv.coef_bits"),
+    (_set(["layers", "blocks.0.attn.qkv", "weights", 0, "scale"], 1e300), "layers.blocks.0.attn.qkv.weights[0].scale"),
+    (_set(["layers", "blocks.0.attn.qkv", "weights", 0, "scale"], 1e-300), "layers.blocks.0.attn.qkv.weights[0].scale"),
+    (_set(["layers", "blocks.0.attn.qk", "out_scale"], float("nan")), "layers.blocks.0.attn.qk.out_scale"),
+    (_set(["layers", "blocks.0.attn.qkv", "input", "groups", 0, "scale"], float("inf")),
+     "layers.blocks.0.attn.qkv.input.groups[0].scale"),
+    (_set(["layers", "blocks.0.attn.av", "y", "groups", 1, "params"], {"lo": -1e200, "hi": 1e200}),
+     "layers.blocks.0.attn.av.y.groups[1].params.lo"),
+    (_set(["preprocessing", "mean"], float("-inf")), "preprocessing.mean"),
+    (_set(["preprocessing", "std"], 1e-200), "preprocessing.std"),
+    (_nested(40), "meta.deep"),
+    (_nested(100_000), modelfile.MANIFEST),
+]
+
+
+@pytest.mark.parametrize("edit,field", HOSTILE)
+def test_hostile_manifest_fails_fast_naming_the_field(saved, tmp_path, edit, field):
+    """Absurd sizes, negative or overflowing shapes, deep nesting, huge integers, absurd or non-finite constants."""
+    edit, raw = edit if isinstance(edit, tuple) else (edit, lambda text: text.replace('"HUGE"', HUGE_INT))
+    path = tmp_path / "hostile.gsbf"
+    path.write_bytes(rewrite(saved[1], edit, raw))
+    t0 = time.perf_counter()
+    with pytest.raises(ModelFileError) as info:
+        modelfile.load(path)
+    assert time.perf_counter() - t0 < 1.0
+    assert info.value.field.startswith(field), str(info.value)
+    assert str(path) in str(info.value)
+
+
+def _with_member(data: bytes, name: str, write) -> bytes:
+    """``data`` plus a member ``name`` whose content ``write(file)`` streams, deflated."""
+    out = io.BytesIO(data)
+    with zipfile.ZipFile(out, "a", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        with zf.open(name, "w") as f:
+            write(f)
+    return out.getvalue()
+
+
+def test_decompression_bomb_is_refused_from_the_zip_directory(saved, tmp_path):
+    """A member that inflates past the archive limit is refused before any of it is decompressed."""
+    zeros = bytes(1 << 20)
+    size = modelfile.MAX_ARCHIVE_BYTES // len(zeros) + 1
+
+    def write(f):
+        for _ in range(size):
+            f.write(zeros)
+
+    path = tmp_path / "bomb.gsbf"
+    path.write_bytes(_with_member(saved[1], "arrays/bomb.npy", write))
+    assert path.stat().st_size < modelfile.MAX_ARCHIVE_BYTES // 100
+    tracemalloc.start()
+    try:
+        with pytest.raises(ModelFileError, match="bomb.npy") as info:
+            modelfile.load(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert info.value.field == "arrays/bomb.npy" and peak < 16 << 20
+
+
+def test_member_larger_than_its_directory_entry_is_refused(saved, tmp_path):
+    """The zip directory understates a member's size: the read stops at the declared size and fails."""
+    path = tmp_path / "liar.gsbf"
+    data = bytearray(_with_member(saved[1], "arrays/liar.npy", lambda f: f.write(bytes(1 << 16))))
+    entry = bytes(data).rindex(b"PK\x01\x02")  # the liar's central directory entry
+    data[entry + 24:entry + 28] = (1).to_bytes(4, "little")  # uncompressed size: 1 byte
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelFileError) as info:
+        modelfile.load(path)
+    assert str(path) in str(info.value)
+
+
+def _swap_array(data: bytes, name: str, shape: tuple[int, ...], descr: str, body: bytes) -> bytes:
+    """``data`` with array ``name`` replaced by a hand-written .npy (header ``shape``/``descr``, then ``body``),
+    its manifest entry agreeing, as a hostile tool would write it."""
+    npy = io.BytesIO()
+    np.lib.format.write_array_header_1_0(npy, {"descr": descr, "fortran_order": False, "shape": shape})
+    npy.write(body)
+    src = zipfile.ZipFile(io.BytesIO(data))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as dst:
+        for member in src.namelist():
+            dst.writestr(member, npy.getvalue() if member == f"arrays/{name}.npy" else src.read(member))
+    entry = {"shape": list(shape), "dtype": descr, "sha256": hashlib.sha256(body).hexdigest()}
+    return rewrite(out.getvalue(), _set(["arrays", name], entry))
+
+
+HOSTILE_ARRAYS = [
+    ((-6, -8), "<f4", bytes(192), "arrays.pos_embed.shape[0]"),       # numpy reads a negative shape
+    ((2**32,) * 4, "<f4", b"", "arrays.pos_embed.shape"),             # 2^128 elements: 0 in int64
+    ((18, 8), "|O", bytes(18 * 8 * 8), "arrays.pos_embed.dtype"),      # an object (pickle) array
+]
+
+
+@pytest.mark.parametrize("shape,descr,body,field", HOSTILE_ARRAYS)
+def test_hostile_array_header_is_refused(saved, tmp_path, shape, descr, body, field):
+    path = tmp_path / "array.gsbf"
+    path.write_bytes(_swap_array(saved[1], "pos_embed", shape, descr, body))
+    with pytest.raises(ModelFileError) as info:
+        modelfile.load(path)
+    assert info.value.field.startswith(field), str(info.value)
+
+
+def test_oversized_manifest_is_refused(saved, tmp_path):
+    path = tmp_path / "big.gsbf"
+    path.write_bytes(rewrite(saved[1], _set(["meta", "pad"], "x" * modelfile.MAX_MANIFEST_BYTES)))
+    with pytest.raises(ModelFileError) as info:
+        modelfile.load(path)
+    assert info.value.field == modelfile.MANIFEST and "bytes" in str(info.value)
 
 
 # ---------------------------------------------------------------- factored_linear

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from model.config import from_dict
-from model.train import load_model, main, stage_plan, train
+from model.train import load_checkpoint, load_model, main, stage_plan, train
 
 TINY = {
     "data": {"dataset": "digits", "samples_per_class": 10, "val_per_class": 5, "shift": 1},
@@ -41,6 +41,34 @@ def test_fp_training_lowers_loss_and_writes_metrics(tmp_path):
     assert load_model(os.path.join(out, "best.pt")).method == "fp"
 
 
+class _Touch:
+    """Unpickles as ``open(marker, "w")``: a checkpoint that runs code when loaded with ``weights_only=False``."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def test_hostile_checkpoint_is_refused_without_running_code(tmp_path):
+    from model.export import main as export_main
+
+    marker = tmp_path / "pwned"
+    evil = {"model": {}, "opt": {}, "state": {"stage_idx": 0}, "config": TINY, "method": "fp", "seed": 0,
+            "payload": _Touch(marker)}
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save(evil, run / "last.pt")
+    loads = [lambda: load_checkpoint(run / "last.pt"), lambda: load_model(run / "last.pt"),
+             lambda: export_main([str(run / "last.pt"), str(tmp_path / "out.gsbf")]),
+             lambda: train(from_dict(TINY), "fp", 0, str(run), progress=False, resume=True)]
+    for load in loads:
+        with pytest.raises(ValueError, match="refused"):
+            load()
+        assert not marker.exists()
+
+
 def test_stage_plan():
     cfg = from_dict({**TINY, "train": {**TINY["train"], "epochs": 10, "stage1_fraction": 0.3}})
     assert stage_plan(cfg, "gsb", None) == [(1, 3), (2, 7)]
@@ -60,8 +88,8 @@ def test_resume_matches_uninterrupted(tmp_path, method, cut):
     train(cfg(), method, 0, part, teacher_path=teacher, progress=False, max_steps=cut)  # "interrupted"
     assert len(_log(part)) == cut // 4
     train(cfg(), method, 0, part, teacher_path=teacher, progress=False, resume=True)
-    a = torch.load(os.path.join(full, "last.pt"), weights_only=False)["model"]
-    b = torch.load(os.path.join(part, "last.pt"), weights_only=False)["model"]
+    a = load_checkpoint(os.path.join(full, "last.pt"))["model"]
+    b = load_checkpoint(os.path.join(part, "last.pt"))["model"]
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:3]
     assert [r["loss"] for r in _log(full)] == pytest.approx([r["loss"] for r in _log(part)])
