@@ -23,6 +23,7 @@ import math
 import numpy as np
 import torch
 
+from model.config import Config
 from model.deploy import engine_linear, quantizer
 from model.golden import DEFAULT_WORD_BITS
 from model.layers import EngineMatmul, FloatLinear, FloatMatmul, Layer
@@ -103,25 +104,29 @@ def export_model(
     return Model(arch, preprocessing, tensors, layers, word_bits, dict(meta or {}, method=model.method))
 
 
-def checkpoint_preprocessing(path: str) -> Preprocessing:
-    """The input preprocessing of a ``python -m model.train`` checkpoint (its training split's statistics)."""
+def _checkpoint_config(path: str) -> tuple[Config, int]:
+    """A ``python -m model.train`` checkpoint's config and seed (loaded with ``weights_only=True``)."""
     from model.config import from_dict
-    from model.data import load_splits
     from model.train import load_checkpoint
 
     ck = load_checkpoint(path)
-    cfg, seed = from_dict(ck["config"]), int(ck["seed"])
+    return from_dict(ck["config"]), int(ck["seed"])
+
+
+def checkpoint_preprocessing(path: str) -> Preprocessing:
+    """The input preprocessing of a ``python -m model.train`` checkpoint (its training split's statistics)."""
+    from model.data import load_splits
+
+    cfg, seed = _checkpoint_config(path)
     splits = load_splits(cfg.data.dataset, cfg.data.samples_per_class, cfg.data.val_per_class, seed)
     return Preprocessing(INPUT_DIVISORS[cfg.data.dataset], float(splits.mean), float(splits.std), cfg.data.dataset)
 
 
 def calibration_images(path: str) -> np.ndarray:
     """The raw training images of a checkpoint's own training split (what the integer program calibrates on)."""
-    from model.config import from_dict
     from model.data import load_pool, split_indices
 
-    ck = torch.load(path, map_location="cpu", weights_only=False)
-    cfg, seed = from_dict(ck["config"]), int(ck["seed"])
+    cfg, seed = _checkpoint_config(path)
     xtr, ytr, _, _ = load_pool(cfg.data.dataset)
     train, _ = split_indices(ytr, cfg.data.samples_per_class, cfg.data.val_per_class, seed)
     return np.rint(xtr[train] * np.float32(INPUT_DIVISORS[cfg.data.dataset])).astype(np.int64)
