@@ -67,8 +67,11 @@ def multithreshold(y: np.ndarray, base: int, hi: np.ndarray, lo: np.ndarray) -> 
     """
     y = _ints(y, "y")
     hi, lo = _ints(hi, "hi"), _ints(lo, "lo")
-    counts = (y[..., None] >= hi).sum(axis=-1) + (y[..., None] <= lo).sum(axis=-1)
-    return base + counts.astype(np.int64)
+    codes = np.full(y.shape, base, dtype=np.int64)
+    for k in range(hi.shape[-1]):  # one compare per level: memory stays the input's size
+        codes += y >= hi[:, k]
+        codes += y <= lo[:, k]
+    return codes
 
 
 def isqrt(v: np.ndarray) -> np.ndarray:
@@ -131,25 +134,38 @@ def exp_table(score_frac_bits: int, exp_frac_bits: int, max_len: int = 4096) -> 
     return table[: zeros[0] + 1]
 
 
-def softmax_levels(scores: np.ndarray, table: np.ndarray, level_thresholds: np.ndarray, frac_bits: int) -> np.ndarray:
-    """Softmax over the last axis followed by unipolar level compares, in integers.
+def softmax_exp(scores: np.ndarray, table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The integer exps of a softmax over the last axis and their row sums ``(e, Z)``.
 
-    ``scores`` (..., rows, cols) are integer scores with the table's fraction
-    bits.  Per row: ``k_j = min(max_j s - s_j, len(table) - 1)``,
-    ``e_j = table[k_j]`` (so ``e_j / sum e`` is the softmax), ``Z = sum_j e_j``;
-    level ``l`` is ``[e_j * 2**frac_bits >= A_l * Z]`` with the integer
-    thresholds ``A`` (levels, ..., rows, cols) broadcast against the scores:
-    ``A = round((t_l - offset) * 2**frac_bits)``, so the bit says
-    ``softmax_j + offset >= t_l``.  Returns uint codes (levels, ..., rows, cols).
-    Needs ``table[0] * 2**frac_bits`` and ``|A| * cols * table[0]`` below 2**62.
+    ``scores`` are integers with the table's fraction bits.  Per row:
+    ``k_j = min(max_j s - s_j, len(table) - 1)``, ``e_j = table[k_j]``, so
+    ``e_j / Z`` is the softmax; ``Z = sum_j e_j`` keeps its axis.
     """
     s = _ints(scores, "scores")
     table = _ints(table, "table")
-    a = _ints(level_thresholds, "level_thresholds")
     k = np.minimum(s.max(axis=-1, keepdims=True) - s, len(table) - 1)
     e = table[k]
-    z = e.sum(axis=-1, keepdims=True)
-    return (e[None] << frac_bits >= a * z[None]).astype(np.int64)
+    return e, e.sum(axis=-1, keepdims=True)
+
+
+def softmax_level(e: np.ndarray, z: np.ndarray, threshold: np.ndarray, frac_bits: int) -> np.ndarray:
+    """One attention level: ``[e * 2**frac_bits >= A * Z]`` (0/1), i.e. ``softmax >= A / 2**frac_bits``.
+
+    ``threshold`` ``A`` broadcasts against ``e``: with ``A = ceil((t - offset) *
+    2**frac_bits)`` the bit says ``softmax + offset >= t``.  Needs
+    ``e * 2**frac_bits`` and ``|A| * Z`` below 2**62.
+    """
+    return (_ints(e, "e") << frac_bits >= _ints(threshold, "threshold") * _ints(z, "z")).astype(np.int64)
+
+
+def softmax_levels(scores: np.ndarray, table: np.ndarray, level_thresholds: np.ndarray, frac_bits: int) -> np.ndarray:
+    """Softmax over the last axis followed by the unipolar level compares of :func:`softmax_level`.
+
+    ``level_thresholds`` (levels, ...) holds one threshold array per level;
+    returns the bits (levels, ..., rows, cols).
+    """
+    e, z = softmax_exp(scores, table)
+    return np.stack([softmax_level(e, z, a, frac_bits) for a in _ints(level_thresholds, "level_thresholds")])
 
 
 def argmax(logits: np.ndarray) -> np.ndarray:

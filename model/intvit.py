@@ -131,6 +131,22 @@ def _requantize(prog: IntegerProgram, name: str, y: np.ndarray) -> np.ndarray:
     return intops.requantize(y, prog.params[f"{name}.multiplier"], prog.params[f"{name}.shift"])
 
 
+def level_counts(layer: EngineMatmul) -> list[int]:
+    """Attention levels per x group of an ``A V`` product: 1 for a step (GSB), ``2**b - 1`` for a ``uint<b>`` (PTQ)."""
+    return [g.encoding.value_range[1] for g in layer.x.groups]
+
+
+def _attention_codes(prog: IntegerProgram, block: str, scores: np.ndarray) -> np.ndarray:
+    """The attention map's codes per x group of ``A V`` (groups, B, heads, T, T): each the count of its levels passed."""
+    e, z = intops.softmax_exp(scores, prog.arrays["exp_table"])
+    thresholds, frac = prog.arrays[f"{block}.attn.levels"], prog.params["attn_frac"]
+    codes, first = [], 0
+    for count in level_counts(prog.model.layers[f"{block}.attn.av"]):
+        codes.append(sum(intops.softmax_level(e, z, thresholds[first + j], frac) for j in range(count)))
+        first += count
+    return np.stack(codes)
+
+
 def _to_heads(x: np.ndarray, heads: int) -> np.ndarray:
     """(B, T, d) to (B, heads, T, d/heads)."""
     b, t, d = x.shape
@@ -206,8 +222,8 @@ def forward(prog: IntegerProgram, raw: np.ndarray, engine: Engine, trace: Trace 
         vs = [tr(f"{pre}.attn.v{g}", _thresholds(prog, f"{pre}.attn.v{g}", y[..., 2 * d:])) for g in range(p[f"{pre}.attn.v_groups"])]
         s = tr(f"{pre}.attn.qk", engine.matmul(f"{pre}.attn.qk", [_to_heads(q, heads)], [_to_heads(k, heads)]))
         s = tr(f"{pre}.attn.scores", _requantize(prog, f"{pre}.attn.scores", s))
-        levels = tr(f"{pre}.attn.levels", intops.softmax_levels(s, a["exp_table"], a[f"{pre}.attn.levels"][:, None], p["attn_frac"]))
-        o = tr(f"{pre}.attn.av", engine.matmul(f"{pre}.attn.av", list(levels), [_to_heads(v, heads).swapaxes(-1, -2) for v in vs]))
+        attn = tr(f"{pre}.attn.codes", _attention_codes(prog, pre, s))
+        o = tr(f"{pre}.attn.av", engine.matmul(f"{pre}.attn.av", list(attn), [_to_heads(v, heads).swapaxes(-1, -2) for v in vs]))
         x = tr(f"{pre}.attn.proj.in", _thresholds(prog, f"{pre}.attn.proj.in", o.transpose(0, 2, 1, 3).reshape(b, arch.tokens, d)))
         y = tr(f"{pre}.attn.proj", engine.linear(f"{pre}.attn.proj", [x.reshape(b * arch.tokens, d)]).reshape(b, arch.tokens, d))
         r = tr(f"{pre}.attn.residual", intops.saturate(r + _requantize(prog, f"{pre}.attn.proj.out", y) + a[f"{pre}.attn.proj.out.bias"], width))
@@ -289,33 +305,31 @@ def multiplier_shift(factor: float) -> tuple[int, int]:
     return m, shift
 
 
-def _search(code: Callable[[np.ndarray], np.ndarray], level: int, lo: np.ndarray, hi: np.ndarray, rising: bool) -> np.ndarray:
-    """Per channel, the boundary of ``code(y) >= level`` on the integer interval ``[lo, hi]``.
+def _search(code: Callable[[np.ndarray], np.ndarray], levels: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+            rising: bool) -> np.ndarray:
+    """Per level and channel, the boundary of ``code(y) >= level`` on the integer interval ``[lo, hi]``.
 
-    ``rising``: ``code`` is non-decreasing there; returns the smallest y where
-    it holds, or ``hi + 1``.  Otherwise non-increasing: the largest y where it
-    holds, or ``lo - 1``.  Bisection on int64 arrays of channels.
+    ``levels`` (K, 1) against channels (K, C) arrays.  ``rising``: ``code`` is
+    non-decreasing there; returns the smallest y where it holds, or
+    ``hi + 1``.  Otherwise non-increasing: the largest y where it holds, or
+    ``lo - 1``.  Bisection on int64 arrays of all levels and channels at once.
     """
-    if rising:
-        a, b = lo - 1, hi + 1            # code(a) fails, code(b) holds (by convention)
-        while np.any(b - a > 1):
-            mid = (a + b) // 2
-            ok = code(mid) >= level
-            a, b = np.where(ok, a, mid), np.where(ok, mid, b)
-        return b
-    a, b = lo - 1, hi + 1                # code(a) holds, code(b) fails (by convention)
+    a, b = lo - 1, hi + 1   # rising: code(a) fails, code(b) holds; falling: code(a) holds, code(b) fails (by convention)
     while np.any(b - a > 1):
         mid = (a + b) // 2
-        ok = code(mid) >= level
-        a, b = np.where(ok, mid, a), np.where(ok, b, mid)
-    return a
+        ok = code(mid) >= levels
+        if rising:
+            a, b = np.where(ok, a, mid), np.where(ok, mid, b)
+        else:
+            a, b = np.where(ok, mid, a), np.where(ok, b, mid)
+    return b if rising else a
 
 
 def fold_quantizer(group, real: Callable[[np.ndarray], np.ndarray], y_range: tuple[int, int], channels: int,
                    turn: np.ndarray | None = None) -> tuple[int, np.ndarray, np.ndarray]:
     """One quantizer group on an integer input ``y`` folded to ``(base, hi, lo)`` of :func:`intops.multithreshold`.
 
-    ``real(y)`` maps a (channels,) int64 vector to the quantizer's input
+    ``real(y)`` maps int64 ``y`` (..., channels) to the quantizer's input
     (float64, offset included) and must be non-decreasing in ``y`` for every
     channel, except below ``turn`` (per channel), where it is non-increasing
     (GELU): there the codes count from below through ``lo``.  Every level
@@ -324,16 +338,14 @@ def fold_quantizer(group, real: Callable[[np.ndarray], np.ndarray], y_range: tup
     """
     y_min, y_max = y_range
     low, top = group.encoding.value_range
-    levels = range(low + 1, top + 1)
+    levels = np.arange(low + 1, top + 1, dtype=np.int64)[:, None]
+    shape = (len(levels), channels)
     code = lambda y: group.codes(real(y))  # noqa: E731 - the float rule, at compile time only
-    full_lo, full_hi = np.full(channels, y_min, np.int64), np.full(channels, y_max, np.int64)
-    start = full_lo if turn is None else np.clip(turn, y_min, y_max + 1)
-    hi = np.stack([_search(code, v, start, full_hi, rising=True) for v in levels], axis=-1)
-    if turn is None:
-        lo = np.full_like(hi, y_min - 1)
-    else:
-        lo = np.stack([_search(code, v, full_lo, start - 1, rising=False) for v in levels], axis=-1)
-    return low, hi, lo
+    full_lo, full_hi = np.full(shape, y_min, np.int64), np.full(shape, y_max, np.int64)
+    start = full_lo if turn is None else np.broadcast_to(np.clip(turn, y_min, y_max + 1), shape)
+    hi = _search(code, levels, start, full_hi, rising=True)
+    lo = np.full(shape, y_min - 1, np.int64) if turn is None else _search(code, levels, full_lo, start - 1, rising=False)
+    return low, hi.T.copy(), lo.T.copy()
 
 
 def _set_thresholds(params: dict, arrays: dict, name: str, folded: tuple[int, np.ndarray, np.ndarray]) -> None:
@@ -344,16 +356,18 @@ def _accumulator_range(bits: int) -> tuple[int, int]:
     return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
 
 
-def _int8_codes(layer: FloatLinear, name: str) -> tuple[np.ndarray, float]:
-    """The 8-bit codes and scale of a fake-quantized weight (``codes * max|w|/127``)."""
+def _int8_codes(layer: FloatLinear) -> tuple[np.ndarray, float]:
+    """8-bit codes and scale of a weight: ``codes = round(w / s)``, ``s = max|w| / 127`` (per tensor, symmetric).
+
+    A GSB-family export's weight is already ``codes * s`` (fake-quantized in
+    training), so this recovers its codes exactly; a full-precision weight
+    (a PTQ model's patch embedding and heads) is rounded to 8 bits here.
+    """
     w = layer.weight.astype(np.float64)
     scale = float(np.abs(w).max()) / 127.0
     if scale == 0.0:
-        raise ValueError(f"{name}: the weight is all zeros")
-    codes = np.rint(w / scale)
-    if np.abs(codes * scale - w).max() > 1e-5 * scale * 127:
-        raise ValueError(f"{name}: the weight is not 8-bit (fake-quantized) as the GSB family exports it")
-    return codes.astype(np.int64), scale
+        return np.zeros(w.shape, np.int64), 1.0
+    return np.clip(np.rint(w / scale), -127, 127).astype(np.int64), scale
 
 
 def _norm(params: dict, arrays: dict, name: str, weight: np.ndarray, bias: np.ndarray, eps: float, d: int, residual_frac: int) -> int:
@@ -434,8 +448,8 @@ def _compile(model: Model, residual_frac: int, residual_bits: int) -> IntegerPro
 
     # patch embedding: W (raw/div - mean)/std + b = (s/(div std)) (codes . raw) + b - (s mean/std) rowsum(codes)
     embed = model.layers["patch_embed"]
-    _require(isinstance(embed, FloatLinear), "patch_embed must be the 8-bit float layer of a GSB-family export")
-    codes, s = _int8_codes(embed, "patch_embed")
+    _require(isinstance(embed, FloatLinear), "patch_embed must be a float layer (8-bit in a GSB-family export)")
+    codes, s = _int8_codes(embed)
     arrays["patch_embed.codes"] = codes
     params["patch_embed.multiplier"], params["patch_embed.shift"] = multiplier_shift(s / (pre.input_divisor * pre.std) * unit)
     bias = (embed.bias.astype(np.float64) if embed.bias is not None else 0.0) - s * pre.mean / pre.std * codes.sum(axis=1)
@@ -474,13 +488,18 @@ def _compile(model: Model, residual_frac: int, residual_bits: int) -> IntegerPro
         frac = qk.coefficients[0].frac_bits
         params[f"{pre_}.attn.scores.multiplier"] = 1 << max(0, SCORE_FRAC_BITS - frac)
         params[f"{pre_}.attn.scores.shift"] = max(0, frac - SCORE_FRAC_BITS)
-        # attention levels: [softmax + B >= t] as [e 2**Fa >= A Z], A = ceil((t - B) 2**Fa), clamped to 0 .. 2**Fa + 1
+        # attention levels: [softmax + B >= t] as [e 2**Fa >= A Z], A = ceil((t - B) 2**Fa), clamped to 0 .. 2**Fa + 1;
+        # a step group is one level, a uint<b> group (z / step rounded) the 2**b - 1 levels t = (l - 1/2) step
         offset = np.zeros((heads, arch.tokens, arch.tokens)) if av.x.offset is None else av.x.offset.astype(np.float64)
+        offset = np.broadcast_to(offset, (heads, arch.tokens, arch.tokens))
         levels = []
         for group in av.x.groups:
-            _require(group.rule == "step", f"{pre_}.attn.av: attention levels must be step rules, got {group.rule}")
-            a = np.ceil((group.params["threshold"] - np.broadcast_to(offset, (heads, arch.tokens, arch.tokens))) * 2.0**ATTN_FRAC_BITS)
-            levels.append(np.clip(a, 0, (1 << ATTN_FRAC_BITS) + 1))
+            if group.rule == "step":
+                cuts = [group.params["threshold"]]
+            else:
+                _require(group.rule == "uint", f"{pre_}.attn.av: attention codes must be step or uint rules, got {group.rule}")
+                cuts = [(level - 0.5) * group.params["step"] for level in range(1, group.encoding.value_range[1] + 1)]
+            levels += [np.clip(np.ceil((t - offset) * 2.0**ATTN_FRAC_BITS), 0, (1 << ATTN_FRAC_BITS) + 1) for t in cuts]
         arrays[f"{pre_}.attn.levels"] = np.stack(levels).astype(np.int64)
         # proj input: sign of the A V accumulator (per channel h*hd + j)
         fmt = av.coefficients[0]
@@ -510,8 +529,8 @@ def _compile(model: Model, residual_frac: int, residual_bits: int) -> IntegerPro
     heads_scaled = {}
     for name in head_names:
         layer = model.layers[name]
-        _require(isinstance(layer, FloatLinear), f"{name} must be the 8-bit float layer of a GSB-family export")
-        heads_scaled[name] = _int8_codes(layer, name)
+        _require(isinstance(layer, FloatLinear), f"{name} must be a float layer (8-bit in a GSB-family export)")
+        heads_scaled[name] = _int8_codes(layer)
     # logits: one format for every head (their sum has the argmax of their mean), the most fraction bits that fit
     y_peak = {name: 127 * (1 << (NORM_BITS - 1)) * d for name in head_names}
     logit_frac = 24
@@ -593,7 +612,7 @@ def schema(model: Model, params: dict[str, int]) -> tuple[dict[str, tuple[int, i
             enc = v_groups[g].encoding
             thresholds(f"{pre}.attn.v{g}", d, enc.value_range[1] - enc.value_range[0], (enc.value_range[0],) * 2)
         requant(f"{pre}.attn.scores")
-        n_levels = len(av.x.groups) if isinstance(av, EngineMatmul) else 1
+        n_levels = sum(level_counts(av)) if isinstance(av, EngineMatmul) else 1
         a[f"{pre}.attn.levels"] = ((n_levels, heads, t, t), 0, (1 << 24) + 1)
         for name in (f"{pre}.attn.proj.out", f"{pre}.mlp.fc2.out"):
             requant(name)

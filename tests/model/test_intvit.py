@@ -76,6 +76,7 @@ def _exhaustive(group: QuantGroup, real, y_range, channels, turn=None) -> None:
     QuantGroup("step", Encoding("unipolar"), 1.0, {"threshold": 0.3}),
     QuantGroup("ternary", Encoding("ternary"), 1.0, {"lo": -0.4, "hi": 0.55}),
     QuantGroup("uint", Encoding("uint", 3), 1.0, {"step": 0.125}),
+    QuantGroup("int", Encoding("int", 8), 1.0, {"step": 0.01}),
 ])
 def test_monotone_rules_fold_exactly(group):
     rng = np.random.default_rng(5)
@@ -178,3 +179,61 @@ def test_attach_refuses_a_foreign_program(program):
     with pytest.raises(ValueError, match="different model"):
         intvit.attach(other, program)
     assert isinstance(program.model.integer, IntegerSection)
+
+
+# ---------------------------------------------------------------- multi-bit quantizers (the PTQ family)
+
+
+def _int_quantizer(bits: int, step: float, signed: bool = True):
+    from model.quantizers import Quantizer
+
+    enc = Encoding("int" if signed else "uint", bits)
+    return Quantizer((QuantGroup(enc.name, enc, step, {"step": step}),))
+
+
+@pytest.fixture(scope="module")
+def multibit_program() -> intvit.IntegerProgram:
+    """The random model with PTQ-style quantizers: int4 inputs, Q, K and V, a uint3 attention map."""
+    from model.layers import EngineLinear, EngineMatmul
+
+    model = random_integer_model(seed=8)
+    model.integer = None
+    for i in range(TINY.depth):
+        p = f"blocks.{i}"
+        for name in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"):
+            old = model.layers[f"{p}.{name}"]
+            model.layers[f"{p}.{name}"] = EngineLinear(_int_quantizer(4, 0.25), old.weights, old.bias)
+        model.layers[f"{p}.attn.qk"] = EngineMatmul(_int_quantizer(4, 0.3), _int_quantizer(4, 0.3), 0.25)
+        model.layers[f"{p}.attn.av"] = EngineMatmul(_int_quantizer(3, 1 / 14, signed=False), _int_quantizer(4, 0.2))
+    calibration = np.random.default_rng(9).integers(0, 17, size=(16, 1, 8, 8))
+    return intvit.compile_program(model, calibration)
+
+
+def test_multibit_program_runs_equal_on_numpy_torch_and_the_emulator(multibit_program, images):
+    from host.emulator import EmulatorBackend
+    from host.integer_runtime import IntegerRuntime
+
+    prog = multibit_program
+    assert prog.arrays["blocks.0.attn.levels"].shape[0] == 7 and prog.arrays["blocks.0.attn.q.hi"].shape == (32, 15)
+    trace = intvit.Trace(keep=True)
+    logits = intvit.forward(prog, images, intvit.ReferenceEngine(prog), trace)
+    assert trace.float_steps == 0
+    assert torch.equal(deploy_integer(prog, images), torch.from_numpy(logits))
+    assert np.array_equal(IntegerRuntime(prog, EmulatorBackend()).logits(images), logits)
+    codes = trace.values["blocks.0.attn.codes"]
+    assert codes.shape == (1, len(images), TINY.heads, TINY.tokens, TINY.tokens) and 0 <= codes.min() and codes.max() <= 7
+
+
+def test_uint_attention_codes_round_the_integer_softmax(multibit_program, images):
+    """Each code is round(softmax / step) of the integer softmax e / Z (away from the rounding ties)."""
+    prog = multibit_program
+    trace = intvit.Trace(keep=True)
+    intvit.forward(prog, images, intvit.ReferenceEngine(prog), trace)
+    scores = trace.values["blocks.1.attn.scores"]
+    e, z = intvit.intops.softmax_exp(scores, prog.arrays["exp_table"])
+    p = e / z
+    step = 1 / 14
+    want = np.clip(np.floor(p / step + 0.5), 0, 7)
+    tie = np.abs(p / step - np.floor(p / step) - 0.5) < 1e-3   # within 1e-3 steps of a rounding boundary
+    got = trace.values["blocks.1.attn.codes"][0]
+    assert np.array_equal(got[~tie], want[~tie]) and (~tie).mean() > 0.9
