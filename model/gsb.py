@@ -49,7 +49,6 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 EMA_MOMENTUM = 0.1
 EPS = 1e-5

@@ -42,8 +42,8 @@ from scipy.special import erf
 from model import intops
 from model.golden import Encoding
 from model.layers import EngineLinear, EngineMatmul, FloatLinear
-from model.modelfile import IntegerSection, Model
-from model.quantizers import Quantizer
+from model.modelfile import Architecture, IntegerSection, Model
+from model.quantizers import QuantGroup
 
 RESIDUAL_BITS = 16    #: width of the residual stream (saturating)
 NORM_BITS = 16        #: width of a LayerNorm output (the int16 head input)
@@ -276,7 +276,7 @@ class ReferenceEngine:
         return self._product(xs, ys, self.prog.engine_layer(name)[2])
 
 
-def linear_names(arch, head_names: Sequence[str]) -> list[str]:
+def linear_names(arch: Architecture, head_names: Sequence[str]) -> list[str]:
     """Every engine linear layer of an integer program, in order."""
     names = ["patch_embed"]
     for i in range(arch.depth):
@@ -325,7 +325,7 @@ def _search(code: Callable[[np.ndarray], np.ndarray], levels: np.ndarray, lo: np
     return b if rising else a
 
 
-def fold_quantizer(group, real: Callable[[np.ndarray], np.ndarray], y_range: tuple[int, int], channels: int,
+def fold_quantizer(group: QuantGroup, real: Callable[[np.ndarray], np.ndarray], y_range: tuple[int, int], channels: int,
                    turn: np.ndarray | None = None) -> tuple[int, np.ndarray, np.ndarray]:
     """One quantizer group on an integer input ``y`` folded to ``(base, hi, lo)`` of :func:`intops.multithreshold`.
 
@@ -410,7 +410,7 @@ def compile_program(model: Model, calibration: np.ndarray, residual_frac: int | 
     residual value seen on them within :data:`RESIDUAL_BITS` (values beyond
     saturate).  ``residual_frac`` fixes them instead.
     """
-    arch, pre = model.architecture, model.preprocessing
+    arch = model.architecture
     for name in linear_names(arch, []):
         if name != "patch_embed":
             _require(isinstance(model.layers[name], EngineLinear),

@@ -78,3 +78,22 @@ def test_same_integers_for_every_binary_layer_on_a_sample(trained, monkeypatch):
         assert len(torch_ints) == len(expected) == 12
         for got, want in zip(torch_ints, expected):
             assert np.array_equal(got[0], want)
+
+
+def test_integer_program_on_the_test_set(trained):
+    """The compiled program: torch and the emulator give the same logits on every test image, close to the float host."""
+    from host.integer_runtime import IntegerRuntime
+    from model import intvit
+    from model.data import split_indices
+
+    model, exported = trained
+    xtr, ytr, xte, yte = load_pool("digits")
+    train, _ = split_indices(ytr, 100, 20, 0)
+    prog = intvit.compile_program(exported, np.rint(xtr[train] * 16).astype(np.int64))
+    raw = np.rint(xte * 16).astype(np.int64)
+    torch_logits = vit.deploy_integer(prog, raw).numpy()
+    assert np.array_equal(IntegerRuntime(prog, EmulatorBackend("fast")).logits(raw), torch_logits)
+    float_pred = model.deploy(torch.from_numpy(exported.preprocessing.apply(raw))).argmax(-1).numpy()
+    int_pred = torch_logits.argmax(-1)
+    assert np.mean(int_pred == float_pred) > 0.9
+    assert abs(np.mean(int_pred == yte) - np.mean(float_pred == yte)) < 0.05
