@@ -113,12 +113,62 @@ def _tiles(x, yt, weight, bias_x, bias_y, out, first, stop):
                 out1[j] += w * _ctpop(a1 & b)
 
 
+@njit(nogil=True, cache=True)
+def _stacked(x, yt, weight, bias_x, bias_y, out, first, stop):
+    """Fill items ``first..stop-1`` of a stack of small products.
+
+    ``x`` (L, rows_x, words), ``yt`` (L, words, rows_y) (y transposed per
+    item), biases (L, rows), ``out`` (L, rows_x, rows_y).  The innermost
+    loop runs over an item's columns, contiguous in ``yt`` and ``out``.
+    """
+    nwords = x.shape[2]
+    for item in range(first, stop):
+        for i in range(x.shape[1]):
+            o = out[item, i]
+            by = bias_y[item]
+            bx = bias_x[item, i]
+            for j in range(o.shape[0]):
+                o[j] = bx + by[j]
+            for k in range(nwords):
+                a = x[item, i, k]
+                w = weight[k]
+                yk = yt[item, k]
+                for j in range(o.shape[0]):
+                    o[j] += w * _ctpop(a & yk[j])
+
+
 _THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 
 
 @cache
 def _pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(_THREADS, thread_name_prefix="gsbflow-kernel")
+
+
+def set_threads(threads: int) -> None:
+    """Use at most ``threads`` threads per kernel call (default: the CPUs this process may run on)."""
+    global _THREADS
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be a positive int, got {threads!r}")
+    _THREADS = threads
+    _pool.cache_clear()
+
+
+def get_threads() -> int:
+    """The threads a kernel call may use."""
+    return _THREADS
+
+
+def _run_chunks(kernel, args: tuple, items: int, work: int) -> None:
+    """``kernel(*args, first, stop)`` over ``0..items-1``, split among the pool threads when ``work`` is large."""
+    chunks = min(items, _CHUNKS_PER_THREAD * _THREADS, work // _MIN_CHUNK_WORD_PAIRS)
+    if chunks < 2 or _THREADS < 2:
+        kernel(*args, 0, items)
+    else:
+        bounds = np.linspace(0, items, chunks + 1).astype(np.int64)
+        list(_pool().map(lambda first, stop: kernel(*args, first, stop), bounds[:-1], bounds[1:]))
 
 
 def weighted_and_popcount(
@@ -147,13 +197,30 @@ def weighted_and_popcount(
     out = np.empty((x.shape[0], yt.shape[1]), np.int64)
     tiles = x.shape[0] // 2 * -(-yt.shape[1] // _TILE_COLS)
     args = (np.ascontiguousarray(x), yt, weight, bias_x, bias_y, out)
-    chunks = min(tiles, _CHUNKS_PER_THREAD * _THREADS, out.size * x.shape[1] // _MIN_CHUNK_WORD_PAIRS)
-    if chunks < 2 or _THREADS < 2:
-        _tiles(*args, 0, tiles)
-    else:
-        bounds = np.linspace(0, tiles, chunks + 1).astype(np.int64)
-        list(_pool().map(lambda first, stop: _tiles(*args, first, stop), bounds[:-1], bounds[1:]))
+    _run_chunks(_tiles, args, tiles, out.size * x.shape[1])
     return out[:rows]
+
+
+def stacked_weighted_and_popcount(
+    x: np.ndarray, y: np.ndarray, weight: np.ndarray, bias_x: np.ndarray, bias_y: np.ndarray
+) -> np.ndarray:
+    """:func:`weighted_and_popcount` of every item of a stack: ``(L, rows_x, rows_y)`` int64.
+
+    ``x`` (L, rows_x, words) and ``y`` (L, rows_y, words) are uint64, the
+    biases (L, rows_x) and (L, rows_y); ``weight`` is shared by all items.
+    """
+    for name, words in (("x", x), ("y", y)):
+        if not isinstance(words, np.ndarray) or words.dtype != np.uint64 or words.ndim != 3:
+            raise TypeError(f"{name} must be a 3-D uint64 numpy array")
+    weight, bias_x, bias_y = (np.ascontiguousarray(v, dtype=np.int64) for v in (weight, bias_x, bias_y))
+    if y.shape[0] != x.shape[0] or y.shape[2] != x.shape[2] or weight.shape != (x.shape[2],):
+        raise ValueError(f"x, y and weight must agree on the items and words: {x.shape}, {y.shape}, {weight.shape}")
+    if bias_x.shape != x.shape[:2] or bias_y.shape != y.shape[:2]:
+        raise ValueError(f"bias_x and bias_y must have one entry per item and row, got {bias_x.shape} and {bias_y.shape}")
+    out = np.empty((x.shape[0], x.shape[1], y.shape[1]), np.int64)
+    args = (np.ascontiguousarray(x), np.ascontiguousarray(y.transpose(0, 2, 1)), weight, bias_x, bias_y, out)
+    _run_chunks(_stacked, args, x.shape[0], out.size * x.shape[2])
+    return out
 
 
 @lru_cache(maxsize=64)
@@ -165,30 +232,33 @@ def _valid64(n: int) -> np.ndarray:
 
 
 def _words64(words: np.ndarray, n: int, word_bits: int, name: str) -> np.ndarray:
-    """Check a packed plane array and re-read it as uint64 words ``(rows, words_for(n, 64))``."""
-    if not isinstance(words, np.ndarray) or words.ndim != 2:
-        raise TypeError(f"{name} must be a 2-D numpy array of packed words")
+    """Check a packed plane array and re-read it as uint64 words ``(*lead, rows, words_for(n, 64))``."""
+    if not isinstance(words, np.ndarray) or words.ndim < 2:
+        raise TypeError(f"{name} must be a numpy array of packed words (*lead, rows, words)")
     if words.dtype != word_dtype(word_bits):
         raise TypeError(f"{name} must have dtype {np.dtype(word_dtype(word_bits))}, got {words.dtype}")
-    if words.shape[1] != words_for(n, word_bits):
-        raise ValueError(f"{name} must have {words_for(n, word_bits)} words per row for n={n}, got {words.shape[1]}")
+    if words.shape[-1] != words_for(n, word_bits):
+        raise ValueError(f"{name} must have {words_for(n, word_bits)} words per row for n={n}, got {words.shape[-1]}")
     if word_bits == 64:
         out = np.ascontiguousarray(words)
     else:
         as_bytes = np.ascontiguousarray(words.astype(np.dtype(words.dtype).newbyteorder("<"))).view(np.uint8)
-        padded = np.zeros((words.shape[0], 8 * words_for(n, 64)), np.uint8)
-        padded[:, : as_bytes.shape[1]] = as_bytes
+        padded = np.zeros(words.shape[:-1] + (8 * words_for(n, 64),), np.uint8)
+        padded[..., : as_bytes.shape[-1]] = as_bytes
         out = padded.view("<u8").astype(np.uint64)
-    if np.any(out[:, -1] & ~_valid64(n)[-1]):
+    if np.any(out[..., -1] & ~_valid64(n)[-1]):
         raise ValueError(f"{name} has bits set past n={n}; packed tails must be zero")
     return out
 
 
 class _PlaneWords:
-    """One plane as uint64 words: explicit ``sign``/``mask`` (or None), and its ``pos``/``neg`` parts."""
+    """One plane as uint64 words: explicit ``sign``/``mask`` (or None), and its ``pos``/``neg`` parts.
+
+    The arrays are ``(*lead, rows, words)``: one plane, or a stack of them.
+    """
 
     def __init__(self, plane: PackedPlane, n: int, word_bits: int, name: str) -> None:
-        self.rows = (plane.sign if plane.sign is not None else plane.mask).shape[0]
+        self.shape = (plane.sign if plane.sign is not None else plane.mask).shape[:-1]
         self.sign = None if plane.sign is None else _words64(plane.sign, n, word_bits, f"{name}.sign")
         self.mask = None if plane.mask is None else _words64(plane.mask, n, word_bits, f"{name}.mask")
         self._valid = _valid64(n)
@@ -224,19 +294,26 @@ class _Form:
         return _Form(factor * self.bias_x, factor * self.bias_y, tuple((a, b, factor * w) for a, b, w in self.segments))
 
     def evaluate(self) -> np.ndarray:
-        """The ``(rows_x, rows_y)`` int64 matrix, in one kernel call."""
+        """The ``(*lead, rows_x, rows_y)`` int64 matrix, in one kernel call."""
         if not self.segments:
-            return self.bias_x[:, None] + self.bias_y[None, :]
-        weight = np.concatenate([np.full(a.shape[1], w, np.int64) for a, _, w in self.segments])
-        x = np.hstack([a for a, _, _ in self.segments])
-        y = np.hstack([b for _, b, _ in self.segments])
-        return weighted_and_popcount(x, y, weight, self.bias_x, self.bias_y)
+            return self.bias_x[..., :, None] + self.bias_y[..., None, :]
+        weight = np.concatenate([np.full(a.shape[-1], w, np.int64) for a, _, w in self.segments])
+        x = np.concatenate([a for a, _, _ in self.segments], axis=-1)
+        y = np.concatenate([b for _, b, _ in self.segments], axis=-1)
+        if x.ndim == 2:
+            return weighted_and_popcount(x, y, weight, self.bias_x, self.bias_y)
+        lead = x.shape[:-2]
+        out = stacked_weighted_and_popcount(
+            x.reshape(-1, *x.shape[-2:]), y.reshape(-1, *y.shape[-2:]), weight,
+            self.bias_x.reshape(-1, x.shape[-2]), self.bias_y.reshape(-1, y.shape[-2]),
+        )
+        return out.reshape(lead + out.shape[1:])
 
 
 def _terms(x: _PlaneWords, y: _PlaneWords, n: int) -> tuple[_Form, _Form]:
     """The forms of ``P`` and ``C`` for one plane pair."""
-    zx = np.zeros(x.rows, np.int64)
-    zy = np.zeros(y.rows, np.int64)
+    zx = np.zeros(x.shape, np.int64)
+    zy = np.zeros(y.shape, np.int64)
     if x.mask is None and y.mask is None:  # bipolar x bipolar
         p = _Form(popcount(x.sign), popcount(y.sign), ((x.sign, y.sign, -2),))
         return p, _Form(zx + n, zy)
@@ -286,6 +363,27 @@ def fast_operand_product(x: Operand, y: Operand) -> np.ndarray:
     forms = [
         _dot_form(px, py, x.n).scaled(x.planes[k].weight * y.planes[j].weight)
         for k, px in enumerate(_operand_words(x, "x"))
+        for j, py in enumerate(wy)
+    ]
+    return sum(forms[1:], start=forms[0]).evaluate()
+
+
+def fast_stacked_product(x, y) -> np.ndarray:
+    """:func:`fast_operand_product` of every item of two operand stacks: ``(*lead, rows_x, rows_y)``.
+
+    ``x`` and ``y`` are :class:`host.backend.OperandStack` (or any object
+    with ``n``, ``word_bits`` and ``planes`` whose arrays are ``(*lead,
+    rows, words)``) with the same leading axes; the whole stack is one
+    kernel call.
+    """
+    if x.n != y.n or x.word_bits != y.word_bits:
+        raise ValueError(f"x and y must have the same n and word_bits, got {x.n}/{x.word_bits} and {y.n}/{y.word_bits}")
+    wx, wy = _operand_words(x, "x"), _operand_words(y, "y")
+    if wx[0].shape[:-1] != wy[0].shape[:-1]:
+        raise ValueError(f"x and y must share their leading axes, got {wx[0].shape[:-1]} and {wy[0].shape[:-1]}")
+    forms = [
+        _dot_form(px, py, x.n).scaled(x.planes[k].weight * y.planes[j].weight)
+        for k, px in enumerate(wx)
         for j, py in enumerate(wy)
     ]
     return sum(forms[1:], start=forms[0]).evaluate()

@@ -69,3 +69,19 @@ def test_a_file_without_a_program_runs_float_host_with_a_note(tmp_path, capsys):
     modelfile.save(random_model(), path)
     assert main(["infer", "--model", str(path), "--limit", "1", "--quiet"]) == 0
     assert "carries no integer program" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kernel", ["fast", "reference"])
+def test_a_batch_gives_the_integers_of_one_image_at_a_time(program, images, kernel):
+    """Every step's integers of a batch (matmuls: all images and heads in one backend call) equal image by image."""
+    alone, batched = IntegerRuntime(program, EmulatorBackend(kernel), trace=True), IntegerRuntime(program, EmulatorBackend(kernel), trace=True)
+    traces = []
+    for img in images:
+        alone.logits(img[None])
+        traces.append(alone.last_trace)
+    batched.logits(images)
+    for name, values in batched.last_trace.items():
+        # the batch axis is the first, except for stacked groups (attention levels: groups first)
+        axis = [a != b for a, b in zip(values.shape, traces[0][name].shape)].index(True)
+        assert np.array_equal(values, np.concatenate([t[name] for t in traces], axis=axis)), name
+    assert alone.backend.cycles() == batched.backend.cycles() and alone.steps == len(images) * batched.steps

@@ -9,7 +9,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from host.kernels import fast_operand_product, fast_plane_products, fast_plane_terms, weighted_and_popcount
+from host.backend import OperandStack
+from host.kernels import (
+    fast_operand_product,
+    fast_plane_products,
+    fast_plane_terms,
+    fast_stacked_product,
+    get_threads,
+    set_threads,
+    stacked_weighted_and_popcount,
+    weighted_and_popcount,
+)
 from model.golden import WORD_BITS_CHOICES, Encoding, Operand, operand_product, plane_products, plane_terms
 
 ENCODINGS = ("bipolar", "unipolar", "ternary", "int2", "int5", "int8", "uint2", "uint4")
@@ -114,3 +124,36 @@ def test_rejects_malformed_planes() -> None:
     wide = dataclasses.replace(x.planes[0], sign=np.zeros((2, 2), np.uint64))
     with pytest.raises(ValueError, match="1 words per row"):
         fast_plane_terms(wide, x.planes[0], 10, 64)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(ENCODINGS), st.sampled_from(ENCODINGS), LENGTHS, st.sampled_from(WORD_BITS_CHOICES),
+       st.lists(st.integers(1, 3), min_size=1, max_size=2), st.integers(1, 20), st.integers(1, 20), st.integers(0, 2**32 - 1))
+def test_stacked_products_match_golden_item_by_item(ex, ey, n, word_bits, lead, rows_x, rows_y, seed) -> None:
+    rng = np.random.default_rng(seed)
+    vx = random_values(rng, ex, int(np.prod(lead)) * rows_x, n).reshape(*lead, rows_x, n)
+    vy = random_values(rng, ey, int(np.prod(lead)) * rows_y, n).reshape(*lead, rows_y, n)
+    out = fast_stacked_product(OperandStack.from_values(vx, ex, word_bits), OperandStack.from_values(vy, ey, word_bits))
+    assert out.shape == (*lead, rows_x, rows_y)
+    for idx in np.ndindex(*lead):
+        assert_same(out[idx], operand_product(Operand.from_values(vx[idx], ex, word_bits), Operand.from_values(vy[idx], ey, word_bits)))
+
+
+def test_stacked_kernel_splits_among_threads_alike() -> None:
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 2**63, size=(300, 20, 3), dtype=np.uint64)
+    y = rng.integers(0, 2**63, size=(300, 17, 3), dtype=np.uint64)
+    weight, bx, by = np.array([1, -2, 3]), rng.integers(-9, 9, (300, 20)), rng.integers(-9, 9, (300, 17))
+    threads = get_threads()
+    try:
+        set_threads(1)
+        one = stacked_weighted_and_popcount(x, y, weight, bx, by)
+        set_threads(2)
+        assert np.array_equal(one, stacked_weighted_and_popcount(x, y, weight, bx, by))
+    finally:
+        set_threads(threads)
+    expected = bx[:, :, None] + by[:, None, :] + sum(
+        weight[k] * np.bitwise_count(x[:, :, None, k] & y[:, None, :, k]).astype(np.int64) for k in range(3))
+    assert np.array_equal(one, expected)
+    with pytest.raises(ValueError, match="threads"):
+        set_threads(0)
