@@ -85,3 +85,14 @@ def test_a_batch_gives_the_integers_of_one_image_at_a_time(program, images, kern
         axis = [a != b for a, b in zip(values.shape, traces[0][name].shape)].index(True)
         assert np.array_equal(values, np.concatenate([t[name] for t in traces], axis=axis)), name
     assert alone.backend.cycles() == batched.backend.cycles() and alone.steps == len(images) * batched.steps
+
+
+def test_infer_batch_size_does_not_change_the_integer_predictions(integer_file, tmp_path):
+    runs = []
+    for batch in ("1", "3"):
+        out = tmp_path / f"b{batch}.json"
+        assert main(["infer", "--model", str(integer_file), "--limit", "5", "--batch", batch, "--quiet", "--json", str(out)]) == 0
+        runs.append(json.loads(out.read_text()))
+    assert [r["batch"] for r in runs] == [1, 3] and runs[0]["predictions"] == runs[1]["predictions"]
+    assert runs[0]["steps_per_image"] == runs[1]["steps_per_image"] and runs[1]["float_steps"] == 0
+
