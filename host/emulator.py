@@ -36,6 +36,13 @@ def ideal_cycles(groups_x: Sequence[Operand], groups_y: Sequence[Operand], lanes
     return total
 
 
+def fast_layer_output(groups_x, groups_y, coefs: np.ndarray) -> np.ndarray:
+    """:func:`host.kernels.fast_layer_output`, imported when first used (numba loads then)."""
+    from host.kernels import fast_layer_output as layer_output
+
+    return layer_output(groups_x, groups_y, coefs)
+
+
 def _kernel(name: str) -> Callable[[Operand, Operand], np.ndarray]:
     if name == "reference":
         return golden.operand_product
@@ -71,8 +78,10 @@ class EmulatorBackend(Backend):
 
     def run(self, x_slot: str, y_slot: str, coefs: np.ndarray, thresholds: Thresholds | None = None) -> None:
         gx, gy = self._slot(x_slot), self._slot(y_slot)
-        d_int = np.stack([np.stack([self._product(x, y) for y in gy]) for x in gx])
-        y = golden.superpose(d_int, coefs)
+        if self.kernel == "fast":
+            y = fast_layer_output(gx, gy, coefs)
+        else:
+            y = golden.superpose(np.stack([np.stack([self._product(x, w) for w in gy]) for x in gx]), coefs)
         if thresholds is not None:
             y = golden.apply_threshold(y, thresholds.thresholds, thresholds.directions)
         self._result = y
@@ -89,20 +98,16 @@ class EmulatorBackend(Backend):
     ) -> np.ndarray:
         if self.kernel != "fast":
             return super().layers(x_slot, xs, y_slot, ys, coefs, thresholds)
-        from host.kernels import fast_stacked_product
-
         lead = check_stacks(xs, ys)
         if ys is None:  # resident y: the stacked x rows are the rows of one operand
             gy = self._slot(y_slot)
             flat = [Operand(g.encoding, g.n, g.word_bits, tuple(
                 golden.PackedPlane(p.kind, p.weight, *(None if a is None else a.reshape(-1, a.shape[-1]) for a in (p.sign, p.mask)))
                 for p in g.planes)) for g in xs]
-            d_int = np.stack([np.stack([self._product(x, y) for y in gy]) for x in flat])
-            d_int = d_int.reshape(d_int.shape[:2] + lead + (xs[0].rows, -1))
+            y = fast_layer_output(flat, gy, coefs).reshape(lead + (xs[0].rows, -1))
         else:
             gy = ys
-            d_int = np.stack([np.stack([fast_stacked_product(x, y) for y in ys]) for x in xs])
-        y = golden.superpose(d_int, coefs)
+            y = fast_layer_output(xs, ys, coefs)
         if thresholds is not None:
             y = golden.apply_threshold(y, thresholds.thresholds, thresholds.directions)
         self._result = y[tuple(d - 1 for d in lead)]

@@ -89,28 +89,71 @@ def _tiles(x, yt, weight, bias_x, bias_y, out, first, stop):
     ``yt`` is y transposed, ``(words, cols)``.  A tile is two x rows by
     ``_TILE_COLS`` columns: every loaded y word serves both rows, and the
     innermost loop over columns is a plain vector loop (load, and, popcount,
-    multiply-add) that LLVM vectorizes.
+    add) that LLVM vectorizes.  The words of a run of equal weight (a
+    segment: a whole plane pair) are counted unweighted, four words a pass:
+    their popcounts are summed before the one read-modify-write of the
+    tile's counters, and the run's weight multiplies once at its end (a
+    64-bit vector multiply is several micro-ops, and the counters' loads and
+    stores compete with the popcounts for the core's ports).
     """
     nwords = x.shape[1]
     col_tiles = (yt.shape[1] + _TILE_COLS - 1) // _TILE_COLS
+    acc0 = np.empty(_TILE_COLS, np.int64)
+    acc1 = np.empty(_TILE_COLS, np.int64)
     for tile in range(first, stop):
         i = 2 * (tile // col_tiles)
         j0 = (tile % col_tiles) * _TILE_COLS
         out0 = out[i, j0 : j0 + _TILE_COLS]
         out1 = out[i + 1, j0 : j0 + _TILE_COLS]
         by = bias_y[j0 : j0 + _TILE_COLS]
-        for j in range(out0.shape[0]):
+        cols = out0.shape[0]
+        for j in range(cols):
             out0[j] = bias_x[i] + by[j]
             out1[j] = bias_x[i + 1] + by[j]
-        for k in range(nwords):
-            a0 = x[i, k]
-            a1 = x[i + 1, k]
+        k = 0
+        while k < nwords:
             w = weight[k]
-            yk = yt[k, j0 : j0 + _TILE_COLS]
-            for j in range(out0.shape[0]):
-                b = yk[j]
-                out0[j] += w * _ctpop(a0 & b)
-                out1[j] += w * _ctpop(a1 & b)
+            end = k + 1
+            while end < nwords and weight[end] == w:
+                end += 1
+            if end - k < 4:  # a short run: weighted straight into the output
+                for kk in range(k, end):
+                    a0 = x[i, kk]
+                    a1 = x[i + 1, kk]
+                    yk = yt[kk, j0 : j0 + _TILE_COLS]
+                    for j in range(cols):
+                        b = yk[j]
+                        out0[j] += w * _ctpop(a0 & b)
+                        out1[j] += w * _ctpop(a1 & b)
+                k = end
+                continue
+            for j in range(cols):
+                acc0[j] = 0
+                acc1[j] = 0
+            while k + 4 <= end:
+                a00, a01, a02, a03 = x[i, k], x[i, k + 1], x[i, k + 2], x[i, k + 3]
+                a10, a11, a12, a13 = x[i + 1, k], x[i + 1, k + 1], x[i + 1, k + 2], x[i + 1, k + 3]
+                y0 = yt[k, j0 : j0 + _TILE_COLS]
+                y1 = yt[k + 1, j0 : j0 + _TILE_COLS]
+                y2 = yt[k + 2, j0 : j0 + _TILE_COLS]
+                y3 = yt[k + 3, j0 : j0 + _TILE_COLS]
+                for j in range(cols):
+                    b0, b1, b2, b3 = y0[j], y1[j], y2[j], y3[j]
+                    acc0[j] += _ctpop(a00 & b0) + _ctpop(a01 & b1) + _ctpop(a02 & b2) + _ctpop(a03 & b3)
+                    acc1[j] += _ctpop(a10 & b0) + _ctpop(a11 & b1) + _ctpop(a12 & b2) + _ctpop(a13 & b3)
+                k += 4
+            while k < end:
+                a0 = x[i, k]
+                a1 = x[i + 1, k]
+                yk = yt[k, j0 : j0 + _TILE_COLS]
+                for j in range(cols):
+                    b = yk[j]
+                    acc0[j] += _ctpop(a0 & b)
+                    acc1[j] += _ctpop(a1 & b)
+                k += 1
+            for j in range(cols):
+                out0[j] += w * acc0[j]
+                out1[j] += w * acc1[j]
 
 
 @njit(nogil=True, cache=True)
@@ -386,4 +429,42 @@ def fast_stacked_product(x, y) -> np.ndarray:
         for k, px in enumerate(wx)
         for j, py in enumerate(wy)
     ]
+    return sum(forms[1:], start=forms[0]).evaluate()
+
+
+def fast_layer_output(groups_x, groups_y, coefs: np.ndarray) -> np.ndarray:
+    """Same as :func:`model.golden.layer_output`: ``Y = sum_gh coefs[g, h] * x_g @ y_h^T``, int64.
+
+    Every plane pair of every group pair, weighted by ``coefs[g, h]`` and the
+    plane weights, is one form: the whole layer is a single kernel call.
+    The groups are :class:`~model.golden.Operand` (result ``(rows_x,
+    rows_y)``) or operand stacks with the same leading axes (result
+    ``(*lead, rows_x, rows_y)``, see :func:`fast_stacked_product`).
+    """
+    if not groups_x or not groups_y:
+        raise ValueError("groups_x and groups_y must each hold at least one operand")
+    coefs = np.asarray(coefs)
+    if not np.issubdtype(coefs.dtype, np.integer):
+        raise TypeError(f"coefs must be an integer array, got dtype {coefs.dtype}")
+    if coefs.shape != (len(groups_x), len(groups_y)):
+        raise ValueError(f"coefs must have shape {(len(groups_x), len(groups_y))}, got {coefs.shape}")
+    first = groups_x[0]
+    for op in (*groups_x, *groups_y):
+        if op.n != first.n or op.word_bits != first.word_bits:
+            raise ValueError(f"every group must have the same n and word_bits, got {op.n}/{op.word_bits} and {first.n}/{first.word_bits}")
+    words_y = [_operand_words(y, f"y[{h}]") for h, y in enumerate(groups_y)]
+    shapes = {w[0].shape[:-1] for w in words_y}
+    forms = []
+    for g, x in enumerate(groups_x):
+        words_x = _operand_words(x, f"x[{g}]")
+        shapes.add(words_x[0].shape[:-1])
+        for h, y in enumerate(groups_y):
+            c = int(coefs[g, h])
+            forms += [
+                _dot_form(px, py, x.n).scaled(c * x.planes[k].weight * y.planes[j].weight)
+                for k, px in enumerate(words_x)
+                for j, py in enumerate(words_y[h])
+            ]
+    if len(shapes) > 1:
+        raise ValueError(f"stacked groups must share their leading axes, got {sorted(shapes)}")
     return sum(forms[1:], start=forms[0]).evaluate()

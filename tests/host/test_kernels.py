@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from host.backend import OperandStack
 from host.kernels import (
+    fast_layer_output,
     fast_operand_product,
     fast_plane_products,
     fast_plane_terms,
@@ -20,7 +21,7 @@ from host.kernels import (
     stacked_weighted_and_popcount,
     weighted_and_popcount,
 )
-from model.golden import WORD_BITS_CHOICES, Encoding, Operand, operand_product, plane_products, plane_terms
+from model.golden import WORD_BITS_CHOICES, Encoding, Operand, layer_output, operand_product, plane_products, plane_terms
 
 ENCODINGS = ("bipolar", "unipolar", "ternary", "int2", "int5", "int8", "uint2", "uint4")
 # Word-boundary lengths, and long vectors, besides random ones.
@@ -157,3 +158,35 @@ def test_stacked_kernel_splits_among_threads_alike() -> None:
     assert np.array_equal(one, expected)
     with pytest.raises(ValueError, match="threads"):
         set_threads(0)
+
+
+def test_runs_of_equal_weights_of_every_length():
+    """The kernel counts runs of four or more equal weights unweighted; short runs and mixes are exact too."""
+    rng = np.random.default_rng(9)
+    weight = np.array([3] * 5 + [-1] * 4 + [2] * 2 + [7] * 9 + [-4] + [5] * 3 + [5, -2, -2, -2, -2, -2, -2, -2])
+    x = rng.integers(0, 2**64, size=(9, len(weight)), dtype=np.uint64)
+    y = rng.integers(0, 2**64, size=(300, len(weight)), dtype=np.uint64)
+    bx, by = rng.integers(-50, 50, 9), rng.integers(-50, 50, 300)
+    expected = bx[:, None] + by[None, :] + sum(
+        int(weight[k]) * np.bitwise_count(x[:, None, k] & y[None, :, k]).astype(np.int64) for k in range(len(weight)))
+    assert np.array_equal(weighted_and_popcount(x, y, weight, bx, by), expected)
+    assert np.array_equal(weighted_and_popcount(y[:70], x, weight, by[:70], bx), expected.T[:70])
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.sampled_from(ENCODINGS), min_size=1, max_size=3), st.lists(st.sampled_from(ENCODINGS), min_size=1, max_size=3),
+       LENGTHS, st.sampled_from(WORD_BITS_CHOICES), st.booleans(), st.integers(0, 2**32 - 1))
+def test_layer_output_is_one_call_equal_to_golden(enc_x, enc_y, n, word_bits, stacked, seed) -> None:
+    """All group pairs with their coefficients in one form equal the golden superposition."""
+    rng = np.random.default_rng(seed)
+    lead = (2, 3) if stacked else ()
+    size = int(np.prod(lead))
+    vx = [random_values(rng, e, size * 5, n).reshape(*lead, 5, n) for e in enc_x]
+    vy = [random_values(rng, e, size * 4, n).reshape(*lead, 4, n) for e in enc_y]
+    coefs = rng.integers(-(2**17), 2**17, size=(len(enc_x), len(enc_y)))
+    pack = OperandStack.from_values if stacked else Operand.from_values
+    out = fast_layer_output([pack(v, e, word_bits) for v, e in zip(vx, enc_x)], [pack(v, e, word_bits) for v, e in zip(vy, enc_y)], coefs)
+    for idx in np.ndindex(*lead):
+        expected = layer_output([Operand.from_values(v[idx], e, word_bits) for v, e in zip(vx, enc_x)],
+                                [Operand.from_values(v[idx], e, word_bits) for v, e in zip(vy, enc_y)], coefs)
+        assert_same(out[idx], expected)
