@@ -32,7 +32,7 @@ from typing import Callable
 import numba
 import numpy as np
 
-from host.kernels import fast_operand_product, get_threads
+from host.kernels import fast_operand_product, get_threads, set_threads
 from model.golden import Operand, operand_product
 
 # (name, rows, cols, n): rows x n activations times cols x n weights.
@@ -53,13 +53,14 @@ def time_rounds(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str,
     """
     for fn in fns.values():
         fn()
-    rounds = {name: {"seconds": [], "load_before": [], "load_after": []} for name in fns}
+    rounds = {name: {"seconds": [], "cpu_seconds": [], "load_before": [], "load_after": []} for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
             rounds[name]["load_before"].append(os.getloadavg()[0])
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             fn()
             rounds[name]["seconds"].append(time.perf_counter() - start)
+            rounds[name]["cpu_seconds"].append(time.process_time() - cpu)
             rounds[name]["load_after"].append(os.getloadavg()[0])
     return rounds
 
@@ -105,6 +106,7 @@ def bench_shape(name: str, rows: int, cols: int, n: int, ref_rows: int, repeats:
         repeats,
     )
     median = {k: float(np.median(r["seconds"])) for k, r in rounds.items()}
+    cpu = {k: float(np.median(r["cpu_seconds"])) for k, r in rounds.items()}
     best = {k: min(r["seconds"]) for k, r in rounds.items()}
     t_ref, t_fast, t_f32 = median["reference"] * rows / ref_rows, median["fast"], median["f32"]
     loads = [v for r in rounds.values() for v in r["load_before"] + r["load_after"]]
@@ -121,6 +123,9 @@ def bench_shape(name: str, rows: int, cols: int, n: int, ref_rows: int, repeats:
         "statistic": f"median of {repeats} interleaved rounds",
         "ratio_fast_vs_f32": t_f32 / t_fast,
         "ratio_fast_vs_f32_best_rounds": best["f32"] / best["fast"],
+        # process CPU time (all threads): with --threads 1, the time on a core of its own
+        "cpu_seconds": {"fast": cpu["fast"], "f32": cpu["f32"]},
+        "ratio_fast_vs_f32_cpu_time": cpu["f32"] / cpu["fast"],
         "load_average_min_max": [min(loads), max(loads)],
         "rounds": rounds,
         "ratio_fast_vs_reference": t_ref / t_fast,
@@ -131,15 +136,16 @@ def bench_shape(name: str, rows: int, cols: int, n: int, ref_rows: int, repeats:
 
 def print_table(results: list[dict]) -> None:
     """One line per shape: GMAC/s of each product and the ratios."""
-    print(f"{'shape':<14}{'ref GMAC/s':>12}{'fast GMAC/s':>13}{'f32 GMAC/s':>12}{'fast/f32':>10}{'fast/ref':>10}{'load':>14}")
+    print(f"{'shape':<14}{'ref GMAC/s':>12}{'fast GMAC/s':>13}{'f32 GMAC/s':>12}{'fast/f32':>10}{'(cpu time)':>11}{'fast/ref':>10}{'load':>14}")
     for r in results:
         m = r["macs_per_s"]
         print(
             f"{r['shape']:<14}{m['reference'] / 1e9:>12.2f}{m['fast'] / 1e9:>13.1f}{m['f32'] / 1e9:>12.1f}"
-            f"{r['ratio_fast_vs_f32']:>10.2f}{r['ratio_fast_vs_reference']:>10.0f}"
+            f"{r['ratio_fast_vs_f32']:>10.2f}{r['ratio_fast_vs_f32_cpu_time']:>11.2f}{r['ratio_fast_vs_reference']:>10.0f}"
             f"{r['load_average_min_max'][0]:>8.2f}..{r['load_average_min_max'][1]:.2f}"
         )
-    print("(GMAC/s of the median round; load: the 1-minute load average around the timed calls, min..max)")
+    print("(GMAC/s of the median round; fast/f32 by wall time, then by process CPU time; "
+          "load: the 1-minute load average around the timed calls, min..max)")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -148,9 +154,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=7, help="timed rounds per product (the median is reported)")
     parser.add_argument("--ref-rows", type=int, default=256, help="rows of x the golden reference is timed on")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads for the kernel and for BLAS (default: every CPU this process may use)")
     args = parser.parse_args(argv)
-    if args.repeats < 1 or args.ref_rows < 1:
-        parser.error("--repeats and --ref-rows must be >= 1")
+    if args.repeats < 1 or args.ref_rows < 1 or (args.threads is not None and args.threads < 1):
+        parser.error("--repeats, --ref-rows and --threads must be >= 1")
+    if args.threads is not None:
+        from threadpoolctl import threadpool_limits
+
+        set_threads(args.threads)
+        threadpool_limits(args.threads)
 
     rng = np.random.default_rng(args.seed)
     info = machine_info()

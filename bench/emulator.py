@@ -24,8 +24,12 @@ a few minutes) is used.  Nothing else is trained.
 Each engine runs once to warm up, then ``--repeats`` interleaved rounds; the
 figure is the median round.  The load average (1 minute) is recorded before
 and after every timed round: the machine may be shared, and other jobs slow
-every engine, not all alike.  Writes ``bench/out/emulator.json`` with the
-ratios ``emulator / torch_fp``.
+every engine, not all alike.  The process CPU time of every round is
+recorded too: with one thread it is what the run would take on a core of
+its own (``images_per_cpu_s``), the better estimate of an idle machine
+when the load is high (other jobs on sibling hyperthreads and in the
+caches still slow it).  Writes ``bench/out/emulator.json`` with the ratios
+``emulator / torch_fp``, by wall time and by CPU time.
 """
 
 from __future__ import annotations
@@ -77,13 +81,14 @@ def time_rounds(engines: dict[str, Callable[[], np.ndarray]], repeats: int) -> t
     Returns ``(predictions of the warm-up run, per engine: seconds and load averages of every round)``.
     """
     predictions = {name: fn() for name, fn in engines.items()}
-    rounds: dict[str, dict[str, list]] = {name: {"seconds": [], "load_before": [], "load_after": []} for name in engines}
+    rounds: dict[str, dict[str, list]] = {name: {"seconds": [], "cpu_seconds": [], "load_before": [], "load_after": []} for name in engines}
     for _ in range(repeats):
         for name, fn in engines.items():
             rounds[name]["load_before"].append(os.getloadavg()[0])
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             fn()
             rounds[name]["seconds"].append(time.perf_counter() - start)
+            rounds[name]["cpu_seconds"].append(time.process_time() - cpu)
             rounds[name]["load_after"].append(os.getloadavg()[0])
     return predictions, rounds
 
@@ -137,23 +142,30 @@ def main(argv: list[str] | None = None) -> None:
     results = {}
     for name, r in rounds.items():
         median = statistics.median(r["seconds"])
+        cpu = statistics.median(r["cpu_seconds"])
         results[name] = {
             "images_per_s": len(images) / median,
             "median_seconds": median,
+            # one thread: CPU time is what the run would take on a core of its own
+            "images_per_cpu_s": len(images) / cpu,
+            "median_cpu_seconds": cpu,
             "accuracy": float(np.mean(predictions[name] == labels)),
             **r,
         }
     ratios = {f"{name}_vs_torch_fp": results[name]["images_per_s"] / results["torch_fp"]["images_per_s"]
               for name in ("emulator_integer", "emulator_float_host")}
+    ratios.update({f"{name}_vs_torch_fp_cpu_time": results[name]["images_per_cpu_s"] / results["torch_fp"]["images_per_cpu_s"]
+                   for name in ("emulator_integer", "emulator_float_host")})
 
     print(f"{len(images)} images, batch {args.batch}, {args.threads} thread(s), median of {args.repeats} rounds; "
           f"load average {info['load_average_at_start'][0]:.2f} at start, {info['load_average_at_end'][0]:.2f} at end")
-    print(f"{'engine':<22}{'images/s':>10}{'vs torch_fp':>13}{'accuracy':>10}{'load (min..max)':>18}")
+    print(f"{'engine':<22}{'images/s':>10}{'vs torch_fp':>13}{'images/cpu-s':>14}{'vs torch_fp':>13}{'accuracy':>10}{'load (min..max)':>18}")
     for name, r in results.items():
         loads = r["load_before"] + r["load_after"]
         ratio = r["images_per_s"] / results["torch_fp"]["images_per_s"]
-        print(f"{name:<22}{r['images_per_s']:>10.1f}{ratio:>13.3f}{100 * r['accuracy']:>9.2f}%"
-              f"{min(loads):>10.2f}..{max(loads):.2f}")
+        cpu_ratio = r["images_per_cpu_s"] / results["torch_fp"]["images_per_cpu_s"]
+        print(f"{name:<22}{r['images_per_s']:>10.1f}{ratio:>13.3f}{r['images_per_cpu_s']:>14.1f}{cpu_ratio:>13.3f}"
+              f"{100 * r['accuracy']:>9.2f}%{min(loads):>10.2f}..{max(loads):.2f}")
     print(f"torch_fp: {fp_what}")
     report = {
         "what": "images/s from raw pixels to class index, same images, batch and threads, same run; median of rounds",
