@@ -127,30 +127,42 @@ def _tiles(x, yt, weight, bias_x, bias_y, out, first, stop):
                         out1[j] += w * _ctpop(a1 & b)
                 k = end
                 continue
-            for j in range(cols):
-                acc0[j] = 0
-                acc1[j] = 0
-            while k + 4 <= end:
-                a00, a01, a02, a03 = x[i, k], x[i, k + 1], x[i, k + 2], x[i, k + 3]
-                a10, a11, a12, a13 = x[i + 1, k], x[i + 1, k + 1], x[i + 1, k + 2], x[i + 1, k + 3]
-                y0 = yt[k, j0 : j0 + _TILE_COLS]
-                y1 = yt[k + 1, j0 : j0 + _TILE_COLS]
-                y2 = yt[k + 2, j0 : j0 + _TILE_COLS]
-                y3 = yt[k + 3, j0 : j0 + _TILE_COLS]
-                for j in range(cols):
-                    b0, b1, b2, b3 = y0[j], y1[j], y2[j], y3[j]
-                    acc0[j] += _ctpop(a00 & b0) + _ctpop(a01 & b1) + _ctpop(a02 & b2) + _ctpop(a03 & b3)
-                    acc1[j] += _ctpop(a10 & b0) + _ctpop(a11 & b1) + _ctpop(a12 & b2) + _ctpop(a13 & b3)
-                k += 4
+            # the run's first pass sets the counters, the next ones add to them
+            first_pass = True
             while k < end:
-                a0 = x[i, k]
-                a1 = x[i + 1, k]
-                yk = yt[k, j0 : j0 + _TILE_COLS]
-                for j in range(cols):
-                    b = yk[j]
-                    acc0[j] += _ctpop(a0 & b)
-                    acc1[j] += _ctpop(a1 & b)
-                k += 1
+                step = 4 if k + 4 <= end else (2 if k + 2 <= end else 1)
+                a00, a10 = x[i, k], x[i + 1, k]
+                y0 = yt[k, j0 : j0 + _TILE_COLS]
+                if step == 4:
+                    a01, a02, a03 = x[i, k + 1], x[i, k + 2], x[i, k + 3]
+                    a11, a12, a13 = x[i + 1, k + 1], x[i + 1, k + 2], x[i + 1, k + 3]
+                    y1 = yt[k + 1, j0 : j0 + _TILE_COLS]
+                    y2 = yt[k + 2, j0 : j0 + _TILE_COLS]
+                    y3 = yt[k + 3, j0 : j0 + _TILE_COLS]
+                    if first_pass:
+                        for j in range(cols):
+                            b0, b1, b2, b3 = y0[j], y1[j], y2[j], y3[j]
+                            acc0[j] = _ctpop(a00 & b0) + _ctpop(a01 & b1) + _ctpop(a02 & b2) + _ctpop(a03 & b3)
+                            acc1[j] = _ctpop(a10 & b0) + _ctpop(a11 & b1) + _ctpop(a12 & b2) + _ctpop(a13 & b3)
+                    else:
+                        for j in range(cols):
+                            b0, b1, b2, b3 = y0[j], y1[j], y2[j], y3[j]
+                            acc0[j] += _ctpop(a00 & b0) + _ctpop(a01 & b1) + _ctpop(a02 & b2) + _ctpop(a03 & b3)
+                            acc1[j] += _ctpop(a10 & b0) + _ctpop(a11 & b1) + _ctpop(a12 & b2) + _ctpop(a13 & b3)
+                elif step == 2:  # never the first pass: a run here has at least four words
+                    a01, a11 = x[i, k + 1], x[i + 1, k + 1]
+                    y1 = yt[k + 1, j0 : j0 + _TILE_COLS]
+                    for j in range(cols):
+                        b0, b1 = y0[j], y1[j]
+                        acc0[j] += _ctpop(a00 & b0) + _ctpop(a01 & b1)
+                        acc1[j] += _ctpop(a10 & b0) + _ctpop(a11 & b1)
+                else:
+                    for j in range(cols):
+                        b0 = y0[j]
+                        acc0[j] += _ctpop(a00 & b0)
+                        acc1[j] += _ctpop(a10 & b0)
+                first_pass = False
+                k += step
             for j in range(cols):
                 out0[j] += w * acc0[j]
                 out1[j] += w * acc1[j]
@@ -341,8 +353,11 @@ class _Form:
         if not self.segments:
             return self.bias_x[..., :, None] + self.bias_y[..., None, :]
         weight = np.concatenate([np.full(a.shape[-1], w, np.int64) for a, _, w in self.segments])
-        x = np.concatenate([a for a, _, _ in self.segments], axis=-1)
-        y = np.concatenate([b for _, b, _ in self.segments], axis=-1)
+        if len(self.segments) == 1:  # no copy
+            x, y = self.segments[0][:2]
+        else:
+            x = np.concatenate([a for a, _, _ in self.segments], axis=-1)
+            y = np.concatenate([b for _, b, _ in self.segments], axis=-1)
         if x.ndim == 2:
             return weighted_and_popcount(x, y, weight, self.bias_x, self.bias_y)
         lead = x.shape[:-2]
