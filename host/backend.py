@@ -66,15 +66,27 @@ class OperandStack:
 
     @classmethod
     def from_values(cls, values: np.ndarray, encoding: Encoding | str, word_bits: int = DEFAULT_WORD_BITS) -> "OperandStack":
-        """Encode and pack integer values ``(*lead, rows, n)``, as :meth:`Operand.from_values` per item."""
+        """Encode and pack integer values ``(*lead, rows, n)``, as :meth:`Operand.from_values` per item.
+
+        The compiled packer (:func:`host.kernels.fast_pack`) does it in one
+        pass over the values; the numpy code below is the same rule, for
+        a big-endian machine.
+        """
         if isinstance(encoding, str):
             encoding = Encoding.parse(encoding)
         if not isinstance(encoding, Encoding):
             raise TypeError(f"encoding must be an Encoding or str, got {type(encoding).__name__}")
-        values = encoding.check_values(values)
+        if not isinstance(values, np.ndarray) or values.dtype.kind not in "biu":
+            encoding.check_values(values)  # raises the contract's TypeError
         if values.ndim < 2 or 0 in values.shape:
             raise ValueError(f"values must be a non-empty array (*lead, rows, n), got shape {values.shape}")
         word_bits = check_word_bits(word_bits)
+        from host.kernels import fast_pack  # one compiled pass; numba loads on first use
+
+        planes = fast_pack(values, encoding, word_bits)
+        if planes is not None:
+            return cls(encoding, values.shape[-1], word_bits, planes)
+        values = encoding.check_values(values)
         kind = encoding.plane_kind
         if encoding.name in ("int", "uint"):
             unsigned = values & ((1 << encoding.bits) - 1)  # two's complement bits

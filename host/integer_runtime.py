@@ -46,7 +46,8 @@ class BackendEngine:
             backend.load(f"{name}.w", weights)
 
     def _pack(self, codes: Sequence[np.ndarray], encodings: Sequence[Encoding]) -> list[Operand]:
-        return [Operand.from_values(c, e, self.word_bits) for c, e in zip(codes, encodings)]
+        """Operands of 2-D codes, packed by the compiled packer (equal to :meth:`Operand.from_values`)."""
+        return [OperandStack.from_values(c, e, self.word_bits).item(()) for c, e in zip(codes, encodings)]
 
     def _layer(self, name: str) -> tuple:
         """``(x encodings, y encodings or weights, coefficients)`` of a layer, computed once."""

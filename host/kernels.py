@@ -35,6 +35,7 @@ measurements (2 cores, one busy with another job), while pool threads block.
 from __future__ import annotations
 
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache, cached_property, lru_cache
@@ -45,6 +46,7 @@ from numba import njit, types
 from numba.extending import intrinsic
 
 from model.golden import (
+    Encoding,
     Operand,
     PackedPlane,
     check_pair,
@@ -276,6 +278,89 @@ def stacked_weighted_and_popcount(
     args = (np.ascontiguousarray(x), np.ascontiguousarray(y.transpose(0, 2, 1)), weight, bias_x, bias_y, out)
     _run_chunks(_stacked, args, x.shape[0], out.size * x.shape[2])
     return out
+
+
+@njit(nogil=True, cache=True)
+def _pack(values, rule, nplanes, out):
+    """Pack int64 ``values`` (rows, n) into the planes ``out`` (planes, rows, words64).
+
+    ``rule`` 0: plane p holds bit p of the value's two's complement (int and
+    uint); 1: plane 0 holds ``v > 0`` (bipolar: the sign); 2: plane 0 holds
+    ``v != 0`` (unipolar: the mask); 3: plane 0 ``v > 0`` and plane 1
+    ``v != 0`` (ternary: sign and mask).  Each word is built in a register
+    without branches.  Returns the smallest and largest value and whether a
+    zero was seen, for the range check.
+    """
+    n = values.shape[1]
+    lo = values[0, 0]
+    hi = lo
+    zero = False
+    for r in range(values.shape[0]):
+        for word in range(out.shape[2]):
+            j0 = 64 * word
+            j1 = min(j0 + 64, n)
+            for j in range(j0, j1):
+                v = values[r, j]
+                lo = min(lo, v)
+                hi = max(hi, v)
+                zero |= v == 0
+            if rule == 0:
+                for p in range(nplanes):
+                    acc = np.uint64(0)
+                    for j in range(j0, j1):
+                        acc |= np.uint64((values[r, j] >> p) & 1) << np.uint64(j - j0)
+                    out[p, r, word] = acc
+            else:
+                sign = np.uint64(0)
+                mask = np.uint64(0)
+                for j in range(j0, j1):
+                    v = values[r, j]
+                    sign |= np.uint64(v > 0) << np.uint64(j - j0)
+                    mask |= np.uint64(v != 0) << np.uint64(j - j0)
+                if rule == 1:
+                    out[0, r, word] = sign
+                elif rule == 2:
+                    out[0, r, word] = mask
+                else:
+                    out[0, r, word] = sign
+                    out[1, r, word] = mask
+    return lo, hi, zero
+
+
+def fast_pack(values: np.ndarray, encoding: Encoding, word_bits: int) -> tuple[PackedPlane, ...] | None:
+    """The planes :meth:`model.golden.Operand.from_values` makes, for values ``(*lead, rows, n)``, in one pass.
+
+    Plane arrays are ``(*lead, rows, words_for(n, word_bits))`` in
+    ``word_bits`` words, bit for bit :func:`model.golden.pack_bits` of the
+    same bits (tested); out-of-range values raise as
+    :meth:`~model.golden.Encoding.check_values` does.  ``values`` must be a
+    non-empty integer (or bool) array.  None on a big-endian machine, where
+    the word re-reading below does not hold: pack with :mod:`model.golden`.
+    """
+    if sys.byteorder != "little":
+        return None
+    word_bits = check_word_bits(word_bits)
+    shape = values.shape
+    flat = np.ascontiguousarray(values.reshape(-1, shape[-1]), dtype=np.int64)
+    kind = encoding.plane_kind
+    rule, nplanes = {"bipolar": (1, 1), "unipolar": (2, 1), "ternary": (3, 2)}.get(encoding.name, (0, encoding.bits))
+    out = np.empty((nplanes, flat.shape[0], words_for(shape[-1], 64)), np.uint64)
+    lo, hi, zero = _pack(flat, rule, nplanes, out)
+    low, high = encoding.value_range
+    if lo < low or hi > high or (encoding.name == "bipolar" and zero):
+        encoding.check_values(values)  # raises the contract's error
+        raise AssertionError("unreachable: check_values accepted what the packer refused")
+    if word_bits != 64:  # the bytes of 64-bit little-endian words are those of narrower words, zero padded
+        out = np.ascontiguousarray(out.view(np.dtype("<u8")).view(np.dtype(f"<u{word_bits // 8}"))[..., : words_for(shape[-1], word_bits)])
+        out = out.astype(word_dtype(word_bits), copy=False)
+    arrays = [a.reshape(*shape[:-1], a.shape[-1]) for a in out]
+    if encoding.name in ("int", "uint"):
+        return tuple(PackedPlane(kind, w, None, arrays[i]) for i, w in enumerate(encoding.plane_weights))
+    if encoding.name == "ternary":
+        return (PackedPlane(kind, 1, arrays[0], arrays[1]),)
+    if encoding.name == "bipolar":
+        return (PackedPlane(kind, 1, arrays[0], None),)
+    return (PackedPlane(kind, 1, None, arrays[0]),)
 
 
 @lru_cache(maxsize=64)

@@ -13,6 +13,7 @@ from host.backend import OperandStack
 from host.kernels import (
     fast_layer_output,
     fast_operand_product,
+    fast_pack,
     fast_plane_products,
     fast_plane_terms,
     fast_stacked_product,
@@ -190,3 +191,30 @@ def test_layer_output_is_one_call_equal_to_golden(enc_x, enc_y, n, word_bits, st
         expected = layer_output([Operand.from_values(v[idx], e, word_bits) for v, e in zip(vx, enc_x)],
                                 [Operand.from_values(v[idx], e, word_bits) for v, e in zip(vy, enc_y)], coefs)
         assert_same(out[idx], expected)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.sampled_from(ENCODINGS), LENGTHS, st.sampled_from(WORD_BITS_CHOICES), st.lists(st.integers(1, 3), max_size=2),
+       st.integers(1, 9), st.integers(0, 2**32 - 1))
+def test_fast_pack_is_golden_packing(encoding, n, word_bits, lead, rows, seed) -> None:
+    rng = np.random.default_rng(seed)
+    values = random_values(rng, encoding, int(np.prod(lead)) * rows, n).reshape(*lead, rows, n)
+    planes = fast_pack(values, Encoding.parse(encoding), word_bits)
+    for idx in np.ndindex(*lead):
+        expected = Operand.from_values(values[idx], encoding, word_bits).planes
+        assert len(planes) == len(expected)
+        for got, want in zip(planes, expected):
+            assert (got.kind, got.weight) == (want.kind, want.weight)
+            for a, b in ((got.sign, want.sign), (got.mask, want.mask)):
+                assert (a is None and b is None) or (a[idx].dtype == b.dtype and np.array_equal(a[idx], b))
+
+
+@pytest.mark.parametrize(("encoding", "bad", "message"), [
+    ("bipolar", 0, "only -1 and \\+1"), ("ternary", 2, "must lie in"), ("int4", 8, "must lie in"), ("uint3", -1, "must lie in")])
+def test_stack_packing_refuses_what_golden_refuses(encoding, bad, message) -> None:
+    values = np.ones((2, 3, 70), np.int64)
+    values[1, 2, 69] = bad
+    with pytest.raises(ValueError, match=message):
+        OperandStack.from_values(values, encoding)
+    with pytest.raises(TypeError, match="integer"):
+        OperandStack.from_values(np.ones((2, 3, 4)) * 0.5, encoding)
