@@ -109,9 +109,8 @@ def _tiles(x, yt, weight, bias_x, bias_y, out, first, stop):
         out1 = out[i + 1, j0 : j0 + _TILE_COLS]
         by = bias_y[j0 : j0 + _TILE_COLS]
         cols = out0.shape[0]
-        for j in range(cols):
-            out0[j] = bias_x[i] + by[j]
-            out1[j] = bias_x[i + 1] + by[j]
+        bx0, bx1 = bias_x[i], bias_x[i + 1]
+        started = False  # the biases go in with the first run's last pass
         k = 0
         while k < nwords:
             w = weight[k]
@@ -119,6 +118,11 @@ def _tiles(x, yt, weight, bias_x, bias_y, out, first, stop):
             while end < nwords and weight[end] == w:
                 end += 1
             if end - k < 4:  # a short run: weighted straight into the output
+                if not started:
+                    for j in range(cols):
+                        out0[j] = bx0 + by[j]
+                        out1[j] = bx1 + by[j]
+                    started = True
                 for kk in range(k, end):
                     a0 = x[i, kk]
                     a1 = x[i + 1, kk]
@@ -165,9 +169,15 @@ def _tiles(x, yt, weight, bias_x, bias_y, out, first, stop):
                         acc1[j] += _ctpop(a10 & b0)
                 first_pass = False
                 k += step
-            for j in range(cols):
-                out0[j] += w * acc0[j]
-                out1[j] += w * acc1[j]
+            if started:
+                for j in range(cols):
+                    out0[j] += w * acc0[j]
+                    out1[j] += w * acc1[j]
+            else:
+                for j in range(cols):
+                    out0[j] = bx0 + by[j] + w * acc0[j]
+                    out1[j] = bx1 + by[j] + w * acc1[j]
+                started = True
 
 
 @njit(nogil=True, cache=True)

@@ -161,10 +161,17 @@ def test_stacked_kernel_splits_among_threads_alike() -> None:
         set_threads(0)
 
 
-def test_runs_of_equal_weights_of_every_length():
+@pytest.mark.parametrize("weight", [
+    [3] * 5 + [-1] * 4 + [2] * 2 + [7] * 9 + [-4] + [5] * 3 + [5, -2, -2, -2, -2, -2, -2, -2],
+    [2, 2] + [-3] * 6 + [1],  # a short run first
+    [4] * 6,                  # one run, with a two-word pass
+    [1, -1, 2],               # only short runs
+    [-2] * 4,
+])
+def test_runs_of_equal_weights_of_every_length(weight):
     """The kernel counts runs of four or more equal weights unweighted; short runs and mixes are exact too."""
     rng = np.random.default_rng(9)
-    weight = np.array([3] * 5 + [-1] * 4 + [2] * 2 + [7] * 9 + [-4] + [5] * 3 + [5, -2, -2, -2, -2, -2, -2, -2])
+    weight = np.array(weight)
     x = rng.integers(0, 2**64, size=(9, len(weight)), dtype=np.uint64)
     y = rng.integers(0, 2**64, size=(300, len(weight)), dtype=np.uint64)
     bx, by = rng.integers(-50, 50, 9), rng.integers(-50, 50, 300)
