@@ -40,7 +40,7 @@ import os
 import statistics
 import time
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"torch_fp: {fp_what}")
     report = {
         "what": "images/s from raw pixels to class index, same images, batch and threads, same run; median of rounds",
-        "images": int(len(images)),
+        "images": len(images),
         "batch": args.batch,
         "threads": args.threads,
         "repeats": args.repeats,

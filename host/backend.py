@@ -23,7 +23,14 @@ from typing import Sequence
 
 import numpy as np
 
-from model.golden import DEFAULT_WORD_BITS, Encoding, Operand, PackedPlane, check_word_bits, pack_bits
+from model.golden import (
+    DEFAULT_WORD_BITS,
+    Encoding,
+    Operand,
+    PackedPlane,
+    check_word_bits,
+    pack_bits,
+)
 
 
 @dataclass(frozen=True)
@@ -65,7 +72,7 @@ class OperandStack:
         return self.shape[-1]
 
     @classmethod
-    def from_values(cls, values: np.ndarray, encoding: Encoding | str, word_bits: int = DEFAULT_WORD_BITS) -> "OperandStack":
+    def from_values(cls, values: np.ndarray, encoding: Encoding | str, word_bits: int = DEFAULT_WORD_BITS) -> OperandStack:
         """Encode and pack integer values ``(*lead, rows, n)``, as :meth:`Operand.from_values` per item.
 
         The compiled packer (:func:`host.kernels.fast_pack`) does it in one
@@ -81,7 +88,8 @@ class OperandStack:
         if values.ndim < 2 or 0 in values.shape:
             raise ValueError(f"values must be a non-empty array (*lead, rows, n), got shape {values.shape}")
         word_bits = check_word_bits(word_bits)
-        from host.kernels import fast_pack  # one compiled pass; numba loads on first use
+        # one compiled pass; numba loads on first use
+        from host.kernels import fast_pack
 
         planes = fast_pack(values, encoding, word_bits)
         if planes is not None:

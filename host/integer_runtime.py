@@ -62,7 +62,10 @@ class BackendEngine:
 
     def matmul(self, name: str, xs: Sequence[np.ndarray], ys: Sequence[np.ndarray]) -> np.ndarray:
         x_enc, y_enc, coefs = self._layer(name)
-        stack = lambda codes, encs: [OperandStack.from_values(c, e, self.word_bits) for c, e in zip(codes, encs)]  # noqa: E731
+
+        def stack(codes: Sequence[np.ndarray], encs: Sequence[Encoding]) -> list[OperandStack]:
+            return [OperandStack.from_values(c, e, self.word_bits) for c, e in zip(codes, encs)]
+
         return self.backend.layers(f"{name}.x", stack(xs, x_enc), f"{name}.y", stack(ys, y_enc), coefs)
 
 

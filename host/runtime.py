@@ -165,7 +165,11 @@ class Runtime:
         layer: Layer = self.model.layers[name]
         heads = self.model.architecture.heads
         hd = y.shape[-1] // heads
-        to_heads = lambda c: c.reshape(*c.shape[:-1], heads, hd).swapaxes(-2, -3)  # noqa: E731  (B, heads, T, hd)
+
+        def to_heads(c: np.ndarray) -> np.ndarray:
+            """(B, T, dim) to (B, heads, T, hd)."""
+            return c.reshape(*c.shape[:-1], heads, hd).swapaxes(-2, -3)
+
         if isinstance(layer, EngineMatmul):
             fmt, coefs = layer.coefficients
             wb = self.model.word_bits
