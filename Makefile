@@ -53,6 +53,8 @@ sim: $(STAMP) iverilog
 
 bench: $(STAMP) iverilog
 	$(PY) -m bench.bgemm
+	$(PY) -m bench.bgemm --threads 1 --out bench/out/bgemm_1thread.json
+	$(PY) -m bench.emulator
 	$(PY) -m bench.rtl_cycles
 
 results: $(STAMP) fashion-mnist

@@ -44,6 +44,9 @@ def test_images(dataset: str, input_divisor: float) -> tuple[np.ndarray, np.ndar
 
 
 BACKENDS = ("emulator", "sim", "serial")
+#: images the emulator runs at once unless told (``infer --batch``): large
+#: enough that per-layer work dominates the per-call overhead
+EMULATOR_BATCH = 64
 
 
 def make_backend(name: str, port: str | None = None, baud: int = 115200, config: str = "default") -> Backend:
@@ -65,12 +68,18 @@ def make_backend(name: str, port: str | None = None, baud: int = 115200, config:
 
 def infer(model: modelfile.Model, images: np.ndarray, labels: np.ndarray, backend: str = "emulator",
           progress: bool = True, baud: int = 115200, clock_mhz: float = 40.0, port: str | None = None,
-          config: str = "default", float_host: bool = False) -> dict:
+          config: str = "default", float_host: bool = False, batch: int | None = None) -> dict:
     """Run ``images`` through ``model`` on a backend (see :func:`make_backend`); return the summary dict.
 
     The model's integer program runs when it has one and ``float_host`` is
     false (the summary's ``mode`` is ``integer``, and ``float_steps`` counts
     the steps that gave a float result: 0); otherwise the float-host graph.
+
+    The emulator runs ``batch`` images at once (default
+    :data:`EMULATOR_BATCH`; the predictions do not depend on it); a device
+    backend streams them one at a time (its batch is 1 whatever ``batch``
+    says).  ``latency_ms_mean`` is the mean time an image waits for its
+    result, that is for its whole batch.
 
     A device backend also reports its traffic: the frame bytes each image
     sends and receives once the weights are resident (the mean over the
@@ -80,22 +89,26 @@ def infer(model: modelfile.Model, images: np.ndarray, labels: np.ndarray, backen
     engine's busy cycles at ``clock_mhz``.
     """
     images = check_images(model, images)
+    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+        raise ValueError(f"batch must be a positive int, got {batch!r}")
     name, backend = backend, make_backend(backend, port, baud, config)
     integer = model.integer is not None and not float_host
     runtime = IntegerRuntime(intvit.program(model), backend) if integer else Runtime(model, backend)
     device = backend if isinstance(backend, DeviceBackend) else None
-    predictions, latencies, sent, received = [], [], [], []
-    for img in tqdm(images, desc=f"infer ({name})", unit="img", disable=not progress):
-        start = time.perf_counter()
-        before = (device.bytes_sent, device.bytes_received) if device else (0, 0)
-        if integer:
-            predictions.append(int(runtime.predict(img[None])[0]))
-        else:
-            predictions.append(int(np.argmax(runtime.forward(img))))
-        latencies.append(time.perf_counter() - start)
-        if device:
-            sent.append(device.bytes_sent - before[0])
-            received.append(device.bytes_received - before[1])
+    batch = 1 if device or name != "emulator" else batch or EMULATOR_BATCH
+    predictions, latencies, sent, received, batch_times = [], [], [], [], []
+    with tqdm(total=len(images), desc=f"infer ({name})", unit="img", disable=not progress) as bar:
+        for first in range(0, len(images), batch):
+            chunk = images[first:first + batch]
+            start = time.perf_counter()
+            before = (device.bytes_sent, device.bytes_received) if device else (0, 0)
+            predictions.extend(int(p) for p in runtime.predict(chunk))
+            batch_times.append(time.perf_counter() - start)
+            latencies.extend([batch_times[-1]] * len(chunk))
+            if device:
+                sent.append(device.bytes_sent - before[0])
+                received.append(device.bytes_received - before[1])
+            bar.update(len(chunk))
     predictions = np.array(predictions)
     cycles = backend.cycles() / max(1, len(images))
     summary = {
@@ -103,15 +116,17 @@ def infer(model: modelfile.Model, images: np.ndarray, labels: np.ndarray, backen
         "mode": "integer" if integer else "float-host",
         "images": int(len(images)),
         "accuracy": float(np.mean(predictions == labels)),
+        "batch": batch,
         "latency_ms_mean": 1e3 * float(np.mean(latencies)),
-        "images_per_s": float(len(images) / np.sum(latencies)),
+        "images_per_s": float(len(images) / np.sum(batch_times)),
         "engine_cycles_per_image": cycles,
         "clock_mhz": clock_mhz,
         "compute_bound_images_per_s": clock_mhz * 1e6 / cycles if cycles else None,
         "predictions": predictions.tolist(),
     }
     if integer:
-        summary.update({"steps_per_image": runtime.steps / max(1, len(images)), "float_steps": runtime.float_steps})
+        # a batch runs every step of the program once, for all its images
+        summary.update({"steps_per_image": runtime.steps / max(1, len(batch_times)), "float_steps": runtime.float_steps})
     if device:
         steady = slice(1, None) if len(images) > 1 else slice(None)
         per_image = float(np.mean(sent[steady])), float(np.mean(received[steady]))
@@ -215,7 +230,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
               "running the float-host graph", file=sys.stderr)
     try:
         summaries = [infer(model, images, labels, name, not args.quiet, args.baud, args.clock_mhz, args.port, args.config,
-                           args.float_host) for name in names]
+                           args.float_host, args.batch) for name in names]
     except (LinkError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -299,6 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--float-host", action="store_true",
                    help="run the float-host graph (LayerNorm, softmax, GELU in float32 on the host) even when the "
                         "model file carries an integer program")
+    p.add_argument("--batch", type=_at_least_one, default=None,
+                   help=f"images the emulator runs at once (default: {EMULATOR_BATCH}; the predictions do not depend on it); "
+                        "sim and serial stream one image at a time")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_infer)
     p = sub.add_parser("demo", help="what `make demo` runs: train (or reuse) the GSB digits model, export it, run the test set on the emulator")

@@ -5,15 +5,20 @@ computes the plane products with the compiled packed kernel
 (:mod:`host.kernels`, tested equal to the reference); ``"reference"`` uses
 :mod:`model.golden` itself.  The cycle counter follows the ideal cycle model
 of :func:`ideal_cycles` for a given lane count.
+
+:meth:`EmulatorBackend.layers` (the batched entry of :class:`~host.backend.Backend`)
+computes a whole stack of layers in one kernel call per group pair with the
+fast kernel; with the reference kernel it runs them one by one.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 import numpy as np
 
-from host.backend import Backend, Thresholds
+from host.backend import Backend, OperandStack, Thresholds, check_stacks
 from model import golden
 from model.golden import Operand
 
@@ -29,6 +34,13 @@ def ideal_cycles(groups_x: Sequence[Operand], groups_y: Sequence[Operand], lanes
             pairs = len(gx.planes) * len(gy.planes)
             total += pairs * gx.rows * -(-gy.rows // lanes) * golden.words_for(gx.n, gx.word_bits)
     return total
+
+
+def fast_layer_output(groups_x, groups_y, coefs: np.ndarray) -> np.ndarray:
+    """:func:`host.kernels.fast_layer_output`, imported when first used (numba loads then)."""
+    from host.kernels import fast_layer_output as layer_output
+
+    return layer_output(groups_x, groups_y, coefs)
 
 
 def _kernel(name: str) -> Callable[[Operand, Operand], np.ndarray]:
@@ -48,6 +60,7 @@ class EmulatorBackend(Backend):
         if isinstance(lanes, bool) or not isinstance(lanes, int) or lanes < 1:
             raise ValueError(f"lanes must be a positive int, got {lanes!r}")
         self._product = _kernel(kernel)
+        self.kernel = kernel
         self.lanes = lanes
         self._slots: dict[str, tuple[Operand, ...]] = {}
         self._result: np.ndarray | None = None
@@ -65,12 +78,41 @@ class EmulatorBackend(Backend):
 
     def run(self, x_slot: str, y_slot: str, coefs: np.ndarray, thresholds: Thresholds | None = None) -> None:
         gx, gy = self._slot(x_slot), self._slot(y_slot)
-        d_int = np.stack([np.stack([self._product(x, y) for y in gy]) for x in gx])
-        y = golden.superpose(d_int, coefs)
+        if self.kernel == "fast":
+            y = fast_layer_output(gx, gy, coefs)
+        else:
+            y = golden.superpose(np.stack([np.stack([self._product(x, w) for w in gy]) for x in gx]), coefs)
         if thresholds is not None:
             y = golden.apply_threshold(y, thresholds.thresholds, thresholds.directions)
         self._result = y
         self._cycles += ideal_cycles(gx, gy, self.lanes)
+
+    def layers(
+        self,
+        x_slot: str,
+        xs: Sequence[OperandStack],
+        y_slot: str,
+        ys: Sequence[OperandStack] | None,
+        coefs: np.ndarray,
+        thresholds: Thresholds | None = None,
+    ) -> np.ndarray:
+        if self.kernel != "fast":
+            return super().layers(x_slot, xs, y_slot, ys, coefs, thresholds)
+        lead = check_stacks(xs, ys)
+        if ys is None:  # resident y: the stacked x rows are the rows of one operand
+            gy = self._slot(y_slot)
+            flat = [Operand(g.encoding, g.n, g.word_bits, tuple(
+                golden.PackedPlane(p.kind, p.weight, *(None if a is None else a.reshape(-1, a.shape[-1]) for a in (p.sign, p.mask)))
+                for p in g.planes)) for g in xs]
+            y = fast_layer_output(flat, gy, coefs).reshape(lead + (xs[0].rows, -1))
+        else:
+            gy = ys
+            y = fast_layer_output(xs, ys, coefs)
+        if thresholds is not None:
+            y = golden.apply_threshold(y, thresholds.thresholds, thresholds.directions)
+        self._result = y[tuple(d - 1 for d in lead)]
+        self._cycles += math.prod(lead) * ideal_cycles(xs, gy, self.lanes)
+        return y
 
     def reset(self) -> None:
         self._slots.clear()

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from host.backend import Backend
+from host.backend import Backend, OperandStack
 from model import intops, intvit
 from model.golden import Encoding, Operand
 from model.layers import EngineLinear
@@ -27,13 +27,16 @@ class BackendEngine:
     """An :class:`model.intvit.Engine` whose products run on a Backend.
 
     Weights are loaded once (slot ``<layer>.w``); each call loads the
-    activations (``<layer>.x``, and ``<layer>.y`` for a matmul).  A batched
-    matmul runs one backend layer per leading index (image and head).
+    activations (``<layer>.x``, and ``<layer>.y`` for a matmul).  A linear
+    layer is one backend layer over the rows of every image; a matmul is one
+    :meth:`Backend.layers` call over every leading index (image and head),
+    which the EmulatorBackend computes at once and a device item by item.
     """
 
     def __init__(self, prog: intvit.IntegerProgram, backend: Backend):
         self.prog, self.backend = prog, backend
         self.word_bits = prog.model.word_bits
+        self._layers: dict[str, tuple] = {}
         for name in intvit.linear_names(prog.model.architecture, prog.head_names):
             layer = prog.model.layers.get(name)
             if isinstance(layer, EngineLinear):
@@ -43,22 +46,27 @@ class BackendEngine:
             backend.load(f"{name}.w", weights)
 
     def _pack(self, codes: Sequence[np.ndarray], encodings: Sequence[Encoding]) -> list[Operand]:
-        return [Operand.from_values(c, e, self.word_bits) for c, e in zip(codes, encodings)]
+        """Operands of 2-D codes, packed by the compiled packer (equal to :meth:`Operand.from_values`)."""
+        return [OperandStack.from_values(c, e, self.word_bits).item(()) for c, e in zip(codes, encodings)]
+
+    def _layer(self, name: str) -> tuple:
+        """``(x encodings, y encodings or weights, coefficients)`` of a layer, computed once."""
+        if name not in self._layers:
+            self._layers[name] = self.prog.engine_layer(name)
+        return self._layers[name]
 
     def linear(self, name: str, xs: Sequence[np.ndarray]) -> np.ndarray:
-        x_enc, _, coefs = self.prog.engine_layer(name)
+        x_enc, _, coefs = self._layer(name)
         self.backend.load(f"{name}.x", self._pack(xs, x_enc))
         return self.backend.layer(f"{name}.x", f"{name}.w", coefs)
 
     def matmul(self, name: str, xs: Sequence[np.ndarray], ys: Sequence[np.ndarray]) -> np.ndarray:
-        x_enc, y_enc, coefs = self.prog.engine_layer(name)
-        lead = xs[0].shape[:-2]
-        out = np.empty(lead + (xs[0].shape[-2], ys[0].shape[-2]), np.int64)
-        for idx in np.ndindex(lead):
-            self.backend.load(f"{name}.x", self._pack([x[idx] for x in xs], x_enc))
-            self.backend.load(f"{name}.y", self._pack([y[idx] for y in ys], y_enc))
-            out[idx] = self.backend.layer(f"{name}.x", f"{name}.y", coefs)
-        return out
+        x_enc, y_enc, coefs = self._layer(name)
+
+        def stack(codes: Sequence[np.ndarray], encs: Sequence[Encoding]) -> list[OperandStack]:
+            return [OperandStack.from_values(c, e, self.word_bits) for c, e in zip(codes, encs)]
+
+        return self.backend.layers(f"{name}.x", stack(xs, x_enc), f"{name}.y", stack(ys, y_enc), coefs)
 
 
 class IntegerRuntime:

@@ -35,6 +35,7 @@ measurements (2 cores, one busy with another job), while pool threads block.
 from __future__ import annotations
 
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache, cached_property, lru_cache
@@ -45,6 +46,7 @@ from numba import njit, types
 from numba.extending import intrinsic
 
 from model.golden import (
+    Encoding,
     Operand,
     PackedPlane,
     check_pair,
@@ -89,36 +91,151 @@ def _tiles(x, yt, weight, bias_x, bias_y, out, first, stop):
     ``yt`` is y transposed, ``(words, cols)``.  A tile is two x rows by
     ``_TILE_COLS`` columns: every loaded y word serves both rows, and the
     innermost loop over columns is a plain vector loop (load, and, popcount,
-    multiply-add) that LLVM vectorizes.
+    add) that LLVM vectorizes.  The words of a run of equal weight (a
+    segment: a whole plane pair) are counted unweighted, four words a pass:
+    their popcounts are summed before the one read-modify-write of the
+    tile's counters, and the run's weight multiplies once at its end (a
+    64-bit vector multiply is several micro-ops, and the counters' loads and
+    stores compete with the popcounts for the core's ports).
     """
     nwords = x.shape[1]
     col_tiles = (yt.shape[1] + _TILE_COLS - 1) // _TILE_COLS
+    acc0 = np.empty(_TILE_COLS, np.int64)
+    acc1 = np.empty(_TILE_COLS, np.int64)
     for tile in range(first, stop):
         i = 2 * (tile // col_tiles)
         j0 = (tile % col_tiles) * _TILE_COLS
         out0 = out[i, j0 : j0 + _TILE_COLS]
         out1 = out[i + 1, j0 : j0 + _TILE_COLS]
         by = bias_y[j0 : j0 + _TILE_COLS]
-        for j in range(out0.shape[0]):
-            out0[j] = bias_x[i] + by[j]
-            out1[j] = bias_x[i + 1] + by[j]
-        for k in range(nwords):
-            a0 = x[i, k]
-            a1 = x[i + 1, k]
+        cols = out0.shape[0]
+        bx0, bx1 = bias_x[i], bias_x[i + 1]
+        started = False  # the biases go in with the first run's last pass
+        k = 0
+        while k < nwords:
             w = weight[k]
-            yk = yt[k, j0 : j0 + _TILE_COLS]
-            for j in range(out0.shape[0]):
-                b = yk[j]
-                out0[j] += w * _ctpop(a0 & b)
-                out1[j] += w * _ctpop(a1 & b)
+            end = k + 1
+            while end < nwords and weight[end] == w:
+                end += 1
+            if end - k < 4:  # a short run: weighted straight into the output
+                if not started:
+                    for j in range(cols):
+                        out0[j] = bx0 + by[j]
+                        out1[j] = bx1 + by[j]
+                    started = True
+                for kk in range(k, end):
+                    a0 = x[i, kk]
+                    a1 = x[i + 1, kk]
+                    yk = yt[kk, j0 : j0 + _TILE_COLS]
+                    for j in range(cols):
+                        b = yk[j]
+                        out0[j] += w * _ctpop(a0 & b)
+                        out1[j] += w * _ctpop(a1 & b)
+                k = end
+                continue
+            # the run's first pass sets the counters, the next ones add to them
+            first_pass = True
+            while k < end:
+                step = 4 if k + 4 <= end else (2 if k + 2 <= end else 1)
+                a00, a10 = x[i, k], x[i + 1, k]
+                y0 = yt[k, j0 : j0 + _TILE_COLS]
+                if step == 4:
+                    a01, a02, a03 = x[i, k + 1], x[i, k + 2], x[i, k + 3]
+                    a11, a12, a13 = x[i + 1, k + 1], x[i + 1, k + 2], x[i + 1, k + 3]
+                    y1 = yt[k + 1, j0 : j0 + _TILE_COLS]
+                    y2 = yt[k + 2, j0 : j0 + _TILE_COLS]
+                    y3 = yt[k + 3, j0 : j0 + _TILE_COLS]
+                    if first_pass:
+                        for j in range(cols):
+                            b0, b1, b2, b3 = y0[j], y1[j], y2[j], y3[j]
+                            acc0[j] = _ctpop(a00 & b0) + _ctpop(a01 & b1) + _ctpop(a02 & b2) + _ctpop(a03 & b3)
+                            acc1[j] = _ctpop(a10 & b0) + _ctpop(a11 & b1) + _ctpop(a12 & b2) + _ctpop(a13 & b3)
+                    else:
+                        for j in range(cols):
+                            b0, b1, b2, b3 = y0[j], y1[j], y2[j], y3[j]
+                            acc0[j] += _ctpop(a00 & b0) + _ctpop(a01 & b1) + _ctpop(a02 & b2) + _ctpop(a03 & b3)
+                            acc1[j] += _ctpop(a10 & b0) + _ctpop(a11 & b1) + _ctpop(a12 & b2) + _ctpop(a13 & b3)
+                elif step == 2:  # never the first pass: a run here has at least four words
+                    a01, a11 = x[i, k + 1], x[i + 1, k + 1]
+                    y1 = yt[k + 1, j0 : j0 + _TILE_COLS]
+                    for j in range(cols):
+                        b0, b1 = y0[j], y1[j]
+                        acc0[j] += _ctpop(a00 & b0) + _ctpop(a01 & b1)
+                        acc1[j] += _ctpop(a10 & b0) + _ctpop(a11 & b1)
+                else:
+                    for j in range(cols):
+                        b0 = y0[j]
+                        acc0[j] += _ctpop(a00 & b0)
+                        acc1[j] += _ctpop(a10 & b0)
+                first_pass = False
+                k += step
+            if started:
+                for j in range(cols):
+                    out0[j] += w * acc0[j]
+                    out1[j] += w * acc1[j]
+            else:
+                for j in range(cols):
+                    out0[j] = bx0 + by[j] + w * acc0[j]
+                    out1[j] = bx1 + by[j] + w * acc1[j]
+                started = True
+
+
+@njit(nogil=True, cache=True)
+def _stacked(x, yt, weight, bias_x, bias_y, out, first, stop):
+    """Fill items ``first..stop-1`` of a stack of small products.
+
+    ``x`` (L, rows_x, words), ``yt`` (L, words, rows_y) (y transposed per
+    item), biases (L, rows), ``out`` (L, rows_x, rows_y).  The innermost
+    loop runs over an item's columns, contiguous in ``yt`` and ``out``.
+    """
+    nwords = x.shape[2]
+    for item in range(first, stop):
+        for i in range(x.shape[1]):
+            o = out[item, i]
+            by = bias_y[item]
+            bx = bias_x[item, i]
+            for j in range(o.shape[0]):
+                o[j] = bx + by[j]
+            for k in range(nwords):
+                a = x[item, i, k]
+                w = weight[k]
+                yk = yt[item, k]
+                for j in range(o.shape[0]):
+                    o[j] += w * _ctpop(a & yk[j])
 
 
 _THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+
+
 @cache
 def _pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(_THREADS, thread_name_prefix="gsbflow-kernel")
+
+
+def set_threads(threads: int) -> None:
+    """Use at most ``threads`` threads per kernel call (default: the CPUs this process may run on)."""
+    global _THREADS
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be a positive int, got {threads!r}")
+    _THREADS = threads
+    _pool.cache_clear()
+
+
+def get_threads() -> int:
+    """The threads a kernel call may use."""
+    return _THREADS
+
+
+def _run_chunks(kernel, args: tuple, items: int, work: int) -> None:
+    """``kernel(*args, first, stop)`` over ``0..items-1``, split among the pool threads when ``work`` is large."""
+    chunks = min(items, _CHUNKS_PER_THREAD * _THREADS, work // _MIN_CHUNK_WORD_PAIRS)
+    if chunks < 2 or _THREADS < 2:
+        kernel(*args, 0, items)
+    else:
+        bounds = np.linspace(0, items, chunks + 1).astype(np.int64)
+        list(_pool().map(lambda first, stop: kernel(*args, first, stop), bounds[:-1], bounds[1:]))
 
 
 def weighted_and_popcount(
@@ -147,13 +264,113 @@ def weighted_and_popcount(
     out = np.empty((x.shape[0], yt.shape[1]), np.int64)
     tiles = x.shape[0] // 2 * -(-yt.shape[1] // _TILE_COLS)
     args = (np.ascontiguousarray(x), yt, weight, bias_x, bias_y, out)
-    chunks = min(tiles, _CHUNKS_PER_THREAD * _THREADS, out.size * x.shape[1] // _MIN_CHUNK_WORD_PAIRS)
-    if chunks < 2 or _THREADS < 2:
-        _tiles(*args, 0, tiles)
-    else:
-        bounds = np.linspace(0, tiles, chunks + 1).astype(np.int64)
-        list(_pool().map(lambda first, stop: _tiles(*args, first, stop), bounds[:-1], bounds[1:]))
+    _run_chunks(_tiles, args, tiles, out.size * x.shape[1])
     return out[:rows]
+
+
+def stacked_weighted_and_popcount(
+    x: np.ndarray, y: np.ndarray, weight: np.ndarray, bias_x: np.ndarray, bias_y: np.ndarray
+) -> np.ndarray:
+    """:func:`weighted_and_popcount` of every item of a stack: ``(L, rows_x, rows_y)`` int64.
+
+    ``x`` (L, rows_x, words) and ``y`` (L, rows_y, words) are uint64, the
+    biases (L, rows_x) and (L, rows_y); ``weight`` is shared by all items.
+    """
+    for name, words in (("x", x), ("y", y)):
+        if not isinstance(words, np.ndarray) or words.dtype != np.uint64 or words.ndim != 3:
+            raise TypeError(f"{name} must be a 3-D uint64 numpy array")
+    weight, bias_x, bias_y = (np.ascontiguousarray(v, dtype=np.int64) for v in (weight, bias_x, bias_y))
+    if y.shape[0] != x.shape[0] or y.shape[2] != x.shape[2] or weight.shape != (x.shape[2],):
+        raise ValueError(f"x, y and weight must agree on the items and words: {x.shape}, {y.shape}, {weight.shape}")
+    if bias_x.shape != x.shape[:2] or bias_y.shape != y.shape[:2]:
+        raise ValueError(f"bias_x and bias_y must have one entry per item and row, got {bias_x.shape} and {bias_y.shape}")
+    out = np.empty((x.shape[0], x.shape[1], y.shape[1]), np.int64)
+    args = (np.ascontiguousarray(x), np.ascontiguousarray(y.transpose(0, 2, 1)), weight, bias_x, bias_y, out)
+    _run_chunks(_stacked, args, x.shape[0], out.size * x.shape[2])
+    return out
+
+
+@njit(nogil=True, cache=True)
+def _pack(values, rule, nplanes, out):
+    """Pack int64 ``values`` (rows, n) into the planes ``out`` (planes, rows, words64).
+
+    ``rule`` 0: plane p holds bit p of the value's two's complement (int and
+    uint); 1: plane 0 holds ``v > 0`` (bipolar: the sign); 2: plane 0 holds
+    ``v != 0`` (unipolar: the mask); 3: plane 0 ``v > 0`` and plane 1
+    ``v != 0`` (ternary: sign and mask).  Each word is built in a register
+    without branches.  Returns the smallest and largest value and whether a
+    zero was seen, for the range check.
+    """
+    n = values.shape[1]
+    lo = values[0, 0]
+    hi = lo
+    zero = False
+    for r in range(values.shape[0]):
+        for word in range(out.shape[2]):
+            j0 = 64 * word
+            j1 = min(j0 + 64, n)
+            for j in range(j0, j1):
+                v = values[r, j]
+                lo = min(lo, v)
+                hi = max(hi, v)
+                zero |= v == 0
+            if rule == 0:
+                for p in range(nplanes):
+                    acc = np.uint64(0)
+                    for j in range(j0, j1):
+                        acc |= np.uint64((values[r, j] >> p) & 1) << np.uint64(j - j0)
+                    out[p, r, word] = acc
+            else:
+                sign = np.uint64(0)
+                mask = np.uint64(0)
+                for j in range(j0, j1):
+                    v = values[r, j]
+                    sign |= np.uint64(v > 0) << np.uint64(j - j0)
+                    mask |= np.uint64(v != 0) << np.uint64(j - j0)
+                if rule == 1:
+                    out[0, r, word] = sign
+                elif rule == 2:
+                    out[0, r, word] = mask
+                else:
+                    out[0, r, word] = sign
+                    out[1, r, word] = mask
+    return lo, hi, zero
+
+
+def fast_pack(values: np.ndarray, encoding: Encoding, word_bits: int) -> tuple[PackedPlane, ...] | None:
+    """The planes :meth:`model.golden.Operand.from_values` makes, for values ``(*lead, rows, n)``, in one pass.
+
+    Plane arrays are ``(*lead, rows, words_for(n, word_bits))`` in
+    ``word_bits`` words, bit for bit :func:`model.golden.pack_bits` of the
+    same bits (tested); out-of-range values raise as
+    :meth:`~model.golden.Encoding.check_values` does.  ``values`` must be a
+    non-empty integer (or bool) array.  None on a big-endian machine, where
+    the word re-reading below does not hold: pack with :mod:`model.golden`.
+    """
+    if sys.byteorder != "little":
+        return None
+    word_bits = check_word_bits(word_bits)
+    shape = values.shape
+    flat = np.ascontiguousarray(values.reshape(-1, shape[-1]), dtype=np.int64)
+    kind = encoding.plane_kind
+    rule, nplanes = {"bipolar": (1, 1), "unipolar": (2, 1), "ternary": (3, 2)}.get(encoding.name, (0, encoding.bits))
+    out = np.empty((nplanes, flat.shape[0], words_for(shape[-1], 64)), np.uint64)
+    lo, hi, zero = _pack(flat, rule, nplanes, out)
+    low, high = encoding.value_range
+    if lo < low or hi > high or (encoding.name == "bipolar" and zero):
+        encoding.check_values(values)  # raises the contract's error
+        raise AssertionError("unreachable: check_values accepted what the packer refused")
+    if word_bits != 64:  # the bytes of 64-bit little-endian words are those of narrower words, zero padded
+        out = np.ascontiguousarray(out.view(np.dtype("<u8")).view(np.dtype(f"<u{word_bits // 8}"))[..., : words_for(shape[-1], word_bits)])
+        out = out.astype(word_dtype(word_bits), copy=False)
+    arrays = [a.reshape(*shape[:-1], a.shape[-1]) for a in out]
+    if encoding.name in ("int", "uint"):
+        return tuple(PackedPlane(kind, w, None, arrays[i]) for i, w in enumerate(encoding.plane_weights))
+    if encoding.name == "ternary":
+        return (PackedPlane(kind, 1, arrays[0], arrays[1]),)
+    if encoding.name == "bipolar":
+        return (PackedPlane(kind, 1, arrays[0], None),)
+    return (PackedPlane(kind, 1, None, arrays[0]),)
 
 
 @lru_cache(maxsize=64)
@@ -165,30 +382,33 @@ def _valid64(n: int) -> np.ndarray:
 
 
 def _words64(words: np.ndarray, n: int, word_bits: int, name: str) -> np.ndarray:
-    """Check a packed plane array and re-read it as uint64 words ``(rows, words_for(n, 64))``."""
-    if not isinstance(words, np.ndarray) or words.ndim != 2:
-        raise TypeError(f"{name} must be a 2-D numpy array of packed words")
+    """Check a packed plane array and re-read it as uint64 words ``(*lead, rows, words_for(n, 64))``."""
+    if not isinstance(words, np.ndarray) or words.ndim < 2:
+        raise TypeError(f"{name} must be a numpy array of packed words (*lead, rows, words)")
     if words.dtype != word_dtype(word_bits):
         raise TypeError(f"{name} must have dtype {np.dtype(word_dtype(word_bits))}, got {words.dtype}")
-    if words.shape[1] != words_for(n, word_bits):
-        raise ValueError(f"{name} must have {words_for(n, word_bits)} words per row for n={n}, got {words.shape[1]}")
+    if words.shape[-1] != words_for(n, word_bits):
+        raise ValueError(f"{name} must have {words_for(n, word_bits)} words per row for n={n}, got {words.shape[-1]}")
     if word_bits == 64:
         out = np.ascontiguousarray(words)
     else:
         as_bytes = np.ascontiguousarray(words.astype(np.dtype(words.dtype).newbyteorder("<"))).view(np.uint8)
-        padded = np.zeros((words.shape[0], 8 * words_for(n, 64)), np.uint8)
-        padded[:, : as_bytes.shape[1]] = as_bytes
+        padded = np.zeros(words.shape[:-1] + (8 * words_for(n, 64),), np.uint8)
+        padded[..., : as_bytes.shape[-1]] = as_bytes
         out = padded.view("<u8").astype(np.uint64)
-    if np.any(out[:, -1] & ~_valid64(n)[-1]):
+    if np.any(out[..., -1] & ~_valid64(n)[-1]):
         raise ValueError(f"{name} has bits set past n={n}; packed tails must be zero")
     return out
 
 
 class _PlaneWords:
-    """One plane as uint64 words: explicit ``sign``/``mask`` (or None), and its ``pos``/``neg`` parts."""
+    """One plane as uint64 words: explicit ``sign``/``mask`` (or None), and its ``pos``/``neg`` parts.
+
+    The arrays are ``(*lead, rows, words)``: one plane, or a stack of them.
+    """
 
     def __init__(self, plane: PackedPlane, n: int, word_bits: int, name: str) -> None:
-        self.rows = (plane.sign if plane.sign is not None else plane.mask).shape[0]
+        self.shape = (plane.sign if plane.sign is not None else plane.mask).shape[:-1]
         self.sign = None if plane.sign is None else _words64(plane.sign, n, word_bits, f"{name}.sign")
         self.mask = None if plane.mask is None else _words64(plane.mask, n, word_bits, f"{name}.mask")
         self._valid = _valid64(n)
@@ -224,19 +444,29 @@ class _Form:
         return _Form(factor * self.bias_x, factor * self.bias_y, tuple((a, b, factor * w) for a, b, w in self.segments))
 
     def evaluate(self) -> np.ndarray:
-        """The ``(rows_x, rows_y)`` int64 matrix, in one kernel call."""
+        """The ``(*lead, rows_x, rows_y)`` int64 matrix, in one kernel call."""
         if not self.segments:
-            return self.bias_x[:, None] + self.bias_y[None, :]
-        weight = np.concatenate([np.full(a.shape[1], w, np.int64) for a, _, w in self.segments])
-        x = np.hstack([a for a, _, _ in self.segments])
-        y = np.hstack([b for _, b, _ in self.segments])
-        return weighted_and_popcount(x, y, weight, self.bias_x, self.bias_y)
+            return self.bias_x[..., :, None] + self.bias_y[..., None, :]
+        weight = np.concatenate([np.full(a.shape[-1], w, np.int64) for a, _, w in self.segments])
+        if len(self.segments) == 1:  # no copy
+            x, y = self.segments[0][:2]
+        else:
+            x = np.concatenate([a for a, _, _ in self.segments], axis=-1)
+            y = np.concatenate([b for _, b, _ in self.segments], axis=-1)
+        if x.ndim == 2:
+            return weighted_and_popcount(x, y, weight, self.bias_x, self.bias_y)
+        lead = x.shape[:-2]
+        out = stacked_weighted_and_popcount(
+            x.reshape(-1, *x.shape[-2:]), y.reshape(-1, *y.shape[-2:]), weight,
+            self.bias_x.reshape(-1, x.shape[-2]), self.bias_y.reshape(-1, y.shape[-2]),
+        )
+        return out.reshape(lead + out.shape[1:])
 
 
 def _terms(x: _PlaneWords, y: _PlaneWords, n: int) -> tuple[_Form, _Form]:
     """The forms of ``P`` and ``C`` for one plane pair."""
-    zx = np.zeros(x.rows, np.int64)
-    zy = np.zeros(y.rows, np.int64)
+    zx = np.zeros(x.shape, np.int64)
+    zy = np.zeros(y.shape, np.int64)
     if x.mask is None and y.mask is None:  # bipolar x bipolar
         p = _Form(popcount(x.sign), popcount(y.sign), ((x.sign, y.sign, -2),))
         return p, _Form(zx + n, zy)
@@ -288,4 +518,63 @@ def fast_operand_product(x: Operand, y: Operand) -> np.ndarray:
         for k, px in enumerate(_operand_words(x, "x"))
         for j, py in enumerate(wy)
     ]
+    return sum(forms[1:], start=forms[0]).evaluate()
+
+
+def fast_stacked_product(x, y) -> np.ndarray:
+    """:func:`fast_operand_product` of every item of two operand stacks: ``(*lead, rows_x, rows_y)``.
+
+    ``x`` and ``y`` are :class:`host.backend.OperandStack` (or any object
+    with ``n``, ``word_bits`` and ``planes`` whose arrays are ``(*lead,
+    rows, words)``) with the same leading axes; the whole stack is one
+    kernel call.
+    """
+    if x.n != y.n or x.word_bits != y.word_bits:
+        raise ValueError(f"x and y must have the same n and word_bits, got {x.n}/{x.word_bits} and {y.n}/{y.word_bits}")
+    wx, wy = _operand_words(x, "x"), _operand_words(y, "y")
+    if wx[0].shape[:-1] != wy[0].shape[:-1]:
+        raise ValueError(f"x and y must share their leading axes, got {wx[0].shape[:-1]} and {wy[0].shape[:-1]}")
+    forms = [
+        _dot_form(px, py, x.n).scaled(x.planes[k].weight * y.planes[j].weight)
+        for k, px in enumerate(wx)
+        for j, py in enumerate(wy)
+    ]
+    return sum(forms[1:], start=forms[0]).evaluate()
+
+
+def fast_layer_output(groups_x, groups_y, coefs: np.ndarray) -> np.ndarray:
+    """Same as :func:`model.golden.layer_output`: ``Y = sum_gh coefs[g, h] * x_g @ y_h^T``, int64.
+
+    Every plane pair of every group pair, weighted by ``coefs[g, h]`` and the
+    plane weights, is one form: the whole layer is a single kernel call.
+    The groups are :class:`~model.golden.Operand` (result ``(rows_x,
+    rows_y)``) or operand stacks with the same leading axes (result
+    ``(*lead, rows_x, rows_y)``, see :func:`fast_stacked_product`).
+    """
+    if not groups_x or not groups_y:
+        raise ValueError("groups_x and groups_y must each hold at least one operand")
+    coefs = np.asarray(coefs)
+    if not np.issubdtype(coefs.dtype, np.integer):
+        raise TypeError(f"coefs must be an integer array, got dtype {coefs.dtype}")
+    if coefs.shape != (len(groups_x), len(groups_y)):
+        raise ValueError(f"coefs must have shape {(len(groups_x), len(groups_y))}, got {coefs.shape}")
+    first = groups_x[0]
+    for op in (*groups_x, *groups_y):
+        if op.n != first.n or op.word_bits != first.word_bits:
+            raise ValueError(f"every group must have the same n and word_bits, got {op.n}/{op.word_bits} and {first.n}/{first.word_bits}")
+    words_y = [_operand_words(y, f"y[{h}]") for h, y in enumerate(groups_y)]
+    shapes = {w[0].shape[:-1] for w in words_y}
+    forms = []
+    for g, x in enumerate(groups_x):
+        words_x = _operand_words(x, f"x[{g}]")
+        shapes.add(words_x[0].shape[:-1])
+        for h, y in enumerate(groups_y):
+            c = int(coefs[g, h])
+            forms += [
+                _dot_form(px, py, x.n).scaled(c * x.planes[k].weight * y.planes[j].weight)
+                for k, px in enumerate(words_x)
+                for j, py in enumerate(words_y[h])
+            ]
+    if len(shapes) > 1:
+        raise ValueError(f"stacked groups must share their leading axes, got {sorted(shapes)}")
     return sum(forms[1:], start=forms[0]).evaluate()

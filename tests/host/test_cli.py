@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from host.cli import main
+from host.cli import EMULATOR_BATCH, main
 from model import modelfile
 from model.random_model import random_model
 
@@ -38,12 +38,25 @@ def test_serial_without_a_board_fails_clearly(model_file, capsys):
 def test_compare_emulator_and_sim(model_file, tmp_path, capsys):
     out = tmp_path / "compare.json"
     assert main(["infer", "--model", str(model_file), "--compare", "emulator", "sim", "--limit", "2", "--quiet",
-                 "--json", str(out)]) == 0
+                 "--batch", "2", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["differences"] == []
     sim = result["compare"][1]
+    assert result["compare"][0]["batch"] == 2 and sim["batch"] == 1  # a device streams image by image
     assert sim["bytes_sent_per_image"] > 0 and sim["link_bound_images_per_s"] > 0
     assert "differ on 0 of 2 images" in capsys.readouterr().out
+
+
+def test_batch_size_does_not_change_the_predictions(model_file, tmp_path):
+    runs = {}
+    for batch in (None, "1", "2"):
+        out = tmp_path / f"b{batch}.json"
+        assert main(["infer", "--model", str(model_file), "--limit", "5", "--quiet", "--json", str(out)]
+                    + (["--batch", batch] if batch else [])) == 0
+        runs[batch] = json.loads(out.read_text())
+    assert runs[None]["batch"] == EMULATOR_BATCH and runs["1"]["batch"] == 1 and runs["2"]["batch"] == 2
+    assert runs[None]["predictions"] == runs["1"]["predictions"] == runs["2"]["predictions"]
+    assert runs[None]["engine_cycles_per_image"] == runs["1"]["engine_cycles_per_image"] == runs["2"]["engine_cycles_per_image"]
 
 
 @pytest.mark.parametrize("limit", ["0", "-3"])

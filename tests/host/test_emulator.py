@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from host.backend import Thresholds
+from host.backend import OperandStack, Thresholds
 from host.emulator import EmulatorBackend, ideal_cycles
 from model import golden
 from model.golden import Operand
@@ -50,3 +50,63 @@ def test_bad_arguments():
         EmulatorBackend(lanes=0)
     with pytest.raises(TypeError, match="slot 'x'"):
         EmulatorBackend("reference").load("x", [np.ones((2, 2))])
+
+
+def _stack(rng, encoding, shape):
+    lo, hi = golden.Encoding.parse(encoding).value_range
+    values = rng.choice(np.array([-1, 1]), size=shape) if encoding == "bipolar" else rng.integers(lo, hi + 1, size=shape)
+    return values, OperandStack.from_values(values, encoding, 16)
+
+
+def test_operand_stack_items_are_the_operands_of_their_values():
+    rng = np.random.default_rng(1)
+    for encoding in ("bipolar", "unipolar", "ternary", "int3", "uint4"):
+        values, stack = _stack(rng, encoding, (2, 3, 5, 40))
+        assert stack.lead == (2, 3) and stack.rows == 5 and stack.n == 40
+        for idx in np.ndindex(2, 3):
+            item = stack.item(idx)
+            assert item.rows == 5 and np.array_equal(item.to_values(), values[idx])
+            expected = Operand.from_values(values[idx], encoding, 16)
+            assert (item.encoding, item.n, item.word_bits, len(item.planes)) == (expected.encoding, 40, 16, len(expected.planes))
+            for a, b in zip(item.planes, expected.planes):
+                assert (a.kind, a.weight) == (b.kind, b.weight)
+                for u, v in ((a.sign, b.sign), (a.mask, b.mask)):
+                    assert (u is None and v is None) or (u.dtype == v.dtype and np.array_equal(u, v))
+
+
+@pytest.mark.parametrize("resident", [False, True])
+def test_batched_layers_equal_layer_by_layer(resident):
+    """The emulator's one-call stack equals the default item-by-item loop of the reference backend."""
+    rng = np.random.default_rng(2)
+    _, x1 = _stack(rng, "uint4", (3, 2, 7, 50))
+    _, x2 = _stack(rng, "ternary", (3, 2, 7, 50))
+    y_lead = () if resident else (3, 2)
+    ys = [_stack(rng, "bipolar", y_lead + (9, 50))[1], _stack(rng, "int3", y_lead + (9, 50))[1]]
+    coefs = np.array([[3, -1], [2, 5]])
+    t, d = golden.fold_threshold(rng.normal(size=9), rng.normal(size=9) * 20, -5000, 5000)
+    results = []
+    for kernel in ("fast", "reference"):
+        backend = EmulatorBackend(kernel, lanes=4)
+        if resident:
+            backend.load("w", [s.item(()) for s in ys])
+        ys_arg = None if resident else ys
+        y = backend.layers("x", [x1, x2], "w" if resident else "y", ys_arg, coefs)
+        bits = backend.layers("x", [x1, x2], "w" if resident else "y", ys_arg, coefs, Thresholds(t, d))
+        assert np.array_equal(backend.read(), bits[-1, -1])
+        results.append((y, bits, backend.cycles()))
+    (fast, fast_bits, fast_cycles), (ref, ref_bits, ref_cycles) = results
+    assert fast.shape == (3, 2, 7, 9) and fast.dtype == np.int64
+    assert np.array_equal(fast, ref) and np.array_equal(fast_bits, ref_bits) and fast_cycles == ref_cycles
+    item = (1, 0)
+    expected = sum(int(coefs[g, h]) * (x.item(item).to_values() @ w.item(() if resident else item).to_values().T)
+                   for g, x in enumerate([x1, x2]) for h, w in enumerate(ys))
+    assert np.array_equal(fast[item], expected)
+
+
+def test_batched_layers_refuse_mismatched_stacks():
+    rng = np.random.default_rng(3)
+    backend = EmulatorBackend()
+    with pytest.raises(ValueError, match="leading axes"):
+        backend.layers("x", [_stack(rng, "bipolar", (2, 4, 8))[1]], "y", [_stack(rng, "bipolar", (3, 4, 8))[1]], np.ones((1, 1), np.int64))
+    with pytest.raises(TypeError, match="OperandStack"):
+        backend.layers("x", [], "y", None, np.ones((1, 1), np.int64))

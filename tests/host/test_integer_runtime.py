@@ -69,3 +69,30 @@ def test_a_file_without_a_program_runs_float_host_with_a_note(tmp_path, capsys):
     modelfile.save(random_model(), path)
     assert main(["infer", "--model", str(path), "--limit", "1", "--quiet"]) == 0
     assert "carries no integer program" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kernel", ["fast", "reference"])
+def test_a_batch_gives_the_integers_of_one_image_at_a_time(program, images, kernel):
+    """Every step's integers of a batch (matmuls: all images and heads in one backend call) equal image by image."""
+    alone, batched = IntegerRuntime(program, EmulatorBackend(kernel), trace=True), IntegerRuntime(program, EmulatorBackend(kernel), trace=True)
+    traces = []
+    for img in images:
+        alone.logits(img[None])
+        traces.append(alone.last_trace)
+    batched.logits(images)
+    for name, values in batched.last_trace.items():
+        # the batch axis is the first, except for stacked groups (attention levels: groups first)
+        axis = [a != b for a, b in zip(values.shape, traces[0][name].shape)].index(True)
+        assert np.array_equal(values, np.concatenate([t[name] for t in traces], axis=axis)), name
+    assert alone.backend.cycles() == batched.backend.cycles() and alone.steps == len(images) * batched.steps
+
+
+def test_infer_batch_size_does_not_change_the_integer_predictions(integer_file, tmp_path):
+    runs = []
+    for batch in ("1", "3"):
+        out = tmp_path / f"b{batch}.json"
+        assert main(["infer", "--model", str(integer_file), "--limit", "5", "--batch", batch, "--quiet", "--json", str(out)]) == 0
+        runs.append(json.loads(out.read_text()))
+    assert [r["batch"] for r in runs] == [1, 3] and runs[0]["predictions"] == runs[1]["predictions"]
+    assert runs[0]["steps_per_image"] == runs[1]["steps_per_image"] and runs[1]["float_steps"] == 0
+

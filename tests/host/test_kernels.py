@@ -9,8 +9,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from host.kernels import fast_operand_product, fast_plane_products, fast_plane_terms, weighted_and_popcount
-from model.golden import WORD_BITS_CHOICES, Encoding, Operand, operand_product, plane_products, plane_terms
+from host.backend import OperandStack
+from host.kernels import (
+    fast_layer_output,
+    fast_operand_product,
+    fast_pack,
+    fast_plane_products,
+    fast_plane_terms,
+    fast_stacked_product,
+    get_threads,
+    set_threads,
+    stacked_weighted_and_popcount,
+    weighted_and_popcount,
+)
+from model.golden import WORD_BITS_CHOICES, Encoding, Operand, layer_output, operand_product, plane_products, plane_terms
 
 ENCODINGS = ("bipolar", "unipolar", "ternary", "int2", "int5", "int8", "uint2", "uint4")
 # Word-boundary lengths, and long vectors, besides random ones.
@@ -114,3 +126,102 @@ def test_rejects_malformed_planes() -> None:
     wide = dataclasses.replace(x.planes[0], sign=np.zeros((2, 2), np.uint64))
     with pytest.raises(ValueError, match="1 words per row"):
         fast_plane_terms(wide, x.planes[0], 10, 64)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(ENCODINGS), st.sampled_from(ENCODINGS), LENGTHS, st.sampled_from(WORD_BITS_CHOICES),
+       st.lists(st.integers(1, 3), min_size=1, max_size=2), st.integers(1, 20), st.integers(1, 20), st.integers(0, 2**32 - 1))
+def test_stacked_products_match_golden_item_by_item(ex, ey, n, word_bits, lead, rows_x, rows_y, seed) -> None:
+    rng = np.random.default_rng(seed)
+    vx = random_values(rng, ex, int(np.prod(lead)) * rows_x, n).reshape(*lead, rows_x, n)
+    vy = random_values(rng, ey, int(np.prod(lead)) * rows_y, n).reshape(*lead, rows_y, n)
+    out = fast_stacked_product(OperandStack.from_values(vx, ex, word_bits), OperandStack.from_values(vy, ey, word_bits))
+    assert out.shape == (*lead, rows_x, rows_y)
+    for idx in np.ndindex(*lead):
+        assert_same(out[idx], operand_product(Operand.from_values(vx[idx], ex, word_bits), Operand.from_values(vy[idx], ey, word_bits)))
+
+
+def test_stacked_kernel_splits_among_threads_alike() -> None:
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 2**63, size=(300, 20, 3), dtype=np.uint64)
+    y = rng.integers(0, 2**63, size=(300, 17, 3), dtype=np.uint64)
+    weight, bx, by = np.array([1, -2, 3]), rng.integers(-9, 9, (300, 20)), rng.integers(-9, 9, (300, 17))
+    threads = get_threads()
+    try:
+        set_threads(1)
+        one = stacked_weighted_and_popcount(x, y, weight, bx, by)
+        set_threads(2)
+        assert np.array_equal(one, stacked_weighted_and_popcount(x, y, weight, bx, by))
+    finally:
+        set_threads(threads)
+    expected = bx[:, :, None] + by[:, None, :] + sum(
+        weight[k] * np.bitwise_count(x[:, :, None, k] & y[:, None, :, k]).astype(np.int64) for k in range(3))
+    assert np.array_equal(one, expected)
+    with pytest.raises(ValueError, match="threads"):
+        set_threads(0)
+
+
+@pytest.mark.parametrize("weight", [
+    [3] * 5 + [-1] * 4 + [2] * 2 + [7] * 9 + [-4] + [5] * 3 + [5, -2, -2, -2, -2, -2, -2, -2],
+    [2, 2] + [-3] * 6 + [1],  # a short run first
+    [4] * 6,                  # one run, with a two-word pass
+    [1, -1, 2],               # only short runs
+    [-2] * 4,
+])
+def test_runs_of_equal_weights_of_every_length(weight):
+    """The kernel counts runs of four or more equal weights unweighted; short runs and mixes are exact too."""
+    rng = np.random.default_rng(9)
+    weight = np.array(weight)
+    x = rng.integers(0, 2**64, size=(9, len(weight)), dtype=np.uint64)
+    y = rng.integers(0, 2**64, size=(300, len(weight)), dtype=np.uint64)
+    bx, by = rng.integers(-50, 50, 9), rng.integers(-50, 50, 300)
+    expected = bx[:, None] + by[None, :] + sum(
+        int(weight[k]) * np.bitwise_count(x[:, None, k] & y[None, :, k]).astype(np.int64) for k in range(len(weight)))
+    assert np.array_equal(weighted_and_popcount(x, y, weight, bx, by), expected)
+    assert np.array_equal(weighted_and_popcount(y[:70], x, weight, by[:70], bx), expected.T[:70])
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.sampled_from(ENCODINGS), min_size=1, max_size=3), st.lists(st.sampled_from(ENCODINGS), min_size=1, max_size=3),
+       LENGTHS, st.sampled_from(WORD_BITS_CHOICES), st.booleans(), st.integers(0, 2**32 - 1))
+def test_layer_output_is_one_call_equal_to_golden(enc_x, enc_y, n, word_bits, stacked, seed) -> None:
+    """All group pairs with their coefficients in one form equal the golden superposition."""
+    rng = np.random.default_rng(seed)
+    lead = (2, 3) if stacked else ()
+    size = int(np.prod(lead))
+    vx = [random_values(rng, e, size * 5, n).reshape(*lead, 5, n) for e in enc_x]
+    vy = [random_values(rng, e, size * 4, n).reshape(*lead, 4, n) for e in enc_y]
+    coefs = rng.integers(-(2**17), 2**17, size=(len(enc_x), len(enc_y)))
+    pack = OperandStack.from_values if stacked else Operand.from_values
+    out = fast_layer_output([pack(v, e, word_bits) for v, e in zip(vx, enc_x)], [pack(v, e, word_bits) for v, e in zip(vy, enc_y)], coefs)
+    for idx in np.ndindex(*lead):
+        expected = layer_output([Operand.from_values(v[idx], e, word_bits) for v, e in zip(vx, enc_x)],
+                                [Operand.from_values(v[idx], e, word_bits) for v, e in zip(vy, enc_y)], coefs)
+        assert_same(out[idx], expected)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.sampled_from(ENCODINGS), LENGTHS, st.sampled_from(WORD_BITS_CHOICES), st.lists(st.integers(1, 3), max_size=2),
+       st.integers(1, 9), st.integers(0, 2**32 - 1))
+def test_fast_pack_is_golden_packing(encoding, n, word_bits, lead, rows, seed) -> None:
+    rng = np.random.default_rng(seed)
+    values = random_values(rng, encoding, int(np.prod(lead)) * rows, n).reshape(*lead, rows, n)
+    planes = fast_pack(values, Encoding.parse(encoding), word_bits)
+    for idx in np.ndindex(*lead):
+        expected = Operand.from_values(values[idx], encoding, word_bits).planes
+        assert len(planes) == len(expected)
+        for got, want in zip(planes, expected):
+            assert (got.kind, got.weight) == (want.kind, want.weight)
+            for a, b in ((got.sign, want.sign), (got.mask, want.mask)):
+                assert (a is None and b is None) or (a[idx].dtype == b.dtype and np.array_equal(a[idx], b))
+
+
+@pytest.mark.parametrize(("encoding", "bad", "message"), [
+    ("bipolar", 0, "only -1 and \\+1"), ("ternary", 2, "must lie in"), ("int4", 8, "must lie in"), ("uint3", -1, "must lie in")])
+def test_stack_packing_refuses_what_golden_refuses(encoding, bad, message) -> None:
+    values = np.ones((2, 3, 70), np.int64)
+    values[1, 2, 69] = bad
+    with pytest.raises(ValueError, match=message):
+        OperandStack.from_values(values, encoding)
+    with pytest.raises(TypeError, match="integer"):
+        OperandStack.from_values(np.ones((2, 3, 4)) * 0.5, encoding)

@@ -146,3 +146,21 @@ def test_predict_names_the_batch_shape(images):
     with pytest.raises(ValueError, match=r"\(B, C, H, W\) = \(B, 1, 8, 8\), got \(1, 8, 8\)"):
         rt.predict(images[0])
     assert rt.predict(images[:1].astype(np.uint8)).shape == (1,)
+
+
+@pytest.mark.parametrize("backend", [lambda: EmulatorBackend("fast"), lambda: EmulatorBackend("reference"), NaiveBackend])
+def test_a_batch_gives_the_integers_of_one_image_at_a_time(images, backend):
+    """Batched (every image and head of a layer in one backend call) equals image by image, bit for bit."""
+    model = random_model(seed=3)
+    alone, batched = Runtime(model, backend()), Runtime(model, backend())
+    alone.trace, batched.trace = {}, {}
+    one = np.stack([alone.forward(img) for img in images])
+    many = np.concatenate([batched.logits(images[:3]), batched.logits(images[3:])])
+    assert many.dtype == np.float32 and np.array_equal(one, many)
+    assert alone.trace.keys() == batched.trace.keys()
+    for name, results in alone.trace.items():
+        assert len(results) == len(batched.trace[name]), name
+        assert all(np.array_equal(a, b) for a, b in zip(results, batched.trace[name])), name
+    if isinstance(alone.backend, EmulatorBackend):  # the naive backend counts calls, not cycles
+        assert alone.backend.cycles() == batched.backend.cycles()
+    assert np.array_equal(batched.predict(images), np.argmax(one, axis=-1))

@@ -1,0 +1,18 @@
+"""bench.emulator's timing: interleaved rounds, the load average around each."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bench.emulator import time_rounds
+
+
+def test_rounds_record_every_time_and_load():
+    calls = []
+    engines = {"a": lambda: calls.append("a") or np.array([1]), "b": lambda: calls.append("b") or np.array([2])}
+    predictions, rounds = time_rounds(engines, 3)
+    assert calls == ["a", "b"] * 4  # a warm-up, then interleaved rounds
+    assert predictions["a"].tolist() == [1] and predictions["b"].tolist() == [2]
+    for r in rounds.values():
+        assert len(r["seconds"]) == len(r["load_before"]) == len(r["load_after"]) == 3
+        assert all(s >= 0 for s in r["seconds"]) and all(v >= 0 for v in r["load_before"] + r["load_after"])
