@@ -23,8 +23,8 @@ single kernel call over the word-concatenated plane pairs: no
 Operands of any word width are re-read as 64-bit words: the packing is
 little endian, so the bytes of narrower words in order are the bytes of the
 64-bit packing (zero padded).  Tails past ``n`` must be zero, as
-:func:`model.golden.pack_bits` writes them; the kernel relies on it, so it is
-checked.
+:func:`model.golden.pack_bits` writes them; the kernel relies on it, so the
+operands are checked first (:func:`model.golden.check_operand`).
 
 The kernel releases the GIL and runs on a small thread pool rather than
 numba's ``parallel=True``: on a machine shared with other jobs, numba's
@@ -47,12 +47,12 @@ from numba.extending import intrinsic
 from model.golden import (
     Operand,
     PackedPlane,
-    check_pair,
     check_length,
+    check_pair,
+    check_plane,
     check_word_bits,
     popcount,
     valid_mask,
-    word_dtype,
     words_for,
 )
 
@@ -164,33 +164,23 @@ def _valid64(n: int) -> np.ndarray:
     return mask
 
 
-def _words64(words: np.ndarray, n: int, word_bits: int, name: str) -> np.ndarray:
-    """Check a packed plane array and re-read it as uint64 words ``(rows, words_for(n, 64))``."""
-    if not isinstance(words, np.ndarray) or words.ndim != 2:
-        raise TypeError(f"{name} must be a 2-D numpy array of packed words")
-    if words.dtype != word_dtype(word_bits):
-        raise TypeError(f"{name} must have dtype {np.dtype(word_dtype(word_bits))}, got {words.dtype}")
-    if words.shape[1] != words_for(n, word_bits):
-        raise ValueError(f"{name} must have {words_for(n, word_bits)} words per row for n={n}, got {words.shape[1]}")
+def _words64(words: np.ndarray, n: int, word_bits: int) -> np.ndarray:
+    """A checked packed plane array (:func:`model.golden.check_plane`) as uint64 words ``(rows, words_for(n, 64))``."""
     if word_bits == 64:
-        out = np.ascontiguousarray(words)
-    else:
-        as_bytes = np.ascontiguousarray(words.astype(np.dtype(words.dtype).newbyteorder("<"))).view(np.uint8)
-        padded = np.zeros((words.shape[0], 8 * words_for(n, 64)), np.uint8)
-        padded[:, : as_bytes.shape[1]] = as_bytes
-        out = padded.view("<u8").astype(np.uint64)
-    if np.any(out[:, -1] & ~_valid64(n)[-1]):
-        raise ValueError(f"{name} has bits set past n={n}; packed tails must be zero")
-    return out
+        return np.ascontiguousarray(words)
+    as_bytes = np.ascontiguousarray(words.astype(np.dtype(words.dtype).newbyteorder("<"))).view(np.uint8)
+    padded = np.zeros((words.shape[0], 8 * words_for(n, 64)), np.uint8)
+    padded[:, : as_bytes.shape[1]] = as_bytes
+    return padded.view("<u8").astype(np.uint64)
 
 
 class _PlaneWords:
-    """One plane as uint64 words: explicit ``sign``/``mask`` (or None), and its ``pos``/``neg`` parts."""
+    """One checked plane as uint64 words: explicit ``sign``/``mask`` (or None), and its ``pos``/``neg`` parts."""
 
-    def __init__(self, plane: PackedPlane, n: int, word_bits: int, name: str) -> None:
+    def __init__(self, plane: PackedPlane, n: int, word_bits: int) -> None:
         self.rows = (plane.sign if plane.sign is not None else plane.mask).shape[0]
-        self.sign = None if plane.sign is None else _words64(plane.sign, n, word_bits, f"{name}.sign")
-        self.mask = None if plane.mask is None else _words64(plane.mask, n, word_bits, f"{name}.mask")
+        self.sign = None if plane.sign is None else _words64(plane.sign, n, word_bits)
+        self.mask = None if plane.mask is None else _words64(plane.mask, n, word_bits)
         self._valid = _valid64(n)
 
     @cached_property
@@ -257,22 +247,24 @@ def _dot_form(x: _PlaneWords, y: _PlaneWords, n: int) -> _Form:
     return c + p.scaled(-2)
 
 
-def _operand_words(op: Operand, name: str) -> list[_PlaneWords]:
-    return [_PlaneWords(p, op.n, op.word_bits, f"{name}.planes[{k}]") for k, p in enumerate(op.planes)]
+def _operand_words(op: Operand) -> list[_PlaneWords]:
+    return [_PlaneWords(p, op.n, op.word_bits) for p in op.planes]
 
 
 def fast_plane_terms(x: PackedPlane, y: PackedPlane, n: int, word_bits: int) -> tuple[np.ndarray, np.ndarray]:
     """Same as :func:`model.golden.plane_terms`: ``(P, C)``, int64, shapes ``(rows_x, rows_y)``."""
     n, word_bits = check_length(n), check_word_bits(word_bits)
-    p, c = _terms(_PlaneWords(x, n, word_bits, "x"), _PlaneWords(y, n, word_bits, "y"), n)
+    check_plane(x, n, word_bits, "x")
+    check_plane(y, n, word_bits, "y")
+    p, c = _terms(_PlaneWords(x, n, word_bits), _PlaneWords(y, n, word_bits), n)
     return p.evaluate(), c.evaluate()
 
 
 def fast_plane_products(x: Operand, y: Operand) -> np.ndarray:
     """Same as :func:`model.golden.plane_products`: ``D_kj``, int64 ``(Kx, Ky, rows_x, rows_y)``."""
     check_pair(x, y)
-    wy = _operand_words(y, "y")
-    return np.stack([np.stack([_dot_form(px, py, x.n).evaluate() for py in wy]) for px in _operand_words(x, "x")])
+    wy = _operand_words(y)
+    return np.stack([np.stack([_dot_form(px, py, x.n).evaluate() for py in wy]) for px in _operand_words(x)])
 
 
 def fast_operand_product(x: Operand, y: Operand) -> np.ndarray:
@@ -282,10 +274,10 @@ def fast_operand_product(x: Operand, y: Operand) -> np.ndarray:
     kernel call.
     """
     check_pair(x, y)
-    wy = _operand_words(y, "y")
+    wy = _operand_words(y)
     forms = [
         _dot_form(px, py, x.n).scaled(x.planes[k].weight * y.planes[j].weight)
-        for k, px in enumerate(_operand_words(x, "x"))
+        for k, px in enumerate(_operand_words(x))
         for j, py in enumerate(wy)
     ]
     return sum(forms[1:], start=forms[0]).evaluate()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import numpy as np
 import pytest
@@ -114,3 +115,20 @@ def test_rejects_malformed_planes() -> None:
     wide = dataclasses.replace(x.planes[0], sign=np.zeros((2, 2), np.uint64))
     with pytest.raises(ValueError, match="1 words per row"):
         fast_plane_terms(wide, x.planes[0], 10, 64)
+
+
+def test_refuses_malformed_operands_as_golden_does() -> None:
+    """Plane kinds, weights and counts that do not match the encoding: the same error as the reference."""
+    x = Operand.from_values(np.ones((2, 10), np.int64), "int4", 16)
+    t = Operand.from_values(np.ones((2, 10), np.int64), "ternary", 16)
+    bad = [
+        dataclasses.replace(t, encoding=Encoding("bipolar")),
+        dataclasses.replace(x, planes=x.planes[:3]),
+        dataclasses.replace(x, planes=x.planes[:3] + (dataclasses.replace(x.planes[3], weight=8),)),
+    ]
+    for op in bad:
+        with pytest.raises(ValueError) as expected:
+            operand_product(op, x)
+        for fast in (fast_operand_product, fast_plane_products):
+            with pytest.raises(ValueError, match=re.escape(str(expected.value))):
+                fast(op, x)
