@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from host.backend import Backend, Thresholds
+from host.backend import Backend, Thresholds, threshold_arrays
 from model import golden
 from model.golden import Operand
 
@@ -54,9 +54,7 @@ class EmulatorBackend(Backend):
         self._cycles = 0
 
     def load(self, slot: str, groups: Sequence[Operand]) -> None:
-        if not groups or not all(isinstance(g, Operand) for g in groups):
-            raise TypeError(f"groups for slot {slot!r} must be a non-empty sequence of Operand")
-        self._slots[slot] = tuple(groups)
+        self._slots[slot] = golden.check_groups(groups, f"slot {slot!r}")
 
     def _slot(self, slot: str) -> tuple[Operand, ...]:
         if slot not in self._slots:
@@ -65,10 +63,11 @@ class EmulatorBackend(Backend):
 
     def run(self, x_slot: str, y_slot: str, coefs: np.ndarray, thresholds: Thresholds | None = None) -> None:
         gx, gy = self._slot(x_slot), self._slot(y_slot)
+        coefs, thr = golden.check_layer(gx, gy, coefs, threshold_arrays(thresholds))
         d_int = np.stack([np.stack([self._product(x, y) for y in gy]) for x in gx])
         y = golden.superpose(d_int, coefs)
-        if thresholds is not None:
-            y = golden.apply_threshold(y, thresholds.thresholds, thresholds.directions)
+        if thr is not None:
+            y = golden.apply_threshold(y, *thr)
         self._result = y
         self._cycles += ideal_cycles(gx, gy, self.lanes)
 
