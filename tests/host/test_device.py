@@ -165,9 +165,9 @@ def test_a_reset_during_a_run_repeats_the_run():
 # ---------------------------------------------------------------- refused exactly as the emulator refuses
 
 
-def _refusal(call) -> tuple[type, str]:
+def _refusal(call, *args) -> tuple[type, str]:
     with pytest.raises((TypeError, ValueError)) as info:
-        call()
+        call(*args)
     return type(info.value), str(info.value)
 
 
@@ -176,8 +176,8 @@ def test_malformed_operands_are_refused_as_the_emulator_refuses_them_before_any_
     dev, emu = _backends(link)
     sent = len(link.frames)
     for case, op, error, message in bad_loads():
-        refusal = _refusal(lambda: dev.load("x", [op]))
-        assert refusal == _refusal(lambda: emu.load("x", [op])), case
+        refusal = _refusal(dev.load, "x", [op])
+        assert refusal == _refusal(emu.load, "x", [op]), case
         assert refusal[0] is error and re.search(message, refusal[1]), case
     assert len(link.frames) == sent
 
@@ -191,8 +191,8 @@ def test_bad_coefficients_and_thresholds_are_refused_as_the_emulator_refuses_the
         b.load("y", [y])
     sent = len(link.frames)
     for case, coefs, thresholds, error, message in bad_runs():
-        refusal = _refusal(lambda: dev.run("x", "y", coefs, thresholds))
-        assert refusal == _refusal(lambda: emu.run("x", "y", coefs, thresholds)), case
+        refusal = _refusal(dev.run, "x", "y", coefs, thresholds)
+        assert refusal == _refusal(emu.run, "x", "y", coefs, thresholds), case
         assert refusal[0] is error and re.search(message, refusal[1]), case
     # x and y packed in different word widths: the device would repack both, the contract refuses
     for b in (dev, emu):
@@ -210,7 +210,7 @@ def test_sums_past_62_bits_are_refused_not_computed_on_the_host():
     coefs = np.array([[-(1 << 31)]], np.int64)
     for b in (dev, emu):
         b.load("x", [x])
-    refusal = _refusal(lambda: dev.run("x", "x", coefs))
-    assert refusal == _refusal(lambda: emu.run("x", "x", coefs))
+    refusal = _refusal(dev.run, "x", "x", coefs)
+    assert refusal == _refusal(emu.run, "x", "x", coefs)
     assert refusal[0] is ValueError and "66-bit accumulator" in refusal[1]
     assert dev.host_layers == {}
