@@ -130,6 +130,15 @@ def check_stacks(xs: Sequence[OperandStack], ys: Sequence[OperandStack] | None) 
     return lead
 
 
+def threshold_arrays(thresholds: Thresholds | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """A run's ``(thresholds, directions)`` for :func:`model.golden.check_layer`, or None."""
+    if thresholds is None:
+        return None
+    if not isinstance(thresholds, Thresholds):
+        raise TypeError(f"thresholds must be a Thresholds or None, got {type(thresholds).__name__}")
+    return thresholds.thresholds, thresholds.directions
+
+
 class Backend(abc.ABC):
     """What the host runtime asks of an accelerator (emulated, simulated or real).
 

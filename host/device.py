@@ -4,6 +4,10 @@ It is the host side of every real or simulated board (:mod:`host.sim_backend`,
 :mod:`host.serial_backend`): a :class:`~host.protocol.Transport` carries the
 commands of :mod:`hw.program` to the bridge (``hw/bridge.py``).
 
+* **Checks.**  ``load`` and ``run`` check their arguments as the emulator
+  does (:func:`model.golden.check_groups`, :func:`model.golden.check_layer`,
+  on the operands as given), before any frame: both refuse the same inputs
+  with the same error.
 * **Slots.**  ``load`` only keeps the operands (repacked to the
   configuration's ``word_bits``).  A slot goes to the device when a run
   needs it: as ``x`` into the x buffer when another slot (or an older
@@ -40,7 +44,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from host.backend import Backend, Thresholds
+from host.backend import Backend, Thresholds, threshold_arrays
 from host.protocol import CMD_HEADER, CRC_BYTES, RSP_HEADER, LinkError, Transport
 from hw.config import AccelConfig
 from hw.engine import engine_latency
@@ -66,7 +70,8 @@ _LOAD_HEAD = 2
 
 @dataclass
 class _Slot:
-    groups: tuple[Operand, ...]
+    given: tuple[Operand, ...]  # as loaded, for the checks the emulator makes
+    groups: tuple[Operand, ...]  # repacked to the configuration's word_bits
     version: int
 
 
@@ -111,14 +116,13 @@ class DeviceBackend(Backend):
     # ------------------------------------------------------------ interface
 
     def load(self, slot: str, groups: Sequence[Operand]) -> None:
-        if not groups or not all(isinstance(g, Operand) for g in groups):
-            raise TypeError(f"groups for slot {slot!r} must be a non-empty sequence of Operand")
+        given = golden.check_groups(groups, f"slot {slot!r}")
         self._version += 1
-        self._slots[slot] = _Slot(tuple(repack(g, self.config.word_bits) for g in groups), self._version)
+        self._slots[slot] = _Slot(given, tuple(repack(g, self.config.word_bits) for g in given), self._version)
 
     def run(self, x_slot: str, y_slot: str, coefs: np.ndarray, thresholds: Thresholds | None = None) -> None:
         x, y = self._slot(x_slot), self._slot(y_slot)
-        thr = None if thresholds is None else (thresholds.thresholds, thresholds.directions)
+        coefs, thr = golden.check_layer(x.given, y.given, coefs, threshold_arrays(thresholds))
         rows, firsts = self._layout(y_slot, y)
         base = self._region(y_slot, len(rows))
         try:

@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from host.backend import Backend, OperandStack, Thresholds, check_stacks
+from host.backend import Backend, OperandStack, Thresholds, check_stacks, threshold_arrays
 from model import golden
 from model.golden import Operand
 
@@ -67,9 +67,7 @@ class EmulatorBackend(Backend):
         self._cycles = 0
 
     def load(self, slot: str, groups: Sequence[Operand]) -> None:
-        if not groups or not all(isinstance(g, Operand) for g in groups):
-            raise TypeError(f"groups for slot {slot!r} must be a non-empty sequence of Operand")
-        self._slots[slot] = tuple(groups)
+        self._slots[slot] = golden.check_groups(groups, f"slot {slot!r}")
 
     def _slot(self, slot: str) -> tuple[Operand, ...]:
         if slot not in self._slots:
@@ -78,12 +76,13 @@ class EmulatorBackend(Backend):
 
     def run(self, x_slot: str, y_slot: str, coefs: np.ndarray, thresholds: Thresholds | None = None) -> None:
         gx, gy = self._slot(x_slot), self._slot(y_slot)
+        coefs, thr = golden.check_layer(gx, gy, coefs, threshold_arrays(thresholds))
         if self.kernel == "fast":
             y = fast_layer_output(gx, gy, coefs)
         else:
             y = golden.superpose(np.stack([np.stack([self._product(x, w) for w in gy]) for x in gx]), coefs)
-        if thresholds is not None:
-            y = golden.apply_threshold(y, thresholds.thresholds, thresholds.directions)
+        if thr is not None:
+            y = golden.apply_threshold(y, *thr)
         self._result = y
         self._cycles += ideal_cycles(gx, gy, self.lanes)
 
@@ -99,8 +98,10 @@ class EmulatorBackend(Backend):
         if self.kernel != "fast":
             return super().layers(x_slot, xs, y_slot, ys, coefs, thresholds)
         lead = check_stacks(xs, ys)
+        first = tuple(0 for _ in lead)
+        gy = self._slot(y_slot) if ys is None else [g.item(first) for g in ys]
+        coefs, thr = golden.check_layer([g.item(first) for g in xs], gy, coefs, threshold_arrays(thresholds))
         if ys is None:  # resident y: the stacked x rows are the rows of one operand
-            gy = self._slot(y_slot)
             flat = [Operand(g.encoding, g.n, g.word_bits, tuple(
                 golden.PackedPlane(p.kind, p.weight, *(None if a is None else a.reshape(-1, a.shape[-1]) for a in (p.sign, p.mask)))
                 for p in g.planes)) for g in xs]
@@ -108,8 +109,8 @@ class EmulatorBackend(Backend):
         else:
             gy = ys
             y = fast_layer_output(xs, ys, coefs)
-        if thresholds is not None:
-            y = golden.apply_threshold(y, thresholds.thresholds, thresholds.directions)
+        if thr is not None:
+            y = golden.apply_threshold(y, *thr)
         self._result = y[tuple(d - 1 for d in lead)]
         self._cycles += math.prod(lead) * ideal_cycles(xs, gy, self.lanes)
         return y

@@ -23,8 +23,8 @@ single kernel call over the word-concatenated plane pairs: no
 Operands of any word width are re-read as 64-bit words: the packing is
 little endian, so the bytes of narrower words in order are the bytes of the
 64-bit packing (zero padded).  Tails past ``n`` must be zero, as
-:func:`model.golden.pack_bits` writes them; the kernel relies on it, so it is
-checked.
+:func:`model.golden.pack_bits` writes them; the kernel relies on it, so the
+operands are checked first (:func:`model.golden.check_operand`).
 
 The kernel releases the GIL and runs on a small thread pool rather than
 numba's ``parallel=True``: on a machine shared with other jobs, numba's
@@ -49,8 +49,9 @@ from model.golden import (
     Encoding,
     Operand,
     PackedPlane,
-    check_pair,
     check_length,
+    check_pair,
+    check_plane,
     check_word_bits,
     popcount,
     valid_mask,
@@ -381,7 +382,7 @@ def _valid64(n: int) -> np.ndarray:
     return mask
 
 
-def _words64(words: np.ndarray, n: int, word_bits: int, name: str) -> np.ndarray:
+def _words64(words: np.ndarray, n: int, word_bits: int, name: str = "plane") -> np.ndarray:
     """Check a packed plane array and re-read it as uint64 words ``(*lead, rows, words_for(n, 64))``."""
     if not isinstance(words, np.ndarray) or words.ndim < 2:
         raise TypeError(f"{name} must be a numpy array of packed words (*lead, rows, words)")
@@ -407,7 +408,7 @@ class _PlaneWords:
     The arrays are ``(*lead, rows, words)``: one plane, or a stack of them.
     """
 
-    def __init__(self, plane: PackedPlane, n: int, word_bits: int, name: str) -> None:
+    def __init__(self, plane: PackedPlane, n: int, word_bits: int, name: str = "plane") -> None:
         self.shape = (plane.sign if plane.sign is not None else plane.mask).shape[:-1]
         self.sign = None if plane.sign is None else _words64(plane.sign, n, word_bits, f"{name}.sign")
         self.mask = None if plane.mask is None else _words64(plane.mask, n, word_bits, f"{name}.mask")
@@ -487,22 +488,24 @@ def _dot_form(x: _PlaneWords, y: _PlaneWords, n: int) -> _Form:
     return c + p.scaled(-2)
 
 
-def _operand_words(op: Operand, name: str) -> list[_PlaneWords]:
+def _operand_words(op: Operand, name: str = "operand") -> list[_PlaneWords]:
     return [_PlaneWords(p, op.n, op.word_bits, f"{name}.planes[{k}]") for k, p in enumerate(op.planes)]
 
 
 def fast_plane_terms(x: PackedPlane, y: PackedPlane, n: int, word_bits: int) -> tuple[np.ndarray, np.ndarray]:
     """Same as :func:`model.golden.plane_terms`: ``(P, C)``, int64, shapes ``(rows_x, rows_y)``."""
     n, word_bits = check_length(n), check_word_bits(word_bits)
-    p, c = _terms(_PlaneWords(x, n, word_bits, "x"), _PlaneWords(y, n, word_bits, "y"), n)
+    check_plane(x, n, word_bits, "x")
+    check_plane(y, n, word_bits, "y")
+    p, c = _terms(_PlaneWords(x, n, word_bits), _PlaneWords(y, n, word_bits), n)
     return p.evaluate(), c.evaluate()
 
 
 def fast_plane_products(x: Operand, y: Operand) -> np.ndarray:
     """Same as :func:`model.golden.plane_products`: ``D_kj``, int64 ``(Kx, Ky, rows_x, rows_y)``."""
     check_pair(x, y)
-    wy = _operand_words(y, "y")
-    return np.stack([np.stack([_dot_form(px, py, x.n).evaluate() for py in wy]) for px in _operand_words(x, "x")])
+    wy = _operand_words(y)
+    return np.stack([np.stack([_dot_form(px, py, x.n).evaluate() for py in wy]) for px in _operand_words(x)])
 
 
 def fast_operand_product(x: Operand, y: Operand) -> np.ndarray:
@@ -512,10 +515,10 @@ def fast_operand_product(x: Operand, y: Operand) -> np.ndarray:
     kernel call.
     """
     check_pair(x, y)
-    wy = _operand_words(y, "y")
+    wy = _operand_words(y)
     forms = [
         _dot_form(px, py, x.n).scaled(x.planes[k].weight * y.planes[j].weight)
-        for k, px in enumerate(_operand_words(x, "x"))
+        for k, px in enumerate(_operand_words(x))
         for j, py in enumerate(wy)
     ]
     return sum(forms[1:], start=forms[0]).evaluate()

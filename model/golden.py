@@ -40,6 +40,10 @@ The contract, in short:
 * **Widths.**  Counters and accumulators get exactly the width that the
   largest possible value needs (:func:`count_bits`, :func:`signed_bits`,
   :func:`layer_accumulator_bits`); overflow is impossible by construction.
+  A layer needing more than :data:`ACCUMULATOR_LIMIT_BITS` is refused.
+* **Checks.**  Every backend accepts exactly what :func:`check_groups` (the
+  operands, hand-built ones included) and :func:`check_layer` (coefficients,
+  thresholds, widths) accept, and refuses the rest with the same error.
 """
 
 from __future__ import annotations
@@ -319,6 +323,89 @@ class Operand:
 
 
 # --------------------------------------------------------------------------
+# operand checks: what every backend accepts (hand-built Operands included)
+
+
+def _tail_mask(n: int, word_bits: int) -> int:
+    """The bits of the last word that lie past ``n`` (0 when ``n`` fills it)."""
+    used = n % word_bits
+    return 0 if used == 0 else ((1 << word_bits) - 1) ^ ((1 << used) - 1)
+
+
+def _check_words(words: object, n: int, word_bits: int, rows: int | None, name: str) -> int:
+    """Check one packed ``(rows, words)`` array; return its row count."""
+    if not isinstance(words, np.ndarray) or words.ndim != 2:
+        raise TypeError(f"{name} must be a 2-D numpy array of packed words")
+    dtype = np.dtype(word_dtype(word_bits))
+    if words.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {dtype} for word_bits={word_bits}, got {words.dtype}")
+    nwords = words_for(n, word_bits)
+    if words.shape[1] != nwords:
+        raise ValueError(f"{name} must have {nwords} words per row for n={n}, got {words.shape[1]}")
+    if words.shape[0] < 1 or (rows is not None and words.shape[0] != rows):
+        raise ValueError(f"{name} must have {rows or 'at least 1'} rows, got {words.shape[0]}")
+    tail = _tail_mask(n, word_bits)
+    if tail:
+        dirty = np.flatnonzero(words[:, -1] & dtype.type(tail))
+        if dirty.size:
+            row = int(dirty[0])
+            raise ValueError(
+                f"{name} has bits set past n={n} (row {row}, last word {int(words[row, -1]):#x}); "
+                "packed tails must be zero"
+            )
+    return words.shape[0]
+
+
+def check_plane(plane: PackedPlane, n: int, word_bits: int, name: str = "plane", rows: int | None = None) -> int:
+    """Raise unless ``plane`` is a well-formed packed plane of length ``n``; return its rows.
+
+    Its arrays are present exactly as its kind needs them, of the word
+    width's dtype, ``words_for(n)`` words wide, ``rows`` rows (any number
+    when None) and zero past ``n``: the kernels and the hardware rely on it.
+    """
+    if not isinstance(plane, PackedPlane):
+        raise TypeError(f"{name} must be a PackedPlane, got {type(plane).__name__}")
+    if not isinstance(plane.kind, PlaneKind):
+        raise TypeError(f"{name}.kind must be a PlaneKind, got {type(plane.kind).__name__}")
+    for part, needed in (("sign", plane.kind.has_sign), ("mask", plane.kind.has_mask)):
+        words = getattr(plane, part)
+        if needed and words is None:
+            raise ValueError(f"{name} is a {plane.kind.value} plane and needs a {part} array, got None")
+        if not needed and words is not None:
+            raise ValueError(f"{name} is a {plane.kind.value} plane and has no {part} array, got one")
+        if words is not None:
+            rows = _check_words(words, n, word_bits, rows, f"{name}.{part}")
+    return rows
+
+
+def check_operand(op: Operand, name: str = "operand") -> Operand:
+    """Return ``op`` or raise unless its planes are exactly those its encoding packs.
+
+    A hand-built Operand must have one plane per weight of its encoding, of
+    the encoding's kind and weight, every plane as :func:`check_plane`
+    accepts it, with the same rows.
+    """
+    if not isinstance(op, Operand):
+        raise TypeError(f"{name} must be an Operand, got {type(op).__name__}")
+    if not isinstance(op.encoding, Encoding):
+        raise TypeError(f"{name}.encoding must be an Encoding, got {type(op.encoding).__name__}")
+    n, word_bits = check_length(op.n, f"{name}.n"), check_word_bits(op.word_bits)
+    weights, kind = op.encoding.plane_weights, op.encoding.plane_kind
+    if not isinstance(op.planes, tuple) or len(op.planes) != len(weights):
+        raise ValueError(f"{name} must have a tuple of {len(weights)} planes for encoding {op.encoding}, "
+                         f"got {len(op.planes) if isinstance(op.planes, tuple) else type(op.planes).__name__}")
+    rows = None
+    for k, (plane, weight) in enumerate(zip(op.planes, weights)):
+        label = f"{name}.planes[{k}]"
+        rows = check_plane(plane, n, word_bits, label, rows)
+        if plane.kind is not kind:
+            raise ValueError(f"{label} is a {plane.kind.value} plane, encoding {op.encoding} has {kind.value} planes")
+        if isinstance(plane.weight, bool) or not isinstance(plane.weight, (int, np.integer)) or plane.weight != weight:
+            raise ValueError(f"{label} has weight {plane.weight!r}, encoding {op.encoding} gives it {weight}")
+    return op
+
+
+# --------------------------------------------------------------------------
 # the primitive and the plane product
 
 
@@ -368,10 +455,9 @@ def correct(p: np.ndarray, c: np.ndarray) -> np.ndarray:
 
 
 def check_pair(x: Operand, y: Operand) -> None:
-    """Raise unless x and y are Operands of the same length and word width."""
-    for name, op in (("x", x), ("y", y)):
-        if not isinstance(op, Operand):
-            raise TypeError(f"{name} must be an Operand, got {type(op).__name__}")
+    """Raise unless x and y are well-formed Operands of the same length and word width."""
+    check_operand(x, "x")
+    check_operand(y, "y")
     if x.n != y.n:
         raise ValueError(f"x and y must have the same length n, got x.n={x.n} and y.n={y.n}")
     if x.word_bits != y.word_bits:
@@ -433,6 +519,118 @@ def layer_accumulator_bits(
         for h, ey in enumerate(groups_y)
     )
     return signed_bits(total)
+
+
+# --------------------------------------------------------------------------
+# layer arguments: what every backend accepts
+
+#: The widest accumulator a layer may need.  Sums are int64; the partial sums
+#: of a product reach up to 4x its final bound (the two's complement planes'
+#: weights add up to almost twice the largest value, on each side), and 62
+#: bits leave exactly that headroom below 2^63.
+ACCUMULATOR_LIMIT_BITS = 62
+
+_INT64 = np.iinfo(np.int64)
+
+
+def _check_int64(values: object, name: str) -> np.ndarray:
+    """``values`` as int64, or raise: an integer numpy array whose values fit int64."""
+    values = _check_array(values, name)
+    if not np.issubdtype(values.dtype, np.integer):
+        raise TypeError(f"{name} must be an integer array, got dtype {values.dtype}")
+    if values.dtype.kind == "u" and values.size and values.max() > _INT64.max:
+        index = np.unravel_index(np.argmax(values), values.shape)
+        raise ValueError(f"{name}[{', '.join(map(str, index))}] = {values[index]} does not fit int64")
+    return values.astype(np.int64, copy=False)
+
+
+def check_coefs(coefs: np.ndarray, groups_x: int, groups_y: int) -> np.ndarray:
+    """The layer coefficients as int64, or raise: an integer ``(groups_x, groups_y)`` array."""
+    coefs = _check_int64(coefs, "coefs")
+    if coefs.shape != (groups_x, groups_y):
+        raise ValueError(f"coefs must have shape ({groups_x}, {groups_y}), got {coefs.shape}")
+    return coefs
+
+
+def check_thresholds(
+    thresholds: np.ndarray, directions: np.ndarray, columns: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Thresholds and directions as int64, or raise.
+
+    Both are integer arrays (a float threshold has no bit-exact compare),
+    of shape ``(columns,)`` when ``columns`` is given; every direction is -1
+    or +1.
+    """
+    thresholds, directions = _check_int64(thresholds, "thresholds"), _check_int64(directions, "directions")
+    if columns is not None and not thresholds.shape == directions.shape == (columns,):
+        raise ValueError(f"thresholds and directions must have one entry per y row, shape ({columns},), "
+                         f"got {thresholds.shape} and {directions.shape}")
+    bad = np.flatnonzero((directions != 1) & (directions != -1))
+    if bad.size:
+        raise ValueError(f"directions must be -1 or +1, got {directions.flat[bad[0]]} at index {bad[0]}")
+    return thresholds, directions
+
+
+def check_accumulator(
+    n: int, groups_x: Sequence[Encoding], groups_y: Sequence[Encoding], coefs: np.ndarray
+) -> None:
+    """Raise unless the layer and each of its products fit :data:`ACCUMULATOR_LIMIT_BITS`.
+
+    Every product ``D_int`` is computed, even one whose coefficient is 0, so
+    each must fit as well as ``Y``.
+    """
+    products = max(signed_bits(product_max_abs(n, ex, ey)) for ex in groups_x for ey in groups_y)
+    bits = max(products, layer_accumulator_bits(n, groups_x, groups_y, coefs))
+    if bits > ACCUMULATOR_LIMIT_BITS:
+        largest = max(abs(int(c)) for c in coefs.flat)
+        _refuse_width(bits, f"n={n}, encodings {[str(e) for e in groups_x]} x {[str(e) for e in groups_y]}, "
+                            f"largest |coef| {largest}")
+
+
+def _refuse_width(bits: int, what: str) -> None:
+    raise ValueError(f"coefs: the sum needs a {bits}-bit accumulator ({what}); "
+                     f"at most {ACCUMULATOR_LIMIT_BITS} bits are computed exactly")
+
+
+def check_groups(groups: Sequence[Operand], name: str = "groups") -> tuple[Operand, ...]:
+    """The groups as a tuple, or raise: well-formed Operands of one length, word width and row count."""
+    if not isinstance(groups, Sequence) or not groups:
+        raise TypeError(f"{name} must be a non-empty sequence of Operand")
+    groups = tuple(check_operand(g, f"{name}[{i}]") for i, g in enumerate(groups))
+    first = groups[0]
+    for i, g in enumerate(groups[1:], 1):
+        if (g.n, g.word_bits, g.rows) != (first.n, first.word_bits, first.rows):
+            raise ValueError(
+                f"{name}[{i}] has n={g.n}, word_bits={g.word_bits}, {g.rows} rows; "
+                f"{name}[0] has n={first.n}, word_bits={first.word_bits}, {first.rows} rows"
+            )
+    return groups
+
+
+def check_layer(
+    groups_x: Sequence[Operand],
+    groups_y: Sequence[Operand],
+    coefs: np.ndarray,
+    thresholds: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
+    """A layer's coefficients and thresholds as int64, or raise; every backend runs this check.
+
+    ``groups_x`` and ``groups_y`` are as :func:`check_groups` returned them
+    (a backend checks them when they are loaded); here they must agree with
+    each other.  ``thresholds`` is ``(thresholds, directions)``, one per y
+    row.  The same inputs are thus refused, with the same error, by the
+    emulator and by the accelerator.
+    """
+    x, y = groups_x[0], groups_y[0]
+    if x.n != y.n:
+        raise ValueError(f"x and y must have the same length n, got x.n={x.n} and y.n={y.n}")
+    if x.word_bits != y.word_bits:
+        raise ValueError(f"x and y must use the same word_bits, got {x.word_bits} and {y.word_bits}")
+    coefs = check_coefs(coefs, len(groups_x), len(groups_y))
+    check_accumulator(x.n, [g.encoding for g in groups_x], [g.encoding for g in groups_y], coefs)
+    if thresholds is not None:
+        thresholds = check_thresholds(*thresholds, columns=y.rows)
+    return coefs, thresholds
 
 
 # --------------------------------------------------------------------------
@@ -503,14 +701,22 @@ class FixedPoint:
 
 
 def superpose(d_int: np.ndarray, coefs: np.ndarray) -> np.ndarray:
-    """``Y = sum_g sum_h coefs[g, h] * d_int[g, h]`` for ``d_int`` of shape (G, H, ...)."""
-    d_int = _check_array(d_int, "d_int")
-    coefs = _check_array(coefs, "coefs")
-    if not np.issubdtype(coefs.dtype, np.integer):
-        raise TypeError(f"coefs must be an integer array, got dtype {coefs.dtype}")
-    if coefs.shape != d_int.shape[:2]:
-        raise ValueError(f"coefs must have shape {d_int.shape[:2]}, got {coefs.shape}")
-    return np.einsum("gh,gh...->...", coefs.astype(np.int64), d_int.astype(np.int64))
+    """``Y = sum_g sum_h coefs[g, h] * d_int[g, h]`` for ``d_int`` of shape (G, H, ...).
+
+    Refuses a sum that ``d_int``'s values could carry past
+    :data:`ACCUMULATOR_LIMIT_BITS` rather than let int64 wrap.
+    """
+    d_int = _check_int64(d_int, "d_int")
+    if d_int.ndim < 2:
+        raise ValueError(f"d_int must have shape (G, H, ...), got {d_int.shape}")
+    coefs = check_coefs(coefs, *d_int.shape[:2])
+    if d_int.size:
+        axes = tuple(range(2, d_int.ndim))
+        hi, lo = d_int.max(axis=axes), d_int.min(axis=axes)
+        bound = sum(abs(int(c)) * max(int(h), -int(l)) for c, h, l in zip(coefs.flat, hi.flat, lo.flat))
+        if signed_bits(bound) > ACCUMULATOR_LIMIT_BITS:
+            _refuse_width(signed_bits(bound), f"largest |Y| up to {bound}")
+    return np.einsum("gh,gh...->...", coefs, d_int)
 
 
 def group_products(groups_x: Sequence[Operand], groups_y: Sequence[Operand]) -> np.ndarray:
@@ -523,7 +729,9 @@ def group_products(groups_x: Sequence[Operand], groups_y: Sequence[Operand]) -> 
 def layer_output(
     groups_x: Sequence[Operand], groups_y: Sequence[Operand], coefs: np.ndarray
 ) -> np.ndarray:
-    """The integer layer output ``Y`` of two superposed operands."""
+    """The integer layer output ``Y`` of two superposed operands (checked by :func:`check_layer`)."""
+    groups_x, groups_y = check_groups(groups_x, "groups_x"), check_groups(groups_y, "groups_y")
+    coefs, _ = check_layer(groups_x, groups_y, coefs)
     return superpose(group_products(groups_x, groups_y), coefs)
 
 
@@ -577,8 +785,7 @@ def fold_threshold(
 
 
 def apply_threshold(y: np.ndarray, thresholds: np.ndarray, directions: np.ndarray) -> np.ndarray:
-    """The hardware's compare: ``bit = direction*Y >= threshold`` (uint8)."""
-    y = _check_array(y, "y")
-    if not np.issubdtype(y.dtype, np.integer):
-        raise TypeError(f"y must be an integer array, got dtype {y.dtype}")
-    return (directions.astype(np.int64) * y.astype(np.int64) >= thresholds).astype(np.uint8)
+    """The hardware's compare: ``bit = direction*Y >= threshold`` (uint8), checked by :func:`check_thresholds`."""
+    y = _check_int64(y, "y")
+    thresholds, directions = check_thresholds(thresholds, directions)
+    return (directions * y >= thresholds).astype(np.uint8)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -16,6 +17,7 @@ from hw.config import DEFAULT
 from hw.isa import Op
 from model.golden import Operand
 from sim.reference import AcceleratorModel
+from tests.host.test_emulator import bad_loads, bad_runs, layer_operands
 
 CONFIG = replace(DEFAULT, x_depth=128, y_depth=512)
 
@@ -158,3 +160,57 @@ def test_a_reset_during_a_run_repeats_the_run():
     link.model._run = run_then_reset
     assert np.array_equal(dev.layer("l.x", "l.w", np.array([[1]])), emu.layer("l.x", "l.w", np.array([[1]])))
     assert dev.reruns == 1
+
+
+# ---------------------------------------------------------------- refused exactly as the emulator refuses
+
+
+def _refusal(call, *args) -> tuple[type, str]:
+    with pytest.raises((TypeError, ValueError)) as info:
+        call(*args)
+    return type(info.value), str(info.value)
+
+
+def test_malformed_operands_are_refused_as_the_emulator_refuses_them_before_any_frame():
+    link = ModelLink()
+    dev, emu = _backends(link)
+    sent = len(link.frames)
+    for case, op, error, message in bad_loads():
+        refusal = _refusal(dev.load, "x", [op])
+        assert refusal == _refusal(emu.load, "x", [op]), case
+        assert refusal[0] is error and re.search(message, refusal[1]), case
+    assert len(link.frames) == sent
+
+
+def test_bad_coefficients_and_thresholds_are_refused_as_the_emulator_refuses_them_before_any_frame():
+    link = ModelLink()
+    dev, emu = _backends(link)
+    x, y = layer_operands()
+    for b in (dev, emu):
+        b.load("x", [x])
+        b.load("y", [y])
+    sent = len(link.frames)
+    for case, coefs, thresholds, error, message in bad_runs():
+        refusal = _refusal(dev.run, "x", "y", coefs, thresholds)
+        assert refusal == _refusal(emu.run, "x", "y", coefs, thresholds), case
+        assert refusal[0] is error and re.search(message, refusal[1]), case
+    # x and y packed in different word widths: the device would repack both, the contract refuses
+    for b in (dev, emu):
+        b.load("y32", [Operand.from_values(y.to_values(), "ternary", 32)])
+    refusal = _refusal(lambda: dev.run("x", "y32", np.ones((1, 1), np.int64)))
+    assert refusal == _refusal(lambda: emu.run("x", "y32", np.ones((1, 1), np.int64)))
+    assert refusal == (ValueError, "x and y must use the same word_bits, got 16 and 32")
+    assert len(link.frames) == sent and dev.host_layers == {}
+
+
+def test_sums_past_62_bits_are_refused_not_computed_on_the_host():
+    """int16 x int16 at -32768 over n = 8 with coefficient -2^31 is exactly -2^64: the host fallback wrapped it to 0."""
+    dev, emu = _backends(ModelLink())
+    x = Operand.from_values(np.full((1, 8), -32768, np.int64), "int16")
+    coefs = np.array([[-(1 << 31)]], np.int64)
+    for b in (dev, emu):
+        b.load("x", [x])
+    refusal = _refusal(dev.run, "x", "x", coefs)
+    assert refusal == _refusal(emu.run, "x", "x", coefs)
+    assert refusal[0] is ValueError and "66-bit accumulator" in refusal[1]
+    assert dev.host_layers == {}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -110,3 +112,90 @@ def test_batched_layers_refuse_mismatched_stacks():
         backend.layers("x", [_stack(rng, "bipolar", (2, 4, 8))[1]], "y", [_stack(rng, "bipolar", (3, 4, 8))[1]], np.ones((1, 1), np.int64))
     with pytest.raises(TypeError, match="OperandStack"):
         backend.layers("x", [], "y", None, np.ones((1, 1), np.int64))
+
+
+# ---------------------------------------------------------------- what every backend refuses
+
+
+def layer_operands() -> tuple[Operand, Operand]:
+    """A valid x (int4, 3 rows) and y (ternary, 5 rows) over n = 10 in 16-bit words."""
+    rng = np.random.default_rng(9)
+    return (Operand.from_values(rng.integers(-8, 8, (3, 10)), "int4", 16),
+            Operand.from_values(rng.integers(-1, 2, (5, 10)), "ternary", 16))
+
+
+def _with_plane(op: Operand, k: int, **fields) -> Operand:
+    planes = list(op.planes)
+    planes[k] = dataclasses.replace(planes[k], **fields)
+    return dataclasses.replace(op, planes=tuple(planes))
+
+
+def bad_loads() -> list[tuple[str, Operand, type, str]]:
+    """Hand-built x operands that ``load`` refuses: (case, operand, error, message)."""
+    x, y = layer_operands()
+    mask = x.planes[1].mask
+    dirty = mask.copy()
+    dirty[2, 0] |= 1 << 12
+    return [
+        ("bit past n", _with_plane(x, 1, mask=dirty), ValueError, r"slot 'x'\[0\].planes\[1\].mask has bits set past n=10 \(row 2"),
+        ("too many words", _with_plane(x, 1, mask=np.hstack([mask, mask])), ValueError, "must have 1 words per row for n=10, got 2"),
+        ("words wider than declared", _with_plane(x, 1, mask=mask.astype(np.uint32)), TypeError,
+         "must have dtype uint16 for word_bits=16, got uint32"),
+        ("a plane of another kind", dataclasses.replace(y, encoding=golden.Encoding("unipolar")), ValueError,
+         r"slot 'x'\[0\].planes\[0\] is a ternary plane, encoding unipolar has unipolar planes"),
+    ]
+
+
+def bad_runs() -> list[tuple[str, np.ndarray, Thresholds | None, type, str]]:
+    """Arguments that ``run`` refuses for the layers x (one group) by y: (case, coefs, thresholds, error, message)."""
+    one, keep = np.ones((1, 1), np.int64), Thresholds(np.zeros(5, np.int64), np.ones(5, np.int64))
+    return [
+        ("float coefs", np.ones((1, 1)), None, TypeError, "coefs must be an integer array, got dtype float64"),
+        ("coefs as a list", [[1]], None, TypeError, "coefs must be a numpy array, got list"),
+        ("coefs of the wrong shape", np.ones((1, 2), np.int64), None, ValueError, r"coefs must have shape \(1, 1\), got \(1, 2\)"),
+        ("a uint64 coefficient of 2^63", np.array([[1 << 63]], np.uint64), None, ValueError,
+         r"coefs\[0, 0\] = 9223372036854775808 does not fit int64"),
+        ("float thresholds", one, Thresholds(np.full(5, 0.5), keep.directions), TypeError,
+         "thresholds must be an integer array, got dtype float64"),
+        ("thresholds as lists", one, Thresholds([0] * 5, [1] * 5), TypeError, "thresholds must be a numpy array, got list"),
+        ("too few thresholds", one, Thresholds(np.zeros(4, np.int64), np.ones(4, np.int64)), ValueError,
+         r"one entry per y row, shape \(5,\), got \(4,\) and \(4,\)"),
+        ("thresholds as a row", one, Thresholds(np.zeros((1, 5), np.int64), np.ones((1, 5), np.int64)), ValueError,
+         r"one entry per y row, shape \(5,\), got \(1, 5\)"),
+        ("a direction of 0", one, Thresholds(keep.thresholds, np.array([1, -1, 0, 1, 1])), ValueError,
+         r"directions must be -1 or \+1, got 0 at index 2"),
+        ("thresholds not of that type", one, (keep.thresholds, keep.directions), TypeError,
+         "thresholds must be a Thresholds or None, got tuple"),
+    ]
+
+
+@pytest.mark.parametrize("kernel", ["fast", "reference"])
+def test_malformed_operands_are_refused_at_load(kernel):
+    backend = EmulatorBackend(kernel)
+    for case, op, error, message in bad_loads():
+        with pytest.raises(error, match=message):
+            backend.load("x", [op])
+    with pytest.raises(TypeError, match="slot 'x' must be a non-empty sequence of Operand"):
+        backend.load("x", [])
+
+
+@pytest.mark.parametrize("kernel", ["fast", "reference"])
+def test_bad_coefficients_and_thresholds_are_refused_at_run(kernel):
+    x, y = layer_operands()
+    backend = EmulatorBackend(kernel)
+    backend.load("x", [x])
+    backend.load("y", [y])
+    for case, coefs, thresholds, error, message in bad_runs():
+        with pytest.raises(error, match=message):
+            backend.run("x", "y", coefs, thresholds)
+    assert backend.cycles() == 0
+
+
+@pytest.mark.parametrize("kernel", ["fast", "reference"])
+def test_sums_past_62_bits_are_refused_not_wrapped(kernel):
+    """int16 x int16 at -32768 over n = 8 with coefficient -2^31 is exactly -2^64, which int64 wraps to 0."""
+    x = Operand.from_values(np.full((1, 8), -32768, np.int64), "int16")
+    backend = EmulatorBackend(kernel)
+    backend.load("x", [x])
+    with pytest.raises(ValueError, match="the sum needs a 66-bit accumulator"):
+        backend.run("x", "x", np.array([[-(1 << 31)]], np.int64))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import numpy as np
 import pytest
@@ -225,3 +226,20 @@ def test_stack_packing_refuses_what_golden_refuses(encoding, bad, message) -> No
         OperandStack.from_values(values, encoding)
     with pytest.raises(TypeError, match="integer"):
         OperandStack.from_values(np.ones((2, 3, 4)) * 0.5, encoding)
+
+
+def test_refuses_malformed_operands_as_golden_does() -> None:
+    """Plane kinds, weights and counts that do not match the encoding: the same error as the reference."""
+    x = Operand.from_values(np.ones((2, 10), np.int64), "int4", 16)
+    t = Operand.from_values(np.ones((2, 10), np.int64), "ternary", 16)
+    bad = [
+        dataclasses.replace(t, encoding=Encoding("bipolar")),
+        dataclasses.replace(x, planes=x.planes[:3]),
+        dataclasses.replace(x, planes=x.planes[:3] + (dataclasses.replace(x.planes[3], weight=8),)),
+    ]
+    for op in bad:
+        with pytest.raises(ValueError) as expected:
+            operand_product(op, x)
+        for fast in (fast_operand_product, fast_plane_products):
+            with pytest.raises(ValueError, match=re.escape(str(expected.value))):
+                fast(op, x)

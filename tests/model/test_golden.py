@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import assume, given, settings
@@ -236,3 +238,106 @@ def test_threshold_folding_with_a_scale_too_small_for_the_root():
         assert np.all(golden.apply_threshold(ys[:, None], t, d)[:, 0] == expect)
     t, d = golden.fold_threshold(np.array([tiny]), np.array([-4.0]), -3, 3)
     assert np.all(golden.apply_threshold(np.arange(-3, 4)[:, None], t, d)[:, 0] == 0)
+
+
+# ---------------------------------------------------------------- malformed operands and layer arguments
+
+
+def _replace_plane(op: Operand, k: int, **fields) -> Operand:
+    planes = list(op.planes)
+    planes[k] = dataclasses.replace(planes[k], **fields)
+    return dataclasses.replace(op, planes=tuple(planes))
+
+
+def malformed_operands() -> list[tuple[str, Operand, type, str]]:
+    """Hand-built operands that break the packing, each with its error type and message."""
+    rng = np.random.default_rng(5)
+    x = Operand.from_values(rng.integers(-8, 8, (2, 10)), "int4", 8)   # 2 words per row, 6 tail bits
+    t = Operand.from_values(rng.integers(-1, 2, (2, 10)), "ternary", 8)
+    mask = x.planes[2].mask
+    dirty = mask.copy()
+    dirty[1, -1] |= 0x80
+    dirty_sign = t.planes[0].sign.copy()
+    dirty_sign[0, -1] |= 0x04
+    extra = np.hstack([mask, np.zeros((2, 1), np.uint8)])
+    return [
+        ("bit past n in a mask", _replace_plane(x, 2, mask=dirty), ValueError,
+         r"planes\[2\].mask has bits set past n=10 \(row 1, last word 0x"),
+        ("bit past n in a sign", _replace_plane(t, 0, sign=dirty_sign), ValueError,
+         r"planes\[0\].sign has bits set past n=10 \(row 0"),
+        ("too few words", _replace_plane(x, 1, mask=mask[:, :1]), ValueError,
+         r"planes\[1\].mask must have 2 words per row for n=10, got 1"),
+        ("too many words", _replace_plane(x, 1, mask=extra), ValueError,
+         r"planes\[1\].mask must have 2 words per row for n=10, got 3"),
+        ("words wider than declared", _replace_plane(x, 0, mask=mask.astype(np.uint16)), TypeError,
+         r"planes\[0\].mask must have dtype uint8 for word_bits=8, got uint16"),
+        ("signed words", _replace_plane(x, 0, mask=mask.astype(np.int8)), TypeError,
+         r"planes\[0\].mask must have dtype uint8 for word_bits=8, got int8"),
+        ("a plane of another kind", dataclasses.replace(t, encoding=Encoding("bipolar")), ValueError,
+         r"planes\[0\] is a ternary plane, encoding bipolar has bipolar planes"),
+        ("a ternary plane without mask", _replace_plane(t, 0, mask=None), ValueError,
+         r"planes\[0\] is a ternary plane and needs a mask array"),
+        ("a unipolar plane with a sign", _replace_plane(x, 0, sign=mask), ValueError,
+         r"planes\[0\] is a unipolar plane and has no sign array"),
+        ("too few planes", dataclasses.replace(x, planes=x.planes[:3]), ValueError,
+         r"must have a tuple of 4 planes for encoding int4, got 3"),
+        ("a wrong plane weight", _replace_plane(x, 3, weight=8), ValueError,
+         r"planes\[3\] has weight 8, encoding int4 gives it -8"),
+        ("planes of different rows", _replace_plane(x, 3, mask=mask[:1]), ValueError,
+         r"planes\[3\].mask must have 2 rows, got 1"),
+    ]
+
+
+@pytest.mark.parametrize("case", malformed_operands(), ids=lambda c: c[0])
+def test_malformed_operands_are_refused(case):
+    _, bad, error, message = case
+    good = Operand.from_values(np.ones((3, 10), np.int64), "bipolar", 8)
+    for call in (lambda: golden.operand_product(bad, good), lambda: golden.plane_products(good, bad),
+                 lambda: golden.layer_output([bad], [good], np.ones((1, 1), np.int64))):
+        with pytest.raises(error, match=message):
+            call()
+
+
+def test_coefficients_past_int64_are_refused_not_wrapped():
+    x = Operand.from_values(np.ones((1, 4), np.int64), "bipolar")
+    coefs = np.array([[1 << 63]], np.uint64)          # int64 would read it as -2^63
+    with pytest.raises(ValueError, match=r"coefs\[0, 0\] = 9223372036854775808 does not fit int64"):
+        golden.layer_output([x], [x], coefs)
+    with pytest.raises(ValueError, match="does not fit int64"):
+        golden.superpose(np.ones((1, 1, 2, 2), np.int64), coefs)
+    with pytest.raises(TypeError, match="coefs must be an integer array, got dtype bool"):
+        golden.superpose(np.ones((1, 1, 2, 2), np.int64), np.ones((1, 1), bool))
+    assert golden.layer_output([x], [x], np.array([[3]], np.uint64)).tolist() == [[12]]
+
+
+def test_sums_wider_than_the_limit_are_refused_not_wrapped():
+    """int16 x int16 at -32768 over n = 8 with coefficient -2^31 is exactly -2^64: int64 would return 0."""
+    x = Operand.from_values(np.full((1, 8), -32768, np.int64), "int16")
+    coefs = np.array([[-(1 << 31)]], np.int64)
+    with pytest.raises(ValueError, match="the sum needs a 66-bit accumulator .*at most 62 bits"):
+        golden.layer_output([x], [x], coefs)
+    with pytest.raises(ValueError, match="66-bit accumulator"):
+        golden.superpose(golden.group_products([x], [x]), coefs)
+    with pytest.raises(ValueError, match="66-bit accumulator"):
+        golden.check_accumulator(8, [x.encoding], [x.encoding], coefs)
+    # the widest sum allowed, 2^33 * (2^28 - 1) < 2^61, is computed exactly; one more and it is refused
+    fits = np.array([[(1 << 28) - 1]], np.int64)
+    assert golden.layer_accumulator_bits(8, [x.encoding], [x.encoding], fits) == golden.ACCUMULATOR_LIMIT_BITS
+    assert int(golden.layer_output([x], [x], fits)[0, 0]) == 8 * 32768**2 * ((1 << 28) - 1)
+    with pytest.raises(ValueError, match="63-bit accumulator"):
+        golden.layer_output([x], [x], fits + 1)
+
+
+def test_float_thresholds_and_bad_directions_are_refused():
+    y = np.array([[0, 1], [2, -3]], np.int64)
+    with pytest.raises(TypeError, match="thresholds must be an integer array, got dtype float64"):
+        golden.apply_threshold(y, np.array([0.5, 0.5]), np.array([1, 1]))
+    with pytest.raises(TypeError, match="thresholds must be a numpy array, got list"):
+        golden.apply_threshold(y, [0, 0], np.array([1, 1]))
+    with pytest.raises(ValueError, match="directions must be -1 or \\+1, got 0 at index 1"):
+        golden.apply_threshold(y, np.array([0, 0]), np.array([1, 0]))
+    with pytest.raises(ValueError, match=r"thresholds\[0\] = 9223372036854775808 does not fit int64"):
+        golden.apply_threshold(y, np.array([1 << 63, 0], np.uint64), np.array([1, 1]))
+    with pytest.raises(ValueError, match=r"one entry per y row, shape \(2,\), got \(3,\) and \(3,\)"):
+        golden.check_thresholds(np.zeros(3, np.int64), np.ones(3, np.int64), columns=2)
+    assert golden.apply_threshold(y, np.array([1, -2], np.int32), np.array([1, -1], np.int8)).tolist() == [[0, 1], [1, 1]]
