@@ -43,15 +43,15 @@ SHAPES = (
 )
 
 
-def time_rounds(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, dict[str, list[float]]]:
-    """Wall times of each function over ``repeats`` rounds, after one warm-up call each.
+def time_rounds(fns: dict[str, Callable[[], object]], repeats: int, warm_up: bool = True) -> dict[str, dict[str, list[float]]]:
+    """Wall times of each function over ``repeats`` rounds, after one warm-up call each (unless ``warm_up`` is false).
 
     The rounds interleave the functions, so that load from other jobs on the
     machine falls on all of them alike rather than on whichever ran last.
     Returns, per function, ``seconds`` and the 1-minute load average
     ``load_before`` and ``load_after`` each call.
     """
-    for fn in fns.values():
+    for fn in fns.values() if warm_up else ():
         fn()
     rounds = {name: {"seconds": [], "cpu_seconds": [], "load_before": [], "load_after": []} for name in fns}
     for _ in range(repeats):

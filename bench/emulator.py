@@ -38,7 +38,6 @@ import argparse
 import json
 import os
 import statistics
-import time
 from pathlib import Path
 from collections.abc import Callable
 
@@ -80,17 +79,10 @@ def time_rounds(engines: dict[str, Callable[[], np.ndarray]], repeats: int) -> t
 
     Returns ``(predictions of the warm-up run, per engine: seconds and load averages of every round)``.
     """
-    predictions = {name: fn() for name, fn in engines.items()}
-    rounds: dict[str, dict[str, list]] = {name: {"seconds": [], "cpu_seconds": [], "load_before": [], "load_after": []} for name in engines}
-    for _ in range(repeats):
-        for name, fn in engines.items():
-            rounds[name]["load_before"].append(os.getloadavg()[0])
-            start, cpu = time.perf_counter(), time.process_time()
-            fn()
-            rounds[name]["seconds"].append(time.perf_counter() - start)
-            rounds[name]["cpu_seconds"].append(time.process_time() - cpu)
-            rounds[name]["load_after"].append(os.getloadavg()[0])
-    return predictions, rounds
+    from bench.bgemm import time_rounds as interleaved
+
+    predictions = {name: fn() for name, fn in engines.items()}  # the warm-up run
+    return predictions, interleaved(engines, repeats, warm_up=False)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -29,7 +29,7 @@ from model.golden import (
     Operand,
     PackedPlane,
     check_word_bits,
-    pack_bits,
+    pack_planes,
 )
 
 
@@ -94,19 +94,7 @@ class OperandStack:
         planes = fast_pack(values, encoding, word_bits)
         if planes is not None:
             return cls(encoding, values.shape[-1], word_bits, planes)
-        values = encoding.check_values(values)
-        kind = encoding.plane_kind
-        if encoding.name in ("int", "uint"):
-            unsigned = values & ((1 << encoding.bits) - 1)  # two's complement bits
-            planes = tuple(
-                PackedPlane(kind, w, None, pack_bits((unsigned >> i) & 1, word_bits))
-                for i, w in enumerate(encoding.plane_weights)
-            )
-        else:
-            sign = pack_bits(values > 0, word_bits) if kind.has_sign else None
-            mask = pack_bits(values != 0, word_bits) if kind.has_mask else None
-            planes = (PackedPlane(kind, 1, sign, mask),)
-        return cls(encoding, values.shape[-1], word_bits, planes)
+        return cls(encoding, values.shape[-1], word_bits, pack_planes(encoding.check_values(values), encoding, word_bits))
 
     def item(self, idx: tuple[int, ...]) -> Operand:
         """The operand at leading index ``idx``."""

@@ -271,6 +271,20 @@ class PackedPlane:
     mask: np.ndarray | None
 
 
+def pack_planes(values: np.ndarray, encoding: Encoding, word_bits: int) -> tuple[PackedPlane, ...]:
+    """The packed planes of checked int64 ``values`` (..., n) in ``encoding`` (planes (..., words))."""
+    kind = encoding.plane_kind
+    if encoding.name in ("int", "uint"):
+        unsigned = values & ((1 << encoding.bits) - 1)  # two's complement bits
+        return tuple(
+            PackedPlane(kind, w, None, pack_bits((unsigned >> i) & 1, word_bits))
+            for i, w in enumerate(encoding.plane_weights)
+        )
+    sign = pack_bits(values > 0, word_bits) if kind.has_sign else None
+    mask = pack_bits(values != 0, word_bits) if kind.has_mask else None
+    return (PackedPlane(kind, 1, sign, mask),)
+
+
 @dataclass(frozen=True)
 class Operand:
     """An integer matrix of shape ``(rows, n)`` as packed weighted planes."""
@@ -298,19 +312,7 @@ class Operand:
         values = encoding.check_values(values)
         if values.ndim != 2 or values.shape[0] < 1 or values.shape[1] < 1:
             raise ValueError(f"values must be a non-empty 2-D array (rows, n), got shape {values.shape}")
-        word_bits = check_word_bits(word_bits)
-        kind = encoding.plane_kind
-        if encoding.name in ("int", "uint"):
-            unsigned = values & ((1 << encoding.bits) - 1)  # two's complement bits
-            planes = tuple(
-                PackedPlane(kind, w, None, pack_bits((unsigned >> i) & 1, word_bits))
-                for i, w in enumerate(encoding.plane_weights)
-            )
-        else:
-            sign = pack_bits(values > 0, word_bits) if kind.has_sign else None
-            mask = pack_bits(values != 0, word_bits) if kind.has_mask else None
-            planes = (PackedPlane(kind, 1, sign, mask),)
-        return cls(encoding, values.shape[1], word_bits, planes)
+        return cls(encoding, values.shape[1], word_bits, pack_planes(values, encoding, check_word_bits(word_bits)))
 
     def to_values(self) -> np.ndarray:
         """Decode back to the ``(rows, n)`` int64 matrix."""
