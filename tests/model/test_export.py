@@ -97,3 +97,17 @@ def test_integer_program_on_the_test_set(trained):
     int_pred = torch_logits.argmax(-1)
     assert np.mean(int_pred == float_pred) > 0.9
     assert abs(np.mean(int_pred == yte) - np.mean(float_pred == yte)) < 0.05
+
+
+def test_bin1_compiles_to_an_integer_program(small_vit):
+    """The 1-base baseline (one V group, one attention level, mean scales) folds like GSB."""
+    from host.integer_runtime import IntegerRuntime
+    from model import intvit
+
+    model, splits = small_vit("bin1", 30, stage=2)
+    exported = export_model(model, Preprocessing(INPUT_DIVISORS["digits"], splits.mean, splits.std, "digits"))
+    xtr, _, xte, _ = load_pool("digits")
+    raw = np.rint(xte[:40] * 16).astype(np.int64)
+    prog = intvit.compile_program(exported, np.rint(xtr[:64] * 16).astype(np.int64))
+    assert prog.params["blocks.0.attn.v_groups"] == 1 and prog.arrays["blocks.0.attn.levels"].shape[0] == 1
+    assert np.array_equal(IntegerRuntime(prog, EmulatorBackend("fast")).logits(raw), vit.deploy_integer(prog, raw).numpy())
