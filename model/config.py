@@ -2,7 +2,8 @@
 
 A config file has three sections (see ``configs/digits.yaml``)::
 
-    data:  {dataset, samples_per_class, val_per_class, augment: {shift, flip}}
+    data:  {dataset, path, scale, test_fraction, samples_per_class,
+            val_per_class, shift, flip}
     model: {img_size, in_chans, patch, dim, depth, heads, mlp_ratio,
             cls_token, dist_token, drop_path}
     train: {epochs, stage1_fraction, batch_size, lr, weight_decay,
@@ -23,16 +24,32 @@ from typing import Any, Callable
 
 import yaml
 
-from .data import DATASETS
+from .data import DATASETS, FILE_KINDS, Source
 
 
 @dataclass
 class DataConfig:
+    """The dataset (see :mod:`model.data`): a built-in name, or ``npz``/``folder`` with its ``path``."""
+
     dataset: str = "digits"
+    path: str | None = None        # the .npz file or image folder (relative to the working directory)
+    scale: float | None = None     # top raw pixel value of an npz (default 255 for uint8)
+    test_fraction: float = 0.2     # share of each class drawn as the test split of a file without one
     samples_per_class: int | None = 100
     val_per_class: int = 20
     shift: int = 1          # random translation in pixels (augmentation)
     flip: bool = False      # random horizontal flip (augmentation)
+
+    def __post_init__(self) -> None:
+        if (self.dataset in FILE_KINDS) != (self.path is not None):
+            raise ValueError(f"data.path: {'needed' if self.path is None else 'only'} for a dataset read from "
+                             f"a file ({', '.join(FILE_KINDS)}), dataset is {self.dataset!r}")
+        if self.scale is not None and self.dataset != "npz":
+            raise ValueError("data.scale: only for an npz dataset (the others know their pixel scale)")
+
+    def source(self) -> Source:
+        """Where :func:`model.data.load_splits` reads this dataset from."""
+        return Source(self.dataset, self.path, None if self.scale is None else float(self.scale), self.test_fraction)
 
 
 @dataclass
@@ -109,7 +126,8 @@ def _in(low: float, high: float, open_high: bool = False) -> tuple[Callable[[Any
 
 #: The range of each key (its type comes from the dataclass field); None passes where the type allows it.
 RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "dataset": ((lambda v: v in DATASETS), f"one of {', '.join(DATASETS)}"),
+    "dataset": ((lambda v: v in DATASETS + FILE_KINDS), f"one of {', '.join(DATASETS + FILE_KINDS)}"),
+    "scale": ((lambda v: v > 0), "> 0"), "test_fraction": ((lambda v: 0 < v < 1), "in (0, 1)"),
     "samples_per_class": _at_least(1), "val_per_class": _at_least(1), "shift": _at_least(0),
     **{k: _at_least(1) for k in ("img_size", "in_chans", "patch", "dim", "depth", "heads", "num_classes")},
     "mlp_ratio": ((lambda v: v > 0), "> 0"), "drop_path": _in(0, 1, open_high=True),

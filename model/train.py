@@ -123,6 +123,15 @@ def load_model(path: str) -> ViT:
     return model.eval()
 
 
+def check_image_shape(cfg: Config, shape: tuple[int, ...]) -> None:
+    """The dataset's images (C, H, W) are the model's ``in_chans`` x ``img_size`` x ``img_size``, or a ValueError."""
+    want = (cfg.model.in_chans, cfg.model.img_size, cfg.model.img_size)
+    if tuple(shape) != want:
+        where = cfg.data.path or cfg.data.dataset
+        raise ValueError(f"{where}: images are (C, H, W) = {tuple(shape)}, but the config's model takes {want} "
+                         "(model.in_chans, model.img_size)")
+
+
 def _fp_dir(out: str) -> str:
     return os.path.join(os.path.dirname(os.path.abspath(out.rstrip("/"))), "fp")
 
@@ -144,7 +153,8 @@ def train(
     from tqdm import tqdm
 
     os.makedirs(out, exist_ok=True)
-    splits: Splits = load_splits(cfg.data.dataset, cfg.data.samples_per_class, cfg.data.val_per_class, seed)
+    splits: Splits = load_splits(cfg.data.source(), cfg.data.samples_per_class, cfg.data.val_per_class, seed)
+    check_image_shape(cfg, splits.train.x.shape[1:])
     cfg.model.num_classes = splits.num_classes
     set_seed(seed)
     model = build_model(cfg.model, method)

@@ -57,8 +57,11 @@ def test_fashion_reader_and_missing_message(tmp_path):
     _write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.repeat(np.arange(10), 2))
     _write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (10, 28, 28)))
     _write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.arange(10))
-    xtr, ytr, xte, yte = data._load_fashion(str(tmp_path))
-    assert xtr.shape == (20, 1, 28, 28) and xtr.max() <= 1.0 and ytr.tolist()[:4] == [0, 0, 1, 1]
+    pool = data._load_fashion(str(tmp_path))
+    assert pool.xtr.shape == (20, 1, 28, 28) and pool.xtr.dtype == np.uint8 and pool.divisor == 255.0
+    assert pool.ytr.tolist()[:4] == [0, 0, 1, 1]
+    xtr, _, _, _ = pool.scaled()
+    assert xtr.max() <= 1.0 and xtr.dtype == np.float32
     bad = tmp_path / "bad.gz"
     with gzip.open(bad, "wb") as f:
         f.write(struct.pack(">HBB", 0, 8, 1) + struct.pack(">I", 5) + b"\x00\x01")
