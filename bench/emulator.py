@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
 
     model, checkpoint = gsb_model(args.checkpoint, progress=True)
     fp, fp_what = fp_model(checkpoint)
-    images, labels = test_images(model.preprocessing.dataset, model.preprocessing.input_divisor)
+    images, labels = test_images(model.preprocessing.dataset)
     batches = [images[i:i + args.batch] for i in range(0, len(images), args.batch)]
     integer = IntegerRuntime(intvit.program(model), EmulatorBackend("fast"))
     float_host = Runtime(model, EmulatorBackend("fast"))

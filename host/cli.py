@@ -1,8 +1,9 @@
 """The host command line: run a model file through a backend, or the demo.
 
 ``python -m host infer --model FILE --backend emulator|sim|serial`` streams
-a dataset's test images through a backend and prints accuracy, latency,
-throughput and the traffic.  A model file that carries an integer program
+a dataset's test images (or ``--images``: a folder or ``.npz`` of raw
+images) through a backend and prints accuracy, latency, throughput and the
+traffic.  A model file that carries an integer program
 (:mod:`model.intvit`) runs it, integers from the raw pixels to the class
 (``--float-host`` runs the float-host graph of :mod:`host.runtime` instead); ``--compare A B`` runs two backends and lists
 the images they disagree on; ``python -m host demo`` is what ``make demo``
@@ -31,16 +32,34 @@ from hw.config import PRESETS, preset
 from model import intvit, modelfile
 
 
-def test_images(dataset: str, input_divisor: float) -> tuple[np.ndarray, np.ndarray]:
-    """A dataset's fixed test split as raw pixels (N, C, H, W) and labels.
+def test_images(dataset: str) -> tuple[np.ndarray, np.ndarray]:
+    """A built-in dataset's fixed test split as raw pixels (N, C, H, W) float32 and labels."""
+    from model.data import DATASETS, load_raw
 
-    ``model.data`` holds pixels divided by ``input_divisor``; multiplying back
-    and rounding gives the exact raw integers a camera or a file would give.
+    if dataset not in DATASETS:
+        raise ValueError(f"the model was trained on {dataset!r}, not a built-in dataset ({', '.join(DATASETS)}): "
+                         "pass the images to run with --images")
+    pool = load_raw(dataset)
+    return pool.xte.astype(np.float32), pool.yte
+
+
+def user_images(model: modelfile.Model, path: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """The raw images of a folder or ``.npz`` (:func:`model.data.read_raw_images`) and their labels, if any.
+
+    A folder's class names are mapped to the model's own (``meta["classes"]``,
+    written when it was trained on a folder) so that a folder holding only
+    some of the classes is labelled right.
     """
-    from model.data import load_pool
+    from model.data import read_raw_images
 
-    _, _, x, y = load_pool(dataset)
-    return np.rint(x * np.float32(input_divisor)).astype(np.float32), y
+    x, labels, names = read_raw_images(path)
+    known = model.meta.get("classes")
+    if names is not None and known:
+        unknown = sorted(set(names) - set(known))
+        if unknown:
+            raise ValueError(f"{path}: class folder(s) {', '.join(unknown)} are not classes of the model ({', '.join(known)})")
+        labels = np.array([known.index(names[i]) for i in labels], dtype=np.int64)
+    return x.astype(np.float32), labels
 
 
 BACKENDS = ("emulator", "sim", "serial")
@@ -66,7 +85,7 @@ def make_backend(name: str, port: str | None = None, baud: int = 115200, config:
     raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {name!r}")
 
 
-def infer(model: modelfile.Model, images: np.ndarray, labels: np.ndarray, backend: str = "emulator",
+def infer(model: modelfile.Model, images: np.ndarray, labels: np.ndarray | None, backend: str = "emulator",
           progress: bool = True, baud: int = 115200, clock_mhz: float = 40.0, port: str | None = None,
           config: str = "default", float_host: bool = False, batch: int | None = None) -> dict:
     """Run ``images`` through ``model`` on a backend (see :func:`make_backend`); return the summary dict.
@@ -74,6 +93,7 @@ def infer(model: modelfile.Model, images: np.ndarray, labels: np.ndarray, backen
     The model's integer program runs when it has one and ``float_host`` is
     false (the summary's ``mode`` is ``integer``, and ``float_steps`` counts
     the steps that gave a float result: 0); otherwise the float-host graph.
+    ``accuracy`` is None when there are no ``labels``.
 
     The emulator runs ``batch`` images at once (default
     :data:`EMULATOR_BATCH`; the predictions do not depend on it); a device
@@ -115,7 +135,7 @@ def infer(model: modelfile.Model, images: np.ndarray, labels: np.ndarray, backen
         "backend": name,
         "mode": "integer" if integer else "float-host",
         "images": int(len(images)),
-        "accuracy": float(np.mean(predictions == labels)),
+        "accuracy": None if labels is None else float(np.mean(predictions == labels)),
         "batch": batch,
         "latency_ms_mean": 1e3 * float(np.mean(latencies)),
         "images_per_s": float(len(images) / np.sum(batch_times)),
@@ -151,7 +171,8 @@ def compare(a: dict, b: dict) -> list[dict]:
 
 def _print_summary(summary: dict) -> None:
     bound = summary["compute_bound_images_per_s"]
-    print(f"backend {summary['backend']} ({summary['mode']}): {summary['images']} images, accuracy {100 * summary['accuracy']:.2f}%, "
+    accuracy = "no labels" if summary["accuracy"] is None else f"accuracy {100 * summary['accuracy']:.2f}%"
+    print(f"backend {summary['backend']} ({summary['mode']}): {summary['images']} images, {accuracy}, "
           f"latency {summary['latency_ms_mean']:.2f} ms/image, {summary['images_per_s']:.2f} images/s, "
           f"{summary['engine_cycles_per_image']:.0f} engine cycles/image"
           + (f" (compute bound {bound:.0f} images/s at {summary['clock_mhz']:g} MHz)" if bound else ""))
@@ -221,9 +242,13 @@ def cmd_infer(args: argparse.Namespace) -> int:
     model = _load(args.model)
     if model is None:
         return 2
-    images, labels = test_images(model.preprocessing.dataset, model.preprocessing.input_divisor)
+    try:
+        images, labels = user_images(model, args.images) if args.images else test_images(model.preprocessing.dataset)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.limit is not None:
-        images, labels = images[: args.limit], labels[: args.limit]
+        images, labels = images[: args.limit], None if labels is None else labels[: args.limit]
     names = args.compare or [args.backend]
     if model.integer is None and not args.float_host:
         print(f"note: {args.model} carries no integer program (format version 1, or not a GSB-family model): "
@@ -281,7 +306,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     model = _load(str(demo_model(out, not args.quiet)))
     if model is None:
         return 2
-    images, labels = test_images("digits", model.preprocessing.input_divisor)
+    images, labels = test_images("digits")
     if args.limit is not None:
         images, labels = images[: args.limit], labels[: args.limit]
     arch = model.architecture
@@ -303,8 +328,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m host", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("infer", help="run the test split of a model file's dataset through a backend")
+    p = sub.add_parser("infer", help="run the test split of a model file's dataset (or --images) through a backend")
     p.add_argument("--model", required=True, help="the packed model file (.gsbf) to run")
+    p.add_argument("--images", default=None,
+                   help="a folder (class sub-folders of PNG/JPEG, or the images alone) or an .npz (x_test/y_test, else "
+                        "x and optional y) of raw images to run instead of the built-in dataset's test split; "
+                        "accuracy is reported when they have labels"),
     p.add_argument("--backend", default="emulator", choices=BACKENDS,
                    help="where the binary products run: the numpy emulator, the gateware in the Amaranth simulator, "
                         "or a board on a serial port (default: emulator)")

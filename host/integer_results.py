@@ -61,7 +61,7 @@ def evaluate(checkpoint: str, batch: int = 256, progress: bool = True) -> dict:
     started = time.time()
     model = export_checkpoint(checkpoint)
     prog = intvit.program(model)
-    raw, labels = test_images(model.preprocessing.dataset, model.preprocessing.input_divisor)
+    raw, labels = test_images(model.preprocessing.dataset)
     raw = raw.astype(np.int64)
     torch_model = load_model(checkpoint)
     chunks = [slice(i, i + batch) for i in range(0, len(raw), batch)]
@@ -121,7 +121,7 @@ def evaluate_ptq(fp_checkpoint: str, bits: int, engine_images: int = 300, batch:
     float_pred = QModel(model, layers).predict(splits.test.x)
     exported = export_checkpoint(fp_checkpoint, overrides=layers)
     prog = intvit.compile_program(exported, calibration_images(fp_checkpoint))
-    raw, labels = test_images(exported.preprocessing.dataset, exported.preprocessing.input_divisor)
+    raw, labels = test_images(exported.preprocessing.dataset)
     raw = raw.astype(np.int64)
     with torch.no_grad():
         logits = np.concatenate([deploy_integer(prog, raw[i:i + batch]).numpy()

@@ -31,9 +31,6 @@ from model.modelfile import Architecture, Model, Preprocessing, save
 from model.vit import GELU_CLIP, Int8Linear, ViT, deploy_spec
 from model.gsb import fake_quant_int8
 
-#: Raw pixel divisor of each dataset, as ``model.data`` scales its pools.
-INPUT_DIVISORS = {"digits": 16.0, "fashion_mnist": 255.0}
-
 
 def _f32(t: torch.Tensor) -> np.ndarray:
     return t.detach().to(torch.float32).cpu().numpy().copy()
@@ -113,23 +110,38 @@ def _checkpoint_config(path: str) -> tuple[Config, int]:
     return from_dict(ck["config"]), int(ck["seed"])
 
 
-def checkpoint_preprocessing(path: str) -> Preprocessing:
-    """The input preprocessing of a ``python -m model.train`` checkpoint (its training split's statistics)."""
+def checkpoint_preprocessing(path: str) -> tuple[Preprocessing, list[str] | None]:
+    """The input preprocessing of a ``python -m model.train`` checkpoint, and its class names (a folder's).
+
+    The divisor is the data's own top raw pixel value and mean/std are the
+    training split's statistics: one scalar each over all channels, which
+    the integer program folds into the 8-bit patch embedding.  ``dataset``
+    names a built-in dataset, or is the path of the file or folder.
+    """
     from model.data import load_splits
 
     cfg, seed = _checkpoint_config(path)
-    splits = load_splits(cfg.data.dataset, cfg.data.samples_per_class, cfg.data.val_per_class, seed)
-    return Preprocessing(INPUT_DIVISORS[cfg.data.dataset], float(splits.mean), float(splits.std), cfg.data.dataset)
+    splits = load_splits(cfg.data.source(), cfg.data.samples_per_class, cfg.data.val_per_class, seed)
+    pre = Preprocessing(float(splits.input_divisor), float(splits.mean), float(splits.std), cfg.data.path or cfg.data.dataset)
+    return pre, splits.classes
 
 
 def calibration_images(path: str) -> np.ndarray:
-    """The raw training images of a checkpoint's own training split (what the integer program calibrates on)."""
-    from model.data import load_pool, split_indices
+    """The raw training images of a checkpoint's own training split (what the integer program calibrates on).
+
+    The integer program takes integer raw pixels: a dataset whose raw values
+    are not integers raises (export it with ``integer=False``).
+    """
+    from model.data import load_raw, split_indices
 
     cfg, seed = _checkpoint_config(path)
-    xtr, ytr, _, _ = load_pool(cfg.data.dataset)
-    train, _ = split_indices(ytr, cfg.data.samples_per_class, cfg.data.val_per_class, seed)
-    return np.rint(xtr[train] * np.float32(INPUT_DIVISORS[cfg.data.dataset])).astype(np.int64)
+    pool = load_raw(cfg.data.source())
+    train, _ = split_indices(pool.ytr, cfg.data.samples_per_class, cfg.data.val_per_class, seed)
+    raw = pool.xtr[train]
+    if not np.array_equal(raw, np.rint(raw)):
+        raise ValueError(f"{cfg.data.path or cfg.data.dataset}: raw pixels are not integers, which the integer program "
+                         "needs (store them on an integer scale, e.g. 0..255 with data.scale 255, or export with --no-integer)")
+    return raw.astype(np.int64)
 
 
 def export_checkpoint(path: str, word_bits: int = DEFAULT_WORD_BITS, overrides: dict[str, Layer] | None = None,
@@ -144,7 +156,9 @@ def export_checkpoint(path: str, word_bits: int = DEFAULT_WORD_BITS, overrides: 
     from model.train import load_model
 
     torch_model = load_model(path)
-    model = export_model(torch_model, checkpoint_preprocessing(path), word_bits, {"checkpoint": str(path)}, overrides)
+    pre, classes = checkpoint_preprocessing(path)
+    meta = {"checkpoint": str(path), **({"classes": classes} if classes else {})}
+    model = export_model(torch_model, pre, word_bits, meta, overrides)
     if integer and torch_model.kind != "fp" and not overrides:
         attach(model, compile_program(model, calibration_images(path)))
     return model

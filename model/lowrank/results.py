@@ -104,8 +104,8 @@ def combination(dataset, seed, ck, fp, models, rec, splits, args, log) -> dict:
     from host.emulator import EmulatorBackend
     from host.runtime import Runtime
     from model import modelfile
-    from model.data import load_pool
-    from model.export import INPUT_DIVISORS, export_checkpoint
+    from model.data import load_raw
+    from model.export import export_checkpoint
     from model.lowrank.compensate import LowRankConfig, calibrate, compress
     from model.lowrank.quant import UP5K_BITS, onchip_bits, quantize
     from model.train import evaluate
@@ -136,9 +136,10 @@ def combination(dataset, seed, ck, fp, models, rec, splits, args, log) -> dict:
     os.makedirs(args.model_dir, exist_ok=True)
     modelfile.save(mf, path)
     mf = modelfile.load(path)
-    _, _, xte, yte = load_pool(dataset)
+    pool = load_raw(dataset)
+    yte = pool.yte
     n = len(yte) if dataset == "digits" else min(args.runtime_images, len(yte))
-    raw = np.rint(xte[:n] * INPUT_DIVISORS[dataset]).astype(np.int64)
+    raw = pool.xte[:n].astype(np.int64)
     t = time.time()
     runtime = Runtime(mf, EmulatorBackend("fast")).predict(raw)
     with torch.no_grad():

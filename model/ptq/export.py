@@ -36,7 +36,7 @@ def raw_test_images(mf: modelfile.Model) -> tuple[np.ndarray, np.ndarray]:
     """The model's dataset's fixed test split as raw pixels (N, C, H, W) and labels (as ``python -m host infer``)."""
     from host.cli import test_images
 
-    return test_images(mf.preprocessing.dataset, mf.preprocessing.input_divisor)
+    return test_images(mf.preprocessing.dataset)
 
 
 def torch_inputs(mf: modelfile.Model, raw: np.ndarray) -> np.ndarray:

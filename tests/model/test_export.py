@@ -11,7 +11,7 @@ from host.emulator import EmulatorBackend
 from host.runtime import Runtime
 from model import modelfile
 from model.data import load_pool
-from model.export import INPUT_DIVISORS, export_model
+from model.export import export_model
 from model.layers import EngineLinear, EngineMatmul, FloatLinear
 from model.modelfile import Preprocessing
 
@@ -20,7 +20,7 @@ from model.modelfile import Preprocessing
 def trained(small_vit):
     """A small GSB digits model, trained for 150 steps at stage 2."""
     model, splits = small_vit("gsb", 150, stage=2)
-    pre = Preprocessing(INPUT_DIVISORS["digits"], splits.mean, splits.std, "digits")
+    pre = Preprocessing(splits.input_divisor, splits.mean, splits.std, "digits")
     return model, export_model(model, pre)
 
 
@@ -105,7 +105,7 @@ def test_bin1_compiles_to_an_integer_program(small_vit):
     from model import intvit
 
     model, splits = small_vit("bin1", 30, stage=2)
-    exported = export_model(model, Preprocessing(INPUT_DIVISORS["digits"], splits.mean, splits.std, "digits"))
+    exported = export_model(model, Preprocessing(splits.input_divisor, splits.mean, splits.std, "digits"))
     xtr, _, xte, _ = load_pool("digits")
     raw = np.rint(xte[:40] * 16).astype(np.int64)
     prog = intvit.compile_program(exported, np.rint(xtr[:64] * 16).astype(np.int64))

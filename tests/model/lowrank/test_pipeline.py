@@ -12,7 +12,7 @@ from host.emulator import EmulatorBackend
 from host.runtime import Runtime
 from model import modelfile
 from model.data import load_pool, load_splits
-from model.export import INPUT_DIVISORS, export_model
+from model.export import export_model
 from model.layers import EngineLinear, FactoredLinear
 from model.lowrank.compensate import LowRankConfig, calibrate, compress
 from model.lowrank.quant import EngineForward, onchip_bits, quantize
@@ -64,7 +64,7 @@ def exported(setup, tmp_path_factory):
     model, splits, calib_x, calib = setup
     low, _ = compress(model, calib, LowRankConfig(removed=0.5, steps=40), calib_x)
     qmodel, layers = quantize(low, calib_x)
-    pre = Preprocessing(INPUT_DIVISORS["digits"], splits.mean, splits.std, "digits")
+    pre = Preprocessing(splits.input_divisor, splits.mean, splits.std, "digits")
     path = tmp_path_factory.mktemp("lr") / "lowrank.gsbf"
     modelfile.save(export_model(model, pre, overrides=layers), path)
     return qmodel, layers, modelfile.load(path)
