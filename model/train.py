@@ -20,6 +20,19 @@ accuracy in the final stage; the test split is evaluated once, at the end,
 on that checkpoint, in eval (deploy) mode.  ``last.pt`` is written every
 epoch; ``--resume`` continues from it (model, optimiser, epoch, RNG states).
 Outputs in ``--out``: ``last.pt``, ``best.pt``, ``metrics.json``, ``log.jsonl``.
+
+Distributed: ``torchrun --nproc_per_node=N -m model.train ...`` (or across
+machines with torchrun's ``--nnodes``/rendezvous flags; ``--out`` must then
+be on a filesystem every machine shares) trains with DistributedDataParallel,
+gloo on CPU and NCCL on GPU (the device is ``cuda`` when there is one).
+Every process draws the same global batch of ``batch_size`` images and
+trains on its share (image ``i`` of the batch goes to process ``i mod N``);
+the loss is weighted so that the averaged gradient is the global batch's,
+as on one process.  Only process 0 writes checkpoints, logs and metrics.
+Two things stay per process, as with BatchNorm without synchronisation: the
+quantizers' batch statistics (GSB stages) and the drop-path masks; with
+neither (``fp``, ``drop_path: 0``) a run equals a single-process run with
+the same global batch up to float rounding.
 """
 
 from __future__ import annotations
@@ -35,7 +48,9 @@ import time
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 
 from .config import Config, load_config
 from .data import Splits, load_splits
@@ -60,15 +75,78 @@ def augment(x: torch.Tensor, shift: int, flip: bool, gen: torch.Generator) -> to
     return x
 
 
+class Processes:
+    """This process's place in a (possibly one-process) training run and its device."""
+
+    def __init__(self, rank: int = 0, world: int = 1, device: torch.device | None = None) -> None:
+        self.rank, self.world = rank, world
+        self.device = device or torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        """Whether this process writes the run's files."""
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        """Wait until every process is here (after process 0 wrote a file the others read)."""
+        if self.world > 1:
+            dist.barrier()
+
+    def sync_buffers(self, model: torch.nn.Module) -> None:
+        """Process 0's buffers (the quantizers' running statistics) on every process, before evaluating."""
+        if self.world > 1:
+            for b in model.buffers():
+                dist.broadcast(b, 0)
+
+    def mean(self, value: torch.Tensor) -> float:
+        """The mean of ``value`` over the processes."""
+        if self.world > 1:
+            value = value.detach().clone()
+            dist.all_reduce(value)
+        return float(value) / self.world
+
+
+def processes() -> Processes:
+    """Join torchrun's process group when launched by it (``WORLD_SIZE`` > 1), else one process.
+
+    gloo on CPU, NCCL with one GPU per process (``LOCAL_RANK``) when CUDA is
+    there; a single process trains on ``cuda`` when there is one.
+    """
+    cuda = torch.cuda.is_available()
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return Processes(device=torch.device("cuda" if cuda else "cpu"))
+    if not dist.is_initialized():
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if cuda else "gloo")
+    device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+    return Processes(dist.get_rank(), dist.get_world_size(), device)
+
+
+def local_share(idx: torch.Tensor, procs: Processes) -> tuple[torch.Tensor, float]:
+    """This process's positions in a global batch of ``len(idx)`` and the weight of its mean loss.
+
+    The weight ``world * n_local / n_global`` makes the processes' averaged
+    gradient the global batch's mean, also when the batch does not split
+    evenly.  A process left without an image (a last batch smaller than the
+    world) runs one image at weight 0, since every process must take part.
+    """
+    share = torch.arange(procs.rank, len(idx), procs.world)
+    if len(share) == 0:
+        return torch.arange(1), 0.0
+    return share, procs.world * len(share) / len(idx)
+
+
 @torch.no_grad()
 def evaluate(model: ViT, x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor, batch: int = 500) -> float:
     """Accuracy (%) of the eval-mode (deploy) forward."""
     was = model.training
     model.eval()
     x, y = torch.as_tensor(x), torch.as_tensor(y)
+    device = next(model.parameters()).device
     correct = 0
     for i in range(0, len(y), batch):
-        correct += int((model.predict(x[i:i + batch]).argmax(-1) == y[i:i + batch]).sum())
+        correct += int((model.predict(x[i:i + batch].to(device)).argmax(-1).cpu() == y[i:i + batch]).sum())
     model.train(was)
     return 100.0 * correct / max(len(y), 1)
 
@@ -152,6 +230,8 @@ def train(
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
     from tqdm import tqdm
 
+    procs = processes()
+    progress = progress and procs.main
     os.makedirs(out, exist_ok=True)
     splits: Splits = load_splits(cfg.data.source(), cfg.data.samples_per_class, cfg.data.val_per_class, seed)
     check_image_shape(cfg, splits.train.x.shape[1:])
@@ -159,6 +239,8 @@ def train(
     set_seed(seed)
     model = build_model(cfg.model, method)
     kind, _ = method_kind(method)
+    if procs.world > 1:
+        torch.manual_seed(seed + 7919 * procs.rank)  # the same init everywhere, a drop-path stream per process
 
     teacher = None
     if kind != "fp":
@@ -168,10 +250,11 @@ def train(
             if not os.path.exists(os.path.join(fp_out, "metrics.json")):
                 print(f"[train] no FP teacher at {fp_out}; training it first", file=sys.stderr)
                 train(copy.deepcopy(cfg), "fp", seed, fp_out, progress=progress, max_steps=max_steps)
-        teacher = load_model(teacher_path)
+        teacher = load_model(teacher_path).to(procs.device)
         teacher.requires_grad_(False)
         fp_state = {k: v for k, v in teacher.state_dict().items()}
         missing, unexpected = model.load_state_dict(fp_state, strict=False)
+        model.to(procs.device)
         if unexpected:
             raise RuntimeError(f"teacher has parameters the student lacks: {unexpected[:5]}")
         if method not in KD_METHODS:
@@ -188,6 +271,7 @@ def train(
     log_path = os.path.join(out, "log.jsonl")
     last_path = os.path.join(out, "last.pt")
     opt = None
+    model.to(procs.device)
     if resume and os.path.exists(last_path):
         ck = load_checkpoint(last_path)
         model.set_stage(plan[ck["state"]["stage_idx"]][0])
@@ -195,13 +279,16 @@ def train(
         state = ck["state"]
         gen.set_state(ck["gen"])
         torch.set_rng_state(ck["torch_rng"])
+        if procs.world > 1:  # process 0's stream was saved: a fresh drop-path stream per process
+            torch.manual_seed(seed + 7919 * procs.rank + 104729 * state["step"])
         opt = make_optimizer(model, cfg.train.lr, cfg.train.weight_decay)
         opt.load_state_dict(ck["opt"])
         print(f"[train] resumed from {last_path} at stage {state['stage_idx']} epoch {state['epoch']}", file=sys.stderr)
     else:
         if resume:
             print(f"[train] --resume: no {last_path}, starting fresh", file=sys.stderr)
-        if os.path.exists(log_path):
+        procs.barrier()  # every process has looked for last.pt before process 0 writes one
+        if procs.main and os.path.exists(log_path):
             os.remove(log_path)
 
     t0 = time.time()
@@ -211,12 +298,16 @@ def train(
         if opt is None or si != state["stage_idx"]:
             # a new stage starts (or a fresh run): from the previous stage's best weights
             if si > 0 and si != state.get("loaded_stage", -1):
+                procs.barrier()
                 prev = load_checkpoint(os.path.join(out, f"stage{plan[si - 1][0]}_best.pt"))
                 model.set_stage(plan[si - 1][0])
                 model.load_state_dict(prev["model"])
             model.set_stage(stage)
             opt = make_optimizer(model, cfg.train.lr, cfg.train.weight_decay)
             state.update(stage_idx=si, epoch=0, best_val=-1.0, step=0)
+        # a stage fixes which parameters train: one DDP wrapper per stage; stage 1 leaves the
+        # quantizers of the layers it keeps in float without gradients
+        net = DistributedDataParallel(model, find_unused_parameters=stage == 1) if procs.world > 1 else model
         base_lr = cfg.train.lr if stage == 0 else (cfg.train.quant_lr or cfg.train.lr)
         total = n_ep * steps_per_epoch
         warm = cfg.train.warmup_epochs * steps_per_epoch
@@ -228,11 +319,13 @@ def train(
             tot_loss, nb = 0.0, 0
             for i in range(0, len(ytr), bs):
                 idx = perm[i:i + bs]
+                # every process augments the whole global batch: the generator stays the same everywhere
                 x = augment(xtr[idx], cfg.data.shift, cfg.data.flip, gen)
-                y = ytr[idx]
+                share, weight = local_share(idx, procs)
+                x, y = x[share].to(procs.device), ytr[idx][share].to(procs.device)
                 for g in opt.param_groups:
                     g["lr"] = lr_at(state["step"], total, warm, base_lr)
-                z, zd = model(x)
+                z, zd = net(x)
                 if zd is None:
                     loss = F.cross_entropy(z, y)
                 elif teacher is not None:
@@ -241,42 +334,46 @@ def train(
                     loss = 0.5 * F.cross_entropy(z, y) + 0.5 * F.cross_entropy(zd, ty)
                 else:
                     loss = 0.5 * F.cross_entropy(z, y) + 0.5 * F.cross_entropy(zd, y)
+                loss = loss * weight
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
                 opt.step()
                 state["step"] += 1
                 total_steps_done += 1
-                tot_loss += float(loss.detach())
+                tot_loss += procs.mean(loss.detach())
                 nb += 1
                 if max_steps is not None and total_steps_done >= max_steps:
                     break
             state["epoch"] = ep + 1
             rec = {"stage": stage, "epoch": ep + 1, "loss": tot_loss / max(nb, 1), "time": time.time() - t0}
             if (ep + 1) % cfg.train.eval_every == 0 or ep + 1 == n_ep:
+                procs.sync_buffers(model)
                 val = evaluate(model, splits.val.x, splits.val.y)
                 rec["val_acc"] = val
                 if val > state["best_val"]:
                     state["best_val"] = val
-                    torch.save({"model": model.state_dict(), "config": cfg.to_dict(), "method": method,
-                                "seed": seed, "stage": stage, "epoch": ep + 1, "val_acc": val},
-                               os.path.join(out, f"stage{stage}_best.pt"))
+                    if procs.main:
+                        torch.save({"model": model.state_dict(), "config": cfg.to_dict(), "method": method,
+                                    "seed": seed, "stage": stage, "epoch": ep + 1, "val_acc": val},
+                                   os.path.join(out, f"stage{stage}_best.pt"))
             bar.set_postfix(loss=f"{rec['loss']:.3f}", val=f"{rec.get('val_acc', float('nan')):.1f}",
                             best=f"{state['best_val']:.1f}")
-            with open(log_path, "a") as f:
-                f.write(json.dumps(rec) + "\n")
             state["loaded_stage"] = si
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "state": dict(state),
-                        "gen": gen.get_state(), "torch_rng": torch.get_rng_state(), "config": cfg.to_dict(),
-                        "method": method, "seed": seed}, last_path)
+            if procs.main:
+                with open(log_path, "a") as f:
+                    f.write(json.dumps(rec) + "\n")
+                torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "state": dict(state),
+                            "gen": gen.get_state(), "torch_rng": torch.get_rng_state(), "config": cfg.to_dict(),
+                            "method": method, "seed": seed}, last_path)
             if max_steps is not None and total_steps_done >= max_steps:
                 break
         if max_steps is not None and total_steps_done >= max_steps:
             break
 
     final_stage = plan[-1][0] if max_steps is None else plan[state["stage_idx"]][0]
+    procs.barrier()
     best = load_checkpoint(os.path.join(out, f"stage{final_stage}_best.pt"))
-    torch.save(best, os.path.join(out, "best.pt"))
     model.set_stage(final_stage)
     model.load_state_dict(best["model"])
     model.eval()
@@ -288,10 +385,13 @@ def train(
         "best_epoch": best["epoch"], "stage": final_stage, "plan": plan,
         "model_bits": model_bits(model), "n_train": len(splits.train), "n_val": len(splits.val),
         "n_test": len(splits.test), "teacher": teacher_path if method in KD_METHODS else None,
-        "train_seconds": time.time() - t0, "config": cfg.to_dict(),
+        "train_seconds": time.time() - t0, "processes": procs.world, "config": cfg.to_dict(),
     }
-    with open(os.path.join(out, "metrics.json"), "w") as f:
-        json.dump(metrics, f, indent=1)
+    if procs.main:
+        torch.save(best, os.path.join(out, "best.pt"))
+        with open(os.path.join(out, "metrics.json"), "w") as f:
+            json.dump(metrics, f, indent=1)
+    procs.barrier()  # the files are there for every process (a student loads its teacher's best.pt next)
     return metrics
 
 
@@ -319,7 +419,10 @@ def main(argv: list[str] | None = None) -> int:
     if a.samples_per_class is not None:
         cfg.data.samples_per_class = a.samples_per_class or None
     m = train(cfg, a.method, a.seed, a.out, a.teacher, a.epochs, a.resume, not a.no_progress)
-    print(json.dumps({k: m[k] for k in ("method", "dataset", "seed", "val_acc", "test_acc", "model_bits")}))
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps({k: m[k] for k in ("method", "dataset", "seed", "val_acc", "test_acc", "model_bits")}))
     return 0
 
 

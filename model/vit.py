@@ -116,7 +116,7 @@ class DropPath(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
             return x
-        keep = (torch.rand(x.shape[0], 1, 1, dtype=x.dtype) >= self.p).to(x.dtype)
+        keep = (torch.rand(x.shape[0], 1, 1, dtype=x.dtype, device=x.device) >= self.p).to(x.dtype)
         return x * keep / (1 - self.p)
 
 
