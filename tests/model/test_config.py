@@ -12,8 +12,11 @@ from model.config import from_dict, load_config
 @pytest.mark.parametrize("path", sorted(glob.glob("configs/*.yaml")))
 def test_shipped_configs_load(path):
     cfg = load_config(path)
-    assert cfg.model.num_patches == 16 and cfg.model.num_tokens == 18
-    assert cfg.data.dataset in ("digits", "fashion_mnist")
+    if path.endswith("rgb32.yaml"):
+        assert cfg.model.num_patches == 64 and cfg.model.in_chans == 3 and cfg.data.dataset == "folder"
+    else:
+        assert cfg.model.num_patches == 16 and cfg.model.num_tokens == 18
+        assert cfg.data.dataset in ("digits", "fashion_mnist")
 
 
 def test_unknown_keys_and_bad_shapes_raise():
