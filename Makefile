@@ -5,6 +5,7 @@
 #   make bench    benchmarks: writes bench/out/*.json and prints tables
 #   make bitstream BOARD=icebreaker|ulx3s [CONFIG=...] [SEED=...] [TRIES=...]; make program BOARD=...
 #   make ptq-results / make lowrank: the PTQ and low-rank results
+#   make integer-results: integer-only GSB and PTQ programs against float-host
 #   make results  trains the GSB model family and baselines on digits and
 #                 Fashion-MNIST (about 50 min on one core), writes results/
 SHELL := /bin/bash
@@ -13,7 +14,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test sim bench results ptq-results lowrank bitstream program iverilog fashion-mnist clean help
+.PHONY: demo test sim bench results ptq-results integer-results lowrank bitstream program iverilog fashion-mnist clean help
 
 help:
 	@sed -n '2,10p' Makefile
@@ -56,6 +57,9 @@ bench: $(STAMP) iverilog
 	$(PY) -m bench.bgemm --threads 1 --out bench/out/bgemm_1thread.json
 	$(PY) -m bench.emulator
 	$(PY) -m bench.rtl_cycles
+
+integer-results: $(STAMP) fashion-mnist
+	$(PY) -m host.integer_results
 
 results: $(STAMP) fashion-mnist
 	$(PY) -m model.results
