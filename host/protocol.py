@@ -46,10 +46,19 @@ class Status(enum.IntEnum):
 
     OK = 0
     DUPLICATE = 1  # a retried frame whose command was not executed again
+    REFUSED = 2  # a malformed or out-of-range request: nothing of it was executed
 
 
 class LinkError(RuntimeError):
     """The device did not answer a frame correctly within the retries."""
+
+
+class RefusedError(LinkError):
+    """The device refused a frame (status REFUSED) and executed none of it.
+
+    Sending it again would be refused again: the request does not fit the
+    device (a host bug, or a host configured for another bitstream).
+    """
 
 
 def crc16(data: bytes, crc: int = 0xFFFF) -> int:
@@ -296,6 +305,13 @@ class Transport:
             while received <= _GARBAGE_LIMIT and (data := self.link.read(timeout)):
                 received += len(data)
                 for response in self.decoder.feed(data):
+                    if response.seq == seq and response.status == Status.REFUSED:
+                        raise RefusedError(
+                            f"the device refused frame {seq} ({len(payload)} bytes) and executed none of it: "
+                            "an answer count that differs from its commands', a command cut short, an unknown "
+                            "opcode, or a LOAD, READ or RUN outside the buffers (is the host's AccelConfig "
+                            "the bitstream's?)"
+                        )
                     if response.seq == seq:
                         return response.payload
             self.decoder.flush()

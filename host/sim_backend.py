@@ -84,7 +84,7 @@ class _Line(Elaboratable):
         self.top: Top | None = None
         if divisor is None:
             self.idle_timeout = 32
-            self.bridge = Bridge(buffer_words, self.idle_timeout)
+            self.bridge = Bridge(config, buffer_words, self.idle_timeout)
             self.accelerator = Accelerator(config)
         else:
             self.top = Top(config, divisor, buffer_words)
