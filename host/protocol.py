@@ -17,7 +17,9 @@ for a frame time, a partial frame is dropped (a corrupt length field cannot
 stall the receiver). It remembers the sequence number of the last frame it executed: a frame
 with that same number is a retry (the host lost the response), which the
 device answers again, re-executing only side-effect-free commands and
-answering the others with status ``DUPLICATE``. The host numbers frames
+answering the others with status ``DUPLICATE``. A request it will not run
+(malformed, or outside its buffers) it answers with status ``REFUSED``, on
+which the host raises :class:`RefusedError` without re-sending. The host numbers frames
 modulo 256, waits for the response with its sequence number, discards corrupt
 or stale frames, re-sends on a timeout, and raises :class:`LinkError` after
 ``retries`` re-sends.
