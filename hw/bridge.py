@@ -78,7 +78,7 @@ class Bridge(wiring.Component):
     tx: Out(stream.Signature(8))
     cmd: Out(stream.Signature(STREAM_BITS))
     rsp: In(stream.Signature(STREAM_BITS))
-    busy: Out(1)  # a frame is being executed (registered)
+    busy: Out(1)  # a frame is being checked or executed (registered)
 
     def __init__(self, config: AccelConfig, buffer_words: int = 256, idle_timeout: int = 1 << 16) -> None:
         if not isinstance(config, AccelConfig):

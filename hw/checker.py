@@ -51,8 +51,8 @@ class RequestChecker(wiring.Component):
     and an offset that fits the accumulator.  It cannot see which plane
     rows the descriptors address: their bases are the host's to keep in range.
 
-    A word is registered before it is looked at, so the checker takes one
-    every other cycle.  The products of a RUN are summed one row or block a
+    A word is registered before it is looked at; the checker takes one a
+    cycle.  The products of a RUN are summed one row or block a
     cycle, at most ``max(rows, blocks)`` cycles: no more than the run itself.
     """
 
@@ -78,13 +78,18 @@ class RequestChecker(wiring.Component):
         opcode = Signal(8)
         arg = Signal(ARG_BITS)
         skip = Signal(23)            # data words left in the current LOAD: up to 65535 * lanes * 2
-        m.d.comb += self.i.ready.eq(~full & ~ended)
+        taking = Signal()            # the registered word is consumed in this cycle
+        # a word a cycle, up to the request's last one
+        m.d.comb += self.i.ready.eq(~ended & ~(full & last) & (~full | taking))
         with m.If(self.i.valid & self.i.ready):
             m.d.sync += [word.eq(self.i.payload.word), last.eq(self.i.payload.last), full.eq(1)]
+        with m.Elif(taking):
+            m.d.sync += full.eq(0)
 
         def take():
             """Consume the registered word."""
-            m.d.sync += [full.eq(0), ended.eq(last)]
+            m.d.comb += taking.eq(1)
+            m.d.sync += ended.eq(last)
 
         def refuse(condition=1):
             with m.If(condition):
