@@ -52,8 +52,9 @@ class RequestChecker(wiring.Component):
     rows the descriptors address: their bases are the host's to keep in range.
 
     A word is registered before it is looked at; the checker takes one a
-    cycle.  The products of a RUN are summed one row or block a
-    cycle, at most ``max(rows, blocks)`` cycles: no more than the run itself.
+    cycle.  The products of a RUN are summed a row and a block a cycle, in
+    at most ``max(rows, blocks) + 1 <= result_depth + 1`` cycles (no
+    multiplier; a non-empty run itself takes longer).
     """
 
     i: In(stream.Signature(word_layout))
