@@ -10,14 +10,14 @@ resident data.  So the bridge streams every request through a
 ``REFUSED``) what it rejects: nothing of a refused request is executed.
 """
 
-from amaranth.hdl import Module, Signal
+from amaranth.hdl import Module, Signal, Value
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.config import STREAM_BITS, AccelConfig
 from hw.decoder import load_targets
 from hw.engine import COUNT_BITS
-from hw.isa import ARG_BITS, LOAD_OPS, Op
+from hw.isa import LOAD_OPS, Op
 
 #: A word of a request on its way to the checker, with the flag of its last word.
 word_layout = data.StructLayout({"word": STREAM_BITS, "last": 1})
@@ -37,6 +37,12 @@ def counted_commands(config: AccelConfig) -> dict[Op, tuple[int, int, int]]:
     return commands
 
 
+def times(value: Value, k: int) -> Value:
+    """``value * k`` for a constant ``k`` >= 1, as shifts and adds (yosys would spend a DSP block on a product)."""
+    terms = [value << i for i in range(k.bit_length()) if k >> i & 1]
+    return sum(terms[1:], terms[0])
+
+
 class RequestChecker(wiring.Component):
     """Takes the words of one request on ``i``, then answers on ``o`` whether it may run.
 
@@ -51,10 +57,11 @@ class RequestChecker(wiring.Component):
     and an offset that fits the accumulator.  It cannot see which plane
     rows the descriptors address: their bases are the host's to keep in range.
 
-    A word is registered before it is looked at; the checker takes one a
-    cycle.  The products of a RUN are summed a row and a block a cycle, in
-    at most ``max(rows, blocks) + 1 <= result_depth + 1`` cycles (no
-    multiplier; a non-empty run itself takes longer).
+    A word is registered before it is looked at: the checker takes one every
+    other cycle.  A RUN's products are summed a row and a block a cycle (no
+    multiplier), in at most ``max(rows, blocks) + 1`` cycles.  Once a request
+    is refused, the rest of it is only parsed until its last word, so every
+    register holds only the bits of values in range (the UP5K is nearly full).
     """
 
     i: In(stream.Signature(word_layout))
@@ -69,37 +76,30 @@ class RequestChecker(wiring.Component):
     def elaborate(self, platform: object) -> Module:
         m = Module()
         c = self.config
-        commands = counted_commands(c)
+        commands = list(counted_commands(c).items())
+        max_depth = max(depth for _, (_, _, depth) in commands)
         word, last = Signal(STREAM_BITS, reset_less=True), Signal()
         full = Signal()              # word holds an unchecked word
         ended = Signal()             # the last word has been checked
         error = Signal()
         expected = Signal(range(MAX_ANSWERS + 1))
-        answers = Signal(22)         # > MAX_ANSWERS is an error at once, so a sum of two never wraps
-        opcode = Signal(8)
-        arg = Signal(ARG_BITS)
-        skip = Signal(23)            # data words left in the current LOAD: up to 65535 * lanes * 2
-        taking = Signal()            # the registered word is consumed in this cycle
-        # a word a cycle, up to the request's last one
-        m.d.comb += self.i.ready.eq(~ended & ~(full & last) & (~full | taking))
+        answers = Signal(range(MAX_ANSWERS + c.result_depth * c.lanes + 1))
+        kind = Signal(range(len(commands)))  # the counted command, by index
+        first = Signal(range(max_depth + 1))
+        end = Signal(range(max_depth + (1 << COUNT_BITS)))  # first + count, checked a cycle later
+        check_end = Signal()
+        skip = Signal(range(max(words * depth for _, (words, _, depth) in commands) + 1))  # LOAD data words left
+        m.d.comb += self.i.ready.eq(~full & ~ended)
         with m.If(self.i.valid & self.i.ready):
             m.d.sync += [word.eq(self.i.payload.word), last.eq(self.i.payload.last), full.eq(1)]
-        with m.Elif(taking):
-            m.d.sync += full.eq(0)
 
         def take():
             """Consume the registered word."""
-            m.d.comb += taking.eq(1)
-            m.d.sync += ended.eq(last)
+            m.d.sync += [full.eq(0), ended.eq(last)]
 
         def refuse(condition=1):
             with m.If(condition):
                 m.d.sync += error.eq(1)
-
-        def answer(count):
-            total = answers + count
-            m.d.sync += answers.eq(total)
-            refuse(total > MAX_ANSWERS)
 
         def cut_short():
             """The request ended inside a command."""
@@ -107,7 +107,19 @@ class RequestChecker(wiring.Component):
                 refuse()
                 m.next = "VERDICT"
 
-        rows, blocks, words, passes = (Signal(COUNT_BITS, name=n) for n in ("rows", "blocks", "words", "passes"))
+        # checks of registers set a cycle before: shallow logic after the adders.  A sum
+        # past MAX_ANSWERS is seen before the next add could wrap it.
+        m.d.sync += check_end.eq(0)
+        with m.Switch(kind):
+            for index, (_, (_, _, depth)) in enumerate(commands):
+                with m.Case(index):
+                    refuse(check_end & (end > depth))
+        refuse(answers > MAX_ANSWERS)
+
+        rows = Signal(range(c.result_depth + 1))
+        blocks = Signal(range(c.result_depth + 1))
+        words = Signal(range(c.max_words + 1))
+        binary = Signal()            # the RUN writes bits: its blocks need thresholds
         run_idx = Signal(2)
         with m.FSM():
             with m.State("ANSWERS"):
@@ -119,15 +131,18 @@ class RequestChecker(wiring.Component):
             with m.State("HEADER"):
                 with m.If(full):
                     take()
-                    m.d.sync += [opcode.eq(word[:8]), arg.eq(word[8:])]
+                    arg = word[8:]
                     with m.Switch(word[:8]):
-                        with m.Case(*commands):
-                            m.next = "COUNT"
+                        for index, (op, _) in enumerate(commands):
+                            with m.Case(op):
+                                m.d.sync += [kind.eq(index), first.eq(arg)]
+                                refuse(arg > max_depth)
+                                m.next = "COUNT"
                         with m.Case(Op.RUN):
-                            m.d.sync += run_idx.eq(0)
+                            m.d.sync += [run_idx.eq(0), binary.eq(arg[0])]
                             m.next = "RUN_ARGS"
                         with m.Case(Op.READ_CYCLES):
-                            answer(CYCLES_ANSWERS)
+                            m.d.sync += answers.eq(answers + CYCLES_ANSWERS)
                         with m.Case(Op.RESET):
                             pass
                         with m.Default():
@@ -139,18 +154,18 @@ class RequestChecker(wiring.Component):
                     take()
                     count = word[:COUNT_BITS]
                     refuse(word[COUNT_BITS:].any())
-                    data_words = Signal.like(skip)
-                    with m.Switch(opcode):
-                        for op, (words_per, answers_per, depth) in commands.items():
-                            with m.Case(op):
-                                m.d.comb += data_words.eq(count * words_per)
-                                refuse(arg + count > depth)
+                    m.d.sync += [end.eq(first + count), check_end.eq(1)]
+                    m.next = "HEADER"
+                    with m.Switch(kind):
+                        for index, (_, (words_per, answers_per, depth)) in enumerate(commands):
+                            with m.Case(index):
+                                in_range = count[:depth.bit_length()]  # a count past depth is refused
+                                if words_per:
+                                    m.d.sync += skip.eq(times(in_range, words_per))
+                                    with m.If(count != 0):
+                                        m.next = "SKIP"
                                 if answers_per:
-                                    answer(count * answers_per)
-                    m.d.sync += skip.eq(data_words)
-                    m.next = "SKIP"
-                    with m.If(data_words == 0):
-                        m.next = "HEADER"
+                                    m.d.sync += answers.eq(answers + times(in_range, answers_per))
                 cut_short()
             with m.State("SKIP"):
                 with m.If(full):
@@ -163,17 +178,21 @@ class RequestChecker(wiring.Component):
                 with m.If(full):
                     take()
                     m.d.sync += run_idx.eq(run_idx + 1)
+                    lo, hi = word[:16], word[16:]
                     with m.Switch(run_idx):
-                        with m.Case(0):
-                            m.d.sync += [rows.eq(word[:16]), blocks.eq(word[16:])]
-                        with m.Case(1):
-                            m.d.sync += [words.eq(word[:16]), passes.eq(word[16:])]
-                        with m.Case(2):
+                        with m.Case(0):  # rows, blocks
+                            m.d.sync += [rows.eq(lo), blocks.eq(hi)]
+                            refuse((lo > c.result_depth) | (hi > c.result_depth))
+                            refuse(binary & (hi > c.thresh_depth))
+                        with m.Case(1):  # words, passes
+                            m.d.sync += words.eq(lo)
+                            refuse((lo > c.max_words) | (hi > c.prog_depth))
+                        with m.Case(2):  # offset
                             sign = word[c.acc_bits - 1:]
                             refuse(sign.any() & ~sign.all())
-                            m.next = "RUN_COUNTS"
+                            m.next = "RUN_PRODUCTS"
                 cut_short()
-            self._check_run(m, rows, blocks, words, passes, arg[0], refuse)
+            self._products(m, rows, blocks, words, error, refuse)
             with m.State("VERDICT"):
                 m.d.comb += [self.o.valid.eq(1), self.o.payload.eq(~error & (answers == expected))]
                 with m.If(self.o.ready):
@@ -181,21 +200,15 @@ class RequestChecker(wiring.Component):
                     m.next = "ANSWERS"
         return m
 
-    def _check_run(self, m: Module, rows, blocks, words, passes, binary, refuse) -> None:
-        """The states that check a RUN's counts against the buffers, then return to HEADER."""
+    def _products(self, m: Module, rows, blocks, words, error, refuse) -> None:
+        """RUN_PRODUCTS: ``rows * words``, ``blocks * words`` and ``rows * blocks`` against
+        their buffers, summed a row and a block a cycle; then back to HEADER."""
         c = self.config
-        step = Signal(COUNT_BITS)
-        # rows * words, blocks * words, rows * blocks, summed a row or block a cycle
-        x_used, y_used, results = (Signal(18, name=n) for n in ("x_used", "y_used", "results"))
-        with m.State("RUN_COUNTS"):
-            # bounds that also keep the products' loop short
-            bad = ((rows > c.result_depth) | (blocks > c.result_depth) | (words > c.max_words)
-                   | (passes > c.prog_depth) | (binary & (blocks > c.thresh_depth)))
-            refuse(bad)
-            m.d.sync += [step.eq(0), x_used.eq(0), y_used.eq(0), results.eq(0)]
-            m.next = "RUN_PRODUCTS"
-            with m.If(bad):
-                m.next = "HEADER"
+        step = Signal(range(c.result_depth + 2))
+        # each sum stops at most one step past its depth
+        x_used = Signal(range(c.x_depth + c.max_words + 1))
+        y_used = Signal(range(c.y_depth + c.max_words + 1))
+        results = Signal(range(2 * c.result_depth + 1))
         with m.State("RUN_PRODUCTS"):
             over = (x_used > c.x_depth) | (y_used > c.y_depth) | (results > c.result_depth)
             with m.If(step < rows):
@@ -204,5 +217,6 @@ class RequestChecker(wiring.Component):
                 m.d.sync += y_used.eq(y_used + words)
             m.d.sync += step.eq(step + 1)
             refuse(over)
-            with m.If(over | ((step >= rows) & (step >= blocks))):
+            with m.If(error | over | ((step >= rows) & (step >= blocks))):  # an error: counts not in range
+                m.d.sync += [step.eq(0), x_used.eq(0), y_used.eq(0), results.eq(0)]
                 m.next = "HEADER"
