@@ -50,18 +50,19 @@ class RequestChecker(wiring.Component):
     answer words of its commands (at most :data:`MAX_ANSWERS`); its last word
     ends a command; every opcode is known; every count word fits 16 bits; every
     LOAD and READ stays inside its buffer (``first + count <= depth``); and
-    every RUN fits the buffers: ``rows * words <= x_depth``, ``blocks * words
-    <= y_depth``, ``rows * blocks <= result_depth``, ``rows`` and ``blocks``
-    at most ``result_depth``, ``words`` at most ``max_words``, ``passes`` at
-    most ``prog_depth``, ``blocks`` at most ``thresh_depth`` for a binary run,
-    and an offset that fits the accumulator.  It cannot see which plane
-    rows the descriptors address: their bases are the host's to keep in range.
+    every RUN count is in range: ``rows`` and ``blocks`` at most
+    ``result_depth`` (and ``blocks`` at most ``thresh_depth`` for a binary
+    run), ``words`` at most ``max_words``, ``passes`` at most ``prog_depth``,
+    and an offset that fits the accumulator.  That bounds a run's time.  The products
+    (``rows * blocks <= result_depth``, ``rows * words <= x_depth``,
+    ``blocks * words <= y_depth``) and the rows the descriptors address are
+    not checked: they cost logic the UP5K does not have; the host keeps them
+    in range (:func:`hw.program.compile_layer`).
 
     A word is registered before it is looked at: the checker takes one every
-    other cycle.  A RUN's products are summed a row and a block a cycle (no
-    multiplier), in at most ``max(rows, blocks) + 1`` cycles.  Once a request
-    is refused, the rest of it is only parsed until its last word, so every
-    register holds only the bits of values in range (the UP5K is nearly full).
+    other cycle.  Once a request is refused, the rest of it is only parsed
+    until its last word, so every register holds only the bits of values in
+    range.
     """
 
     i: In(stream.Signature(word_layout))
@@ -116,9 +117,6 @@ class RequestChecker(wiring.Component):
                     refuse(check_end & (end > depth))
         refuse(answers > MAX_ANSWERS)
 
-        rows = Signal(range(c.result_depth + 1))
-        blocks = Signal(range(c.result_depth + 1))
-        words = Signal(range(c.max_words + 1))
         binary = Signal()            # the RUN writes bits: its blocks need thresholds
         run_idx = Signal(2)
         with m.FSM():
@@ -181,42 +179,18 @@ class RequestChecker(wiring.Component):
                     lo, hi = word[:16], word[16:]
                     with m.Switch(run_idx):
                         with m.Case(0):  # rows, blocks
-                            m.d.sync += [rows.eq(lo), blocks.eq(hi)]
                             refuse((lo > c.result_depth) | (hi > c.result_depth))
                             refuse(binary & (hi > c.thresh_depth))
                         with m.Case(1):  # words, passes
-                            m.d.sync += words.eq(lo)
                             refuse((lo > c.max_words) | (hi > c.prog_depth))
                         with m.Case(2):  # offset
                             sign = word[c.acc_bits - 1:]
                             refuse(sign.any() & ~sign.all())
-                            m.next = "RUN_PRODUCTS"
+                            m.next = "HEADER"
                 cut_short()
-            self._products(m, rows, blocks, words, error, refuse)
             with m.State("VERDICT"):
                 m.d.comb += [self.o.valid.eq(1), self.o.payload.eq(~error & (answers == expected))]
                 with m.If(self.o.ready):
                     m.d.sync += [error.eq(0), answers.eq(0), ended.eq(0)]
                     m.next = "ANSWERS"
         return m
-
-    def _products(self, m: Module, rows, blocks, words, error, refuse) -> None:
-        """RUN_PRODUCTS: ``rows * words``, ``blocks * words`` and ``rows * blocks`` against
-        their buffers, summed a row and a block a cycle; then back to HEADER."""
-        c = self.config
-        step = Signal(range(c.result_depth + 2))
-        # each sum stops at most one step past its depth
-        x_used = Signal(range(c.x_depth + c.max_words + 1))
-        y_used = Signal(range(c.y_depth + c.max_words + 1))
-        results = Signal(range(2 * c.result_depth + 1))
-        with m.State("RUN_PRODUCTS"):
-            over = (x_used > c.x_depth) | (y_used > c.y_depth) | (results > c.result_depth)
-            with m.If(step < rows):
-                m.d.sync += [x_used.eq(x_used + words), results.eq(results + blocks)]
-            with m.If(step < blocks):
-                m.d.sync += y_used.eq(y_used + words)
-            m.d.sync += step.eq(step + 1)
-            refuse(over)
-            with m.If(error | over | ((step >= rows) & (step >= blocks))):  # an error: counts not in range
-                m.d.sync += [step.eq(0), x_used.eq(0), y_used.eq(0), results.eq(0)]
-                m.next = "HEADER"
