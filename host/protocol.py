@@ -17,7 +17,9 @@ for a frame time, a partial frame is dropped (a corrupt length field cannot
 stall the receiver). It remembers the sequence number of the last frame it executed: a frame
 with that same number is a retry (the host lost the response), which the
 device answers again, re-executing only side-effect-free commands and
-answering the others with status ``DUPLICATE``. The host numbers frames
+answering the others with status ``DUPLICATE``. A request it will not run
+(malformed, or outside its buffers) it answers with status ``REFUSED``, on
+which the host raises :class:`RefusedError` without re-sending. The host numbers frames
 modulo 256, waits for the response with its sequence number, discards corrupt
 or stale frames, re-sends on a timeout, and raises :class:`LinkError` after
 ``retries`` re-sends.
@@ -46,10 +48,19 @@ class Status(enum.IntEnum):
 
     OK = 0
     DUPLICATE = 1  # a retried frame whose command was not executed again
+    REFUSED = 2  # a malformed or out-of-range request: nothing of it was executed
 
 
 class LinkError(RuntimeError):
     """The device did not answer a frame correctly within the retries."""
+
+
+class RefusedError(LinkError):
+    """The device refused a frame (status REFUSED) and executed none of it.
+
+    Sending it again would be refused again: the request does not fit the
+    device (a host bug, or a host configured for another bitstream).
+    """
 
 
 def crc16(data: bytes, crc: int = 0xFFFF) -> int:
@@ -296,6 +307,13 @@ class Transport:
             while received <= _GARBAGE_LIMIT and (data := self.link.read(timeout)):
                 received += len(data)
                 for response in self.decoder.feed(data):
+                    if response.seq == seq and response.status == Status.REFUSED:
+                        raise RefusedError(
+                            f"the device refused frame {seq} ({len(payload)} bytes) and executed none of it: "
+                            "an answer count that differs from its commands', a command cut short, an unknown "
+                            "opcode, or a LOAD, READ or RUN outside the buffers (is the host's AccelConfig "
+                            "the bitstream's?)"
+                        )
                     if response.seq == seq:
                         return response.payload
             self.decoder.flush()

@@ -84,7 +84,7 @@ class _Line(Elaboratable):
         self.top: Top | None = None
         if divisor is None:
             self.idle_timeout = 32
-            self.bridge = Bridge(buffer_words, self.idle_timeout)
+            self.bridge = Bridge(config, buffer_words, self.idle_timeout)
             self.accelerator = Accelerator(config)
         else:
             self.top = Top(config, divisor, buffer_words)
@@ -102,7 +102,7 @@ class _Line(Elaboratable):
             wiring.connect(device, self.accelerator.rsp, self.bridge.rsp)
             into, out = self.bridge.rx, self.bridge.tx
             m.d.comb += out.ready.eq(1)
-            busy = self.bridge.cmd.valid | out.valid
+            busy = self.bridge.busy | out.valid  # busy: also while it checks a frame, before any word moves
         else:
             device.submodules.top = self.top
             m.submodules.host_tx = host_tx = UARTTransmitter(self.divisor)

@@ -11,6 +11,11 @@ It implements the device side of ``docs/protocol.md``:
   reaches the accelerator.
 * The payload's first word is the number of answer words the host expects
   (``hw.program.response_length``); the rest are command words.
+* A good frame is first streamed through a :class:`~hw.checker.RequestChecker`:
+  a request it rejects (an answer count that is not its commands', a command
+  cut short, an unknown opcode, a LOAD, READ or RUN outside the buffers) is
+  answered with status REFUSED and no payload, and nothing of it reaches the
+  accelerator, which would otherwise stall or wrap around its buffers.
 * A good frame whose seq equals that of the last executed frame is a retry:
   if its first command is a READ, READ_BITS or READ_CYCLES it is executed
   again; otherwise it is answered with status DUPLICATE and no payload.
@@ -26,7 +31,8 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from host.protocol import CMD_SYNC, RSP_SYNC, Status
-from hw.config import STREAM_BITS, ceil_log2
+from hw.checker import RequestChecker
+from hw.config import STREAM_BITS, AccelConfig, ceil_log2
 from hw.isa import Op
 
 READ_OPS = (Op.READ, Op.READ_BITS, Op.READ_CYCLES)
@@ -72,9 +78,11 @@ class Bridge(wiring.Component):
     tx: Out(stream.Signature(8))
     cmd: Out(stream.Signature(STREAM_BITS))
     rsp: In(stream.Signature(STREAM_BITS))
-    busy: Out(1)  # a frame is being executed (registered)
+    busy: Out(1)  # a frame is being checked or executed (registered)
 
-    def __init__(self, buffer_words: int = 256, idle_timeout: int = 1 << 16) -> None:
+    def __init__(self, config: AccelConfig, buffer_words: int = 256, idle_timeout: int = 1 << 16) -> None:
+        if not isinstance(config, AccelConfig):
+            raise TypeError(f"config must be an AccelConfig, got {type(config).__name__}")
         for name, value, lo in (("buffer_words", buffer_words, 2), ("idle_timeout", idle_timeout, 16)):
             if isinstance(value, bool) or not isinstance(value, int):
                 raise TypeError(f"{name} must be an int, got {type(value).__name__}")
@@ -82,7 +90,7 @@ class Bridge(wiring.Component):
                 raise ValueError(f"{name} must be >= {lo}, got {value}")
         if buffer_words > 0x3FFF:
             raise ValueError(f"buffer_words must be at most {0x3FFF} (len is 16 bits of bytes), got {buffer_words}")
-        self.buffer_words, self.idle_timeout = buffer_words, idle_timeout
+        self.config, self.buffer_words, self.idle_timeout = config, buffer_words, idle_timeout
         super().__init__()
 
     def elaborate(self, platform: object) -> Module:
@@ -193,7 +201,9 @@ class Bridge(wiring.Component):
         answers_done = Signal()      # answers == 0
         first = Signal(STREAM_BITS, reset_less=True)  # the first command word, registered
         duplicate = Signal()         # the frame is a retry to answer with DUPLICATE
-        feeding = Signal()           # command words are left to send to cmd
+        refused = Signal()           # the checker rejected the frame: answer REFUSED, run nothing
+        checking = Signal()          # the words go to the checker, not to cmd
+        feeding = Signal()           # words are left to send to cmd (or the checker)
         feed_left = Signal(16)       # ... this many, the current one included
         feed_last = Signal()         # feed_left == 1
         next_addr = Signal(addr_bits)    # the buffer address of the word after the current one
@@ -205,12 +215,21 @@ class Bridge(wiring.Component):
         rsp_byte = Signal(2)
         have_word = Signal()
 
-        # The buffer is read one cycle ahead: the current command word is in
-        # rd.data, and the address is that of the next word, or of the one
-        # after it when the current word is taken in this cycle.
-        feed_fire = self.cmd.valid & self.cmd.ready
+        # The buffer is read one cycle ahead: the current word is in rd.data,
+        # and the address is that of the current word, or of the one after it
+        # when the current word is taken in this cycle.  The same feed streams
+        # the whole payload to the checker, then the command words to cmd.
+        m.submodules.checker = checker = RequestChecker(self.config)
+        feed_fire = feeding & Mux(checking, checker.i.ready, self.cmd.ready)
         m.d.comb += [rd.en.eq(1), rd.addr.eq(Mux(feed_fire, after_addr, next_addr))]
-        m.d.comb += [self.cmd.valid.eq(feeding), self.cmd.payload.eq(rd.data)]
+        m.d.comb += [self.cmd.valid.eq(feeding & ~checking), self.cmd.payload.eq(rd.data)]
+        m.d.comb += [checker.i.valid.eq(feeding & checking), checker.i.payload.word.eq(rd.data),
+                     checker.i.payload.last.eq(feed_last)]
+        with m.If(feed_fire):
+            m.d.sync += [next_addr.eq(after_addr), after_addr.eq(after_addr + 1),
+                         feed_left.eq(feed_left - 1), feed_last.eq(feed_left == 2)]
+            with m.If(feed_last):
+                m.d.sync += feeding.eq(0)
 
         def send(value: object) -> None:
             m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(value)]
@@ -218,7 +237,16 @@ class Bridge(wiring.Component):
         with m.FSM(name="exec"):
             with m.State("WAIT"):
                 with m.If(frame_ok):
-                    m.d.sync += [self.busy.eq(1), commands.eq(length[2:] - 1), next_addr.eq(1), after_addr.eq(2)]
+                    m.d.sync += [self.busy.eq(1), commands.eq(length[2:] - 1), next_addr.eq(0), after_addr.eq(1),
+                                 feed_left.eq(length[2:]), feed_last.eq(length[2:] == 1)]
+                    m.next = "PRIME"
+            with m.State("PRIME"):      # rd.data holds word 0 after this cycle
+                m.d.sync += [feeding.eq(1), checking.eq(1)]
+                m.next = "CHECK"
+            with m.State("CHECK"):
+                m.d.comb += checker.o.ready.eq(1)
+                with m.If(checker.o.valid):
+                    m.d.sync += [refused.eq(~checker.o.payload), checking.eq(0), next_addr.eq(1), after_addr.eq(2)]
                     m.next = "FIRST"
             with m.State("FIRST"):      # rd.data holds word 0 (the answer count) after this cycle
                 m.d.comb += rd.addr.eq(0)
@@ -242,8 +270,9 @@ class Bridge(wiring.Component):
                 m.next = "DECIDE"
             with m.State("DECIDE"):
                 m.d.comb += rd.addr.eq(1)
-                with m.If(duplicate):
-                    m.d.sync += [header.eq(Cat(Const(RSP_SYNC, 8), seq, Const(Status.DUPLICATE, 8), Const(0, 16))),
+                with m.If(refused | duplicate):  # a refused frame is not remembered: its retry is refused too
+                    status = Mux(refused, Const(Status.REFUSED, 8), Const(Status.DUPLICATE, 8))
+                    m.d.sync += [header.eq(Cat(Const(RSP_SYNC, 8), seq, status, Const(0, 16))),
                                  answers.eq(0), answers_done.eq(1), has_commands.eq(0)]
                 with m.Else():
                     m.d.sync += [header.eq(Cat(Const(RSP_SYNC, 8), seq, Const(Status.OK, 8), Const(0, 2), answers[:14])),
@@ -260,12 +289,7 @@ class Bridge(wiring.Component):
                         m.d.sync += [have_word.eq(0), feeding.eq(has_commands)]
                         m.next = "BODY"
             with m.State("BODY"):
-                # feed the command words and forward the answer words concurrently
-                with m.If(feed_fire):
-                    m.d.sync += [next_addr.eq(after_addr), after_addr.eq(after_addr + 1),
-                                 feed_left.eq(feed_left - 1), feed_last.eq(feed_left == 2)]
-                    with m.If(feed_last):
-                        m.d.sync += feeding.eq(0)
+                # the feed sends the command words while the answer words are forwarded
                 with m.If(~have_word):
                     m.d.comb += self.rsp.ready.eq(~answers_done)
                     with m.If(self.rsp.valid & ~answers_done):

@@ -49,6 +49,17 @@ class CycleCounter(wiring.Component):
         return m
 
 
+def load_targets(config: AccelConfig) -> tuple[tuple[int, int, int, int], ...]:
+    """(banks, words per item, item bits, depth) of the buffer each opcode of ``LOAD_OPS`` writes."""
+    c = config
+    return (
+        (1, entry_words(c), c.entry_bits, c.x_depth),
+        (c.lanes, entry_words(c), c.entry_bits, c.y_depth),
+        (c.lanes, 1, STREAM_BITS, c.thresh_depth),
+        (1, DESC_WORDS, descriptor_layout(c).size, c.prog_depth),
+    )
+
+
 class Decoder(wiring.Component):
     """Reads commands from ``cmd`` and answers on ``rsp``, both 32-bit streams.
 
@@ -68,12 +79,7 @@ class Decoder(wiring.Component):
             raise TypeError(f"config must be an AccelConfig, got {type(config).__name__}")
         self.config = c = config
         #: (banks, words per item, item bits, depth) of the buffer each LOAD opcode writes.
-        self.targets = (
-            (1, entry_words(c), c.entry_bits, c.x_depth),
-            (c.lanes, entry_words(c), c.entry_bits, c.y_depth),
-            (c.lanes, 1, STREAM_BITS, c.thresh_depth),
-            (1, DESC_WORDS, descriptor_layout(c).size, c.prog_depth),
-        )
+        self.targets = load_targets(c)
         members = {
             "cmd": In(stream.Signature(STREAM_BITS)),
             "rsp": Out(stream.Signature(STREAM_BITS)),

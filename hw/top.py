@@ -34,7 +34,7 @@ class Top(wiring.Component):
         m = Module()
         m.submodules.uart_rx = rx = UARTReceiver(self.divisor)
         m.submodules.uart_tx = tx = UARTTransmitter(self.divisor)
-        m.submodules.bridge = bridge = Bridge(self.buffer_words, self.idle_timeout)
+        m.submodules.bridge = bridge = Bridge(self.config, self.buffer_words, self.idle_timeout)
         m.submodules.accelerator = accel = Accelerator(self.config)
         wiring.connect(m, rx.data, bridge.rx)
         # registered, so that the bridge's byte logic sees the UART's ready from a flip-flop

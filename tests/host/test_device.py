@@ -11,7 +11,7 @@ import pytest
 from host.backend import Thresholds
 from host.device import DeviceBackend
 from host.emulator import EmulatorBackend
-from host.protocol import CMD_SYNC, FrameDecoder, Link, Status, Transport, encode_response
+from host.protocol import CMD_SYNC, FrameDecoder, Link, RefusedError, Status, Transport, encode_response
 from hw.bridge import READ_OPS
 from hw.config import DEFAULT
 from hw.isa import Op
@@ -214,3 +214,17 @@ def test_sums_past_62_bits_are_refused_not_computed_on_the_host():
     assert refusal == _refusal(emu.run, "x", "x", coefs)
     assert refusal[0] is ValueError and "66-bit accumulator" in refusal[1]
     assert dev.host_layers == {}
+
+
+def test_a_device_that_refuses_the_requests_is_reported_at_once():
+    """A bitstream built for other sizes refuses the host's frames: one frame, then a clear error, no retries."""
+    class RefusingLink(ModelLink):
+        def write(self, data):
+            for frame in self.decoder.feed(data):
+                self.frames.append(frame.payload)
+                self.pending += encode_response(frame.seq, Status.REFUSED, b"")
+
+    link = RefusingLink()
+    with pytest.raises(RefusedError, match="refused frame 0 .*AccelConfig"):
+        DeviceBackend(Transport(link, timeout=0.01), CONFIG)
+    assert len(link.frames) == 1

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from host import protocol
-from host.protocol import CMD_SYNC, RSP_SYNC, FrameDecoder, Link, LinkError, Status, Transport
+from host.protocol import CMD_SYNC, RSP_SYNC, FrameDecoder, Link, LinkError, RefusedError, Status, Transport
 
 
 def test_crc16_ccitt_false_check_value():
@@ -120,6 +120,30 @@ def test_transport_raises_once_retries_run_out():
     with pytest.raises(LinkError, match="no valid response to frame 0 after 4 tries"):
         Transport(DeadLine(), timeout=0.01, retries=3).request(b"x")
     assert DeadLine.writes == 4
+
+
+def test_a_refused_frame_raises_at_once_and_is_not_sent_again():
+    class RefusingLine(Link):
+        """A device that refuses every request (status REFUSED, as the bridge answers a malformed one)."""
+
+        writes = 0
+
+        def __init__(self):
+            self.decoder, self.pending = FrameDecoder(CMD_SYNC), b""
+
+        def write(self, data):
+            RefusingLine.writes += 1
+            for frame in self.decoder.feed(data):
+                self.pending += protocol.encode_response(frame.seq, Status.REFUSED, b"")
+
+        def read(self, timeout):
+            data, self.pending = self.pending, b""
+            return data
+
+    with pytest.raises(RefusedError, match="the device refused frame 0 .* executed none of it"):
+        Transport(RefusingLine(), timeout=0.01, retries=3).request(b"\x05\x00\x00\x00")
+    assert RefusingLine.writes == 1
+    assert issubclass(RefusedError, LinkError)  # the CLI reports it as it reports a dead link
 
 
 def test_oversized_length_field_does_not_stall_the_decoder():

@@ -10,7 +10,11 @@ from amaranth.sim import Simulator
 from host import protocol
 from host.protocol import RSP_SYNC, FrameDecoder, Status
 from hw.bridge import _CRC16_TAPS, Bridge
+from hw.config import AccelConfig
 from hw.isa import Op, header
+
+#: Two lanes: the stub's two answer words are a READ of one entry.
+CONFIG = AccelConfig(word_bits=8, lanes=2, x_depth=32, y_depth=32, thresh_depth=8, prog_depth=32, result_depth=32)
 
 
 def test_crc_taps_equal_the_host_crc():
@@ -38,7 +42,7 @@ def run_bridge(stream: bytes, answer_word, cycles: int, bridge: Bridge | None = 
     With ``stall``, the accelerator's ``cmd.ready`` and the UART's ``tx.ready``
     are low in that fraction of cycles (at random).
     """
-    dut = bridge or Bridge(buffer_words=16, idle_timeout=40)
+    dut = bridge or Bridge(CONFIG, buffer_words=16, idle_timeout=40)
     got_cmd, got_tx = [], bytearray()
     rng = random.Random(1)
 
@@ -82,13 +86,13 @@ def run_bridge(stream: bytes, answer_word, cycles: int, bridge: Bridge | None = 
 
 
 def echo_read(word: int) -> list[int]:
-    """Stub: a READ header answers two words, anything else nothing."""
+    """Stub: a READ header answers two words (one entry of two lanes), anything else nothing."""
     return [word ^ 0xFFFF_FFFF, 7] if word & 0xFF == Op.READ else []
 
 
 def test_good_frames_pass_through_and_are_answered():
-    load = [header(Op.LOAD_X, 0), 1, 0xDEADBEEF]
-    read = [header(Op.READ, 0)]
+    load = [header(Op.LOAD_X, 0), 1, 0xBEEF]
+    read = [header(Op.READ, 0), 1]
     cmd, rsp = run_bridge(frame(1, 0, load) + frame(2, 2, read), echo_read, 2000)
     assert cmd == load + read
     assert [(f.seq, f.status) for f in rsp] == [(1, Status.OK), (2, Status.OK)]
@@ -98,7 +102,7 @@ def test_good_frames_pass_through_and_are_answered():
 
 def test_backpressure_on_both_sides_loses_nothing():
     load = [header(Op.LOAD_X, 0), 5, *range(100, 105)]
-    read = [header(Op.READ, 0), header(Op.READ, 1)]
+    read = [header(Op.READ, 0), 1, header(Op.READ, 1), 1]
     cmd, rsp = run_bridge(frame(1, 0, load) + frame(2, 4, read), echo_read, 4000, stall=0.5)
     assert cmd == load + read
     assert [(f.seq, f.status) for f in rsp] == [(1, Status.OK), (2, Status.OK)]
@@ -134,15 +138,93 @@ def test_partial_frame_is_dropped_after_the_idle_timeout():
 
 def test_retries_are_answered_and_only_reads_run_again():
     run = frame(10, 0, [header(Op.RESET)])
-    read = frame(11, 2, [header(Op.READ)])
+    read = frame(11, 2, [header(Op.READ), 1])
     cmd, rsp = run_bridge(run + run + read + read, echo_read, 2000)
-    assert cmd == [header(Op.RESET), header(Op.READ), header(Op.READ)]
+    assert cmd == [header(Op.RESET), header(Op.READ), 1, header(Op.READ), 1]
     assert [(f.seq, f.status) for f in rsp] == [(10, Status.OK), (10, Status.DUPLICATE), (11, Status.OK), (11, Status.OK)]
     assert rsp[2].payload == rsp[3].payload != b""
 
 
 def test_bad_parameters():
     with pytest.raises(ValueError, match="buffer_words must be >= 2"):
-        Bridge(buffer_words=1)
+        Bridge(CONFIG, buffer_words=1)
     with pytest.raises(TypeError, match="idle_timeout must be an int"):
-        Bridge(idle_timeout=1.5)
+        Bridge(CONFIG, idle_timeout=1.5)
+    with pytest.raises(TypeError, match="config must be an AccelConfig"):
+        Bridge(16)
+
+
+def run_words(rows, blocks, words, passes, offset=0, binary=0):
+    return [header(Op.RUN, binary), rows | blocks << 16, words | passes << 16, offset]
+
+
+#: Requests that locked the device or wrote past a buffer; now each is refused.
+HOSTILE = {
+    "answers_without_commands": (5, []),            # the bridge waited for 5 answers forever
+    "read_without_answers": (0, [header(Op.READ, 0), 1]),  # its answers went to the next frames
+    "load_y_past_the_end": (0, [header(Op.LOAD_Y, CONFIG.y_depth), 1, 7, 8]),  # overwrote weight row 0
+    "huge_run": (0, run_words(0xFFFF, 0xFFFF, 0xFFFF, 0xFFFF)),  # ran for days
+    "command_cut_short": (0, [header(Op.LOAD_X, 0), 3, 7]),  # took the next frame's words as data
+}
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+def test_hostile_requests_are_refused_and_a_reset_follows(name):
+    answers, words = HOSTILE[name]
+    stream = frame(20, answers, words) + frame(20, answers, words) + frame(21, 0, [header(Op.RESET)])
+    cmd, rsp = run_bridge(stream, echo_read, 1500)
+    assert cmd == [header(Op.RESET)]  # nothing of a refused frame reaches the accelerator
+    # a refused frame is not remembered: its retry is refused again, not answered DUPLICATE
+    assert [(f.seq, f.status, f.payload) for f in rsp] == [
+        (20, Status.REFUSED, b""), (20, Status.REFUSED, b""), (21, Status.OK, b"")]
+
+
+def run_device(stream: bytes, cycles: int) -> list:
+    """Feed ``stream`` into a bridge in front of a real accelerator; the response frames."""
+    from amaranth.hdl import Module
+    from amaranth.lib import wiring
+
+    from hw.accelerator import Accelerator
+
+    m = Module()
+    m.submodules.bridge = bridge = Bridge(CONFIG, buffer_words=16, idle_timeout=40)
+    m.submodules.accelerator = accelerator = Accelerator(CONFIG)
+    wiring.connect(m, bridge.cmd, accelerator.cmd)
+    wiring.connect(m, accelerator.rsp, bridge.rsp)
+    got_tx = bytearray()
+
+    async def line(ctx):
+        for b in stream:
+            ctx.set(bridge.rx.payload, b)
+            ctx.set(bridge.rx.valid, 1)
+            await ctx.tick()
+            ctx.set(bridge.rx.valid, 0)
+            await ctx.tick().repeat(2)
+
+    async def uart_tx(ctx):
+        ctx.set(bridge.tx.ready, 1)
+        async for _, _, valid, payload in ctx.tick().sample(bridge.tx.valid, bridge.tx.payload):
+            if valid:
+                got_tx.append(payload)
+
+    sim = Simulator(m)
+    sim.add_clock(1e-8)
+    sim.add_testbench(line)
+    sim.add_process(uart_tx)
+    sim.run_until(cycles * 1e-8)
+    return FrameDecoder(RSP_SYNC).feed(bytes(got_tx))
+
+
+def test_the_device_answers_after_requests_that_locked_it():
+    """A READ nobody collects left its answers to the next frame, a huge RUN stalled every later command."""
+    stream = (frame(1, 0, run_words(1, 1, 1, 1, offset=5))  # result entry 0: 5 in both lanes
+              + frame(2, 0, [header(Op.READ, 0), 1])
+              + frame(3, 0, run_words(0xFFFF, 0xFFFF, 0xFFFF, 0xFFFF))
+              + frame(4, 0, [header(Op.RESET)])
+              + frame(5, 2, [header(Op.READ_CYCLES)])
+              + frame(6, 2, [header(Op.READ, 0), 1]))
+    rsp = run_device(stream, 3000)
+    assert [(f.seq, f.status) for f in rsp] == [
+        (1, Status.OK), (2, Status.REFUSED), (3, Status.REFUSED), (4, Status.OK), (5, Status.OK), (6, Status.OK)]
+    assert rsp[4].payload == bytes(8)  # the cycle counter, cleared by the RESET
+    assert rsp[5].payload == (5).to_bytes(4, "little") * 2

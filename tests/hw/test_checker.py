@@ -1,0 +1,104 @@
+"""The request checker: which requests the bridge lets through to the accelerator."""
+
+import pytest
+from amaranth.sim import Simulator
+
+from hw.checker import MAX_ANSWERS, RequestChecker
+from hw.config import AccelConfig
+from hw.isa import Op, header
+
+#: Depths 32 (x, y, prog, result) and 8 (thresh), two lanes, one word per operand entry.
+CONFIG = AccelConfig(word_bits=8, lanes=2, x_depth=32, y_depth=32, thresh_depth=8, prog_depth=32, result_depth=32)
+ACC_MIN = -(1 << (CONFIG.acc_bits - 1))
+
+
+def run(binary=0, rows=1, blocks=1, words=1, passes=1, offset=0):
+    return [header(Op.RUN, binary), rows | blocks << 16, words | passes << 16, offset & 0xFFFF_FFFF]
+
+
+GOOD = {
+    "nothing": [0],
+    "reset": [0, header(Op.RESET)],
+    "cycles": [2, header(Op.READ_CYCLES)],
+    "read": [2, header(Op.READ, 0), 1],
+    "read_bits_at_the_end": [1, header(Op.READ_BITS, 31), 1],
+    "load_x_at_the_end": [0, header(Op.LOAD_X, 31), 1, 7],
+    "load_y_at_the_end": [0, header(Op.LOAD_Y, 31), 1, 7, 8],
+    "load_thresh_at_the_end": [0, header(Op.LOAD_THRESH, 7), 1, 7, 8],
+    "load_prog_at_the_end": [0, header(Op.LOAD_PROG, 31), 1, 1, 2, 3],
+    "load_nothing": [0, header(Op.LOAD_X, 32), 0],
+    "run_at_every_bound": [0, *run(1, rows=32, blocks=8, words=32, passes=32, offset=ACC_MIN)],
+    "run_empty": [0, *run(rows=0, blocks=0, words=0, passes=0)],
+    "run_not_binary_past_the_thresholds": [0, *run(0, blocks=9)],
+    "mixed": [5, header(Op.READ, 0), 1, *run(), header(Op.READ_BITS, 3), 1, header(Op.READ_CYCLES), header(Op.RESET)],
+}
+BAD = {
+    "answers_without_commands": [5],
+    "no_answers_for_a_read": [0, header(Op.READ, 0), 1],
+    "too_many_answers": [3, header(Op.READ, 0), 1],
+    "answer_count_too_large": [MAX_ANSWERS + 1],
+    "answer_count_past_16_bits": [0x1_0000],
+    "load_y_past_the_end_wraps": [0, header(Op.LOAD_Y, 32), 1, 7, 8],
+    "load_x_past_the_end": [0, header(Op.LOAD_X, 31), 2, 7, 8],
+    "load_thresh_past_the_end": [0, header(Op.LOAD_THRESH, 8), 1, 7, 8],
+    "load_prog_past_the_end": [0, header(Op.LOAD_PROG, 0xFF_FFFF), 1, 1, 2, 3],
+    "read_past_the_end": [2, header(Op.READ, 32), 1],
+    "count_past_16_bits": [0, header(Op.LOAD_X, 0), 0x1_0001, 7],
+    "load_cut_short": [0, header(Op.LOAD_X, 0), 3, 7],
+    "count_missing": [0, header(Op.LOAD_X, 0)],
+    "run_cut_short": [0, *run()[:3]],
+    "unknown_opcode": [0, 0x77],
+    "run_huge": [0, *run(rows=0xFFFF, blocks=0xFFFF, words=0xFFFF, passes=0xFFFF)],
+    "run_words": [0, *run(rows=0, words=33)],
+    "run_passes": [0, *run(passes=33)],
+    "run_binary_past_the_thresholds": [0, *run(1, blocks=9)],
+    "run_offset": [0, *run(offset=-ACC_MIN)],
+    "run_empty_but_huge": [0, *run(rows=0xFFFF, blocks=0)],
+}
+
+
+def verdicts(requests, config=CONFIG):
+    """The checker's verdict on each request, all in one simulation."""
+    dut = RequestChecker(config)
+    got = []
+
+    async def bench(ctx):
+        for request in requests:
+            for k, word in enumerate(request):
+                ctx.set(dut.i.payload.word, word)
+                ctx.set(dut.i.payload.last, k == len(request) - 1)
+                ctx.set(dut.i.valid, 1)
+                await ctx.tick().until(dut.i.ready)
+            ctx.set(dut.i.valid, 0)
+            ctx.set(dut.o.ready, 1)
+            verdict, = await ctx.tick().sample(dut.o.payload).until(dut.o.valid)
+            got.append(bool(verdict))
+            ctx.set(dut.o.ready, 0)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run_until(20_000e-8)
+    assert len(got) == len(requests), "the checker stopped answering"
+    return got
+
+
+def test_good_and_bad_requests():
+    # interleaved, so that a bad request must not spoil the next good one
+    cases = [(name, words, True) for name, words in GOOD.items()] + [(name, words, False) for name, words in BAD.items()]
+    cases = [case for pair in zip(cases, cases[len(GOOD):] + cases[:len(GOOD)]) for case in pair]
+    got = verdicts([words for _, words, _ in cases])
+    assert [name for (name, _, ok), verdict in zip(cases, got) if verdict != ok] == []
+
+
+def test_without_checks_every_request_may_run():
+    """``check_requests=False`` (the iCEBreaker build): the checker only waits for each request's last word."""
+    from dataclasses import replace
+
+    requests = list(GOOD.values()) + list(BAD.values())
+    assert verdicts(requests, replace(CONFIG, check_requests=False)) == [True] * len(requests)
+
+
+def test_bad_config():
+    with pytest.raises(TypeError, match="config must be an AccelConfig"):
+        RequestChecker(None)
