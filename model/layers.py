@@ -67,11 +67,10 @@ class EngineLinear:
 
     @cached_property
     def accumulator_bits(self) -> int:
-        """Width of the layer accumulator, from the contract."""
-        return golden.layer_accumulator_bits(
-            self.in_features, [g.encoding for g in self.input.groups],
-            [w.operand.encoding for w in self.weights], self.coefficients[1],
-        )
+        """Width of the layer accumulator, from the contract; ValueError past what is computed exactly."""
+        ex, ey = [g.encoding for g in self.input.groups], [w.operand.encoding for w in self.weights]
+        golden.check_accumulator(self.in_features, ex, ey, self.coefficients[1])
+        return golden.layer_accumulator_bits(self.in_features, ex, ey, self.coefficients[1])
 
 
 @dataclass(frozen=True)
@@ -107,10 +106,10 @@ class EngineMatmul:
         return coefficient_format(self.x.scales, self.y.scales, self.out_scale, self.coef_bits)
 
     def accumulator_bits(self, n: int) -> int:
-        """Width of the accumulator for rows of length ``n``."""
-        return golden.layer_accumulator_bits(
-            n, [g.encoding for g in self.x.groups], [g.encoding for g in self.y.groups], self.coefficients[1]
-        )
+        """Width of the accumulator for rows of length ``n``; ValueError past what is computed exactly."""
+        ex, ey = [g.encoding for g in self.x.groups], [g.encoding for g in self.y.groups]
+        golden.check_accumulator(n, ex, ey, self.coefficients[1])
+        return golden.layer_accumulator_bits(n, ex, ey, self.coefficients[1])
 
 
 @dataclass(frozen=True)

@@ -275,8 +275,27 @@ def _array_entry(a: np.ndarray) -> dict:
     return {"shape": list(a.shape), "dtype": a.dtype.str, "sha256": hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()}
 
 
+def check_widths(model: Model) -> None:
+    """Raise ValueError, naming the layer, unless every engine layer's sums are computed exactly (at most 62 bits)."""
+    for name, layer in model.layers.items():
+        stages = layer.stages if isinstance(layer, FactoredLinear) else (layer,)
+        for stage in stages:
+            try:
+                if isinstance(stage, EngineLinear):
+                    stage.accumulator_bits
+                elif isinstance(stage, EngineMatmul):
+                    stage.accumulator_bits(model.architecture.tokens)
+            except ValueError as exc:
+                raise ValueError(f"layer {name}: {exc}") from None
+
+
 def save(model: Model, path: str | os.PathLike) -> None:
-    """Write ``model`` to ``path``; the result loads back to an identical model."""
+    """Write ``model`` to ``path``; the result loads back to an identical model.
+
+    A layer whose sums would not be computed exactly is refused here, at
+    export, as :func:`load` would refuse the file.
+    """
+    check_widths(model)
     manifest, arrays = to_manifest(model)
     manifest["arrays"] = {name: _array_entry(a) for name, a in sorted(arrays.items())}
     text = json.dumps(manifest, indent=1, sort_keys=True).encode()

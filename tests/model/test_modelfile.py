@@ -483,3 +483,23 @@ def test_integer_arrays_are_validated(saved_integer, tmp_path, name, change, mes
 def test_fuzzed_integer_files_load_identically_or_raise_model_file_error(saved_integer, tmp_path):
     outcomes = fuzz(*saved_integer, tmp_path / "fuzz.gsbf", 20261201, 300)
     assert sum(v for k, v in outcomes.items() if k.endswith(":error")) > 200
+
+
+def test_sums_past_62_bits_are_refused_at_export_and_at_load(tmp_path, monkeypatch):
+    """int16 x int16 over n = 8 with a 32-bit coefficient format needs more than 62 bits: refused, not wrapped."""
+    from model.golden import Encoding, Operand
+    from model.layers import EngineLinear, WeightGroup
+    from model.quantizers import QuantGroup, Quantizer
+
+    model = factored_model()
+    layer = model.layers["blocks.0.attn.qkv"]
+    wide = EngineLinear(Quantizer((QuantGroup("int", Encoding("int", 16), 1.0, {"step": 1.0}),)),
+                        (WeightGroup(Operand.from_values(np.full((3, 8), -32768), "int16"), 1.0),), None, 32)
+    model.layers["blocks.0.attn.qkv"] = type(layer)((wide, layer.stages[1]))
+    with pytest.raises(ValueError, match=r"layer blocks.0.attn.qkv: .*accumulator"):
+        modelfile.save(model, tmp_path / "wide.gsbf")
+    monkeypatch.setattr(modelfile, "check_widths", lambda model: None)  # as a careless writer would
+    modelfile.save(model, tmp_path / "wide.gsbf")
+    with pytest.raises(ModelFileError, match="accumulator") as info:
+        modelfile.load(tmp_path / "wide.gsbf")
+    assert info.value.field.startswith("layers.blocks.0.attn.qkv.stages[0]")
