@@ -41,8 +41,8 @@ class BackendEngine:
             layer = prog.model.layers.get(name)
             if isinstance(layer, EngineLinear):
                 weights = [w.operand for w in layer.weights]
-            else:
-                weights = [Operand.from_values(prog.arrays[f"{name}.codes"], INT8, self.word_bits)]
+            else:  # the 8-bit patch embedding (one product per channel) and heads
+                weights = [Operand.from_values(prog.engine_layer(name)[1][0], INT8, self.word_bits)]
             backend.load(f"{name}.w", weights)
 
     def _pack(self, codes: Sequence[np.ndarray], encodings: Sequence[Encoding]) -> list[Operand]:

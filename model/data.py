@@ -116,8 +116,8 @@ class Splits:
     val: Split
     test: Split
     num_classes: int
-    mean: float
-    std: float
+    mean: tuple[float, ...]   # one per channel, from the training split
+    std: tuple[float, ...]
     input_divisor: float = 1.0
     classes: list[str] | None = None
 
@@ -390,11 +390,13 @@ def load_splits(
         tr, va = split_indices(ytr, samples_per_class, val_per_class, seed)
     except ValueError as exc:
         raise ValueError(f"{source.path}: {exc}" if source.path else str(exc)) from None
-    mean = float(xtr[tr].mean())
-    std = float(xtr[tr].std()) or 1.0
+    train_x = xtr[tr]
+    mean = tuple(float(train_x[:, c].mean()) for c in range(train_x.shape[1]))
+    std = tuple(float(train_x[:, c].std()) or 1.0 for c in range(train_x.shape[1]))
+    m, sd = np.array(mean, np.float32)[:, None, None], np.array(std, np.float32)[:, None, None]
 
     def norm(x: np.ndarray) -> np.ndarray:
-        return ((x - mean) / std).astype(np.float32)
+        return ((x - m) / sd).astype(np.float32)
 
     return Splits(
         train=Split(norm(xtr[tr]), ytr[tr], tr),

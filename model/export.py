@@ -114,15 +114,15 @@ def checkpoint_preprocessing(path: str) -> tuple[Preprocessing, list[str] | None
     """The input preprocessing of a ``python -m model.train`` checkpoint, and its class names (a folder's).
 
     The divisor is the data's own top raw pixel value and mean/std are the
-    training split's statistics: one scalar each over all channels, which
-    the integer program folds into the 8-bit patch embedding.  ``dataset``
+    training split's statistics, one of each per channel (the integer
+    program folds them into its 8-bit patch embedding, one product per channel).  ``dataset``
     names a built-in dataset, or is the path of the file or folder.
     """
     from model.data import load_splits
 
     cfg, seed = _checkpoint_config(path)
     splits = load_splits(cfg.data.source(), cfg.data.samples_per_class, cfg.data.val_per_class, seed)
-    pre = Preprocessing(float(splits.input_divisor), float(splits.mean), float(splits.std), cfg.data.path or cfg.data.dataset)
+    pre = Preprocessing(float(splits.input_divisor), splits.mean, splits.std, cfg.data.path or cfg.data.dataset)
     return pre, splits.classes
 
 

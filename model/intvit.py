@@ -85,8 +85,10 @@ class IntegerProgram:
 
     def engine_layer(self, name: str) -> tuple[list[Encoding], list[np.ndarray] | list[Encoding], np.ndarray]:
         """``(x encodings, weight codes or y encodings, coefficients)`` of engine layer ``name``."""
-        if name == "patch_embed":
-            return [Encoding("uint", self.params["pixel_bits"])], [self.arrays["patch_embed.codes"]], np.ones((1, 1), np.int64)
+        if name.startswith("patch_embed.c"):
+            cols = channel_columns(self.model.architecture)[int(name[len("patch_embed.c"):])]
+            return ([Encoding("uint", self.params["pixel_bits"])], [self.arrays["patch_embed.codes"][:, cols]],
+                    np.ones((1, 1), np.int64))
         if name in ("head", "head_dist"):
             return [Encoding("int", NORM_BITS)], [self.arrays[f"{name}.codes"]], np.ones((1, 1), np.int64)
         layer = self.model.layers[name]
@@ -207,10 +209,14 @@ def forward(prog: IntegerProgram, raw: np.ndarray, engine: Engine, trace: Trace 
     raw = check_pixels(prog, raw)
     b = len(raw)
     patches = _patches(raw, arch.patch_size)
-    y = tr("patch_embed", engine.linear("patch_embed", [patches.reshape(-1, patches.shape[-1])]))
+    flat = patches.reshape(-1, patches.shape[-1])
+    embed = a["patch_embed.bias"]
+    for ch, cols in enumerate(channel_columns(arch)):  # one product per channel: each has its own std
+        y = tr(f"patch_embed.c{ch}", engine.linear(f"patch_embed.c{ch}", [flat[:, cols]]))
+        embed = embed + _requantize(prog, f"patch_embed.c{ch}", y)
     r = np.broadcast_to(a["tokens"], (b, arch.tokens, d)).copy()
     first = arch.tokens - arch.num_patches
-    r[:, first:] += (_requantize(prog, "patch_embed", y) + a["patch_embed.bias"]).reshape(b, arch.num_patches, d)
+    r[:, first:] += embed.reshape(b, arch.num_patches, d)
     r = tr("embed", intops.saturate(r, width))
     for i in range(arch.depth):
         pre = f"blocks.{i}"
@@ -276,9 +282,15 @@ class ReferenceEngine:
         return self._product(xs, ys, self.prog.engine_layer(name)[2])
 
 
+def channel_columns(arch: Architecture) -> list[slice]:
+    """The patch embedding's input columns of each channel (a patch is flattened as (C, p, p))."""
+    per = arch.patch_size**2
+    return [slice(ch * per, (ch + 1) * per) for ch in range(arch.in_channels)]
+
+
 def linear_names(arch: Architecture, head_names: Sequence[str]) -> list[str]:
     """Every engine linear layer of an integer program, in order."""
-    names = ["patch_embed"]
+    names = [f"patch_embed.c{ch}" for ch in range(arch.in_channels)]
     for i in range(arch.depth):
         names += [f"blocks.{i}.attn.qkv", f"blocks.{i}.attn.proj", f"blocks.{i}.mlp.fc1", f"blocks.{i}.mlp.fc2"]
     return names + list(head_names)
@@ -412,7 +424,7 @@ def compile_program(model: Model, calibration: np.ndarray, residual_frac: int | 
     """
     arch = model.architecture
     for name in linear_names(arch, []):
-        if name != "patch_embed":
+        if not name.startswith("patch_embed"):
             _require(isinstance(model.layers[name], EngineLinear),
                      f"{name} is a {type(model.layers[name]).__name__}: an integer program needs every block linear on the engine "
                      "(a GSB-family model at its last stage)")
@@ -446,13 +458,18 @@ def _compile(model: Model, residual_frac: int, residual_bits: int) -> IntegerPro
              f"preprocessing.input_divisor {pre.input_divisor} must be the integer top pixel value")
     params["pixel_max"], params["pixel_bits"] = pixel_max, max(2, pixel_max.bit_length())
 
-    # patch embedding: W (raw/div - mean)/std + b = (s/(div std)) (codes . raw) + b - (s mean/std) rowsum(codes)
+    # patch embedding, per channel c: W (raw/div - mean_c)/std_c + b =
+    #   sum_c (s/(div std_c)) (codes_c . raw_c) + b - sum_c (s mean_c/std_c) rowsum(codes_c)
     embed = model.layers["patch_embed"]
     _require(isinstance(embed, FloatLinear), "patch_embed must be a float layer (8-bit in a GSB-family export)")
     codes, s = _int8_codes(embed)
     arrays["patch_embed.codes"] = codes
-    params["patch_embed.multiplier"], params["patch_embed.shift"] = multiplier_shift(s / (pre.input_divisor * pre.std) * unit)
-    bias = (embed.bias.astype(np.float64) if embed.bias is not None else 0.0) - s * pre.mean / pre.std * codes.sum(axis=1)
+    mean, std = pre.channel_values(arch.in_channels, np.float64)
+    bias = embed.bias.astype(np.float64) if embed.bias is not None else np.zeros(d)
+    for ch, cols in enumerate(channel_columns(arch)):
+        params[f"patch_embed.c{ch}.multiplier"], params[f"patch_embed.c{ch}.shift"] = multiplier_shift(
+            s / (pre.input_divisor * std[ch]) * unit)
+        bias = bias - s * mean[ch] / std[ch] * codes[:, cols].sum(axis=1)
     arrays["patch_embed.bias"] = np.floor(bias * unit + 0.5).astype(np.int64)
     front = [t["cls_token"]] + ([t["dist_token"]] if arch.distillation_token else [])
     tokens = np.concatenate(front + [np.zeros((arch.num_patches, d), np.float32)]).astype(np.float64) + t["pos_embed"]
@@ -592,7 +609,8 @@ def schema(model: Model, params: dict[str, int]) -> tuple[dict[str, tuple[int, i
         p[f"{name}.base"] = base
         a[f"{name}.hi"] = a[f"{name}.lo"] = ((channels, levels), -big, big)
 
-    requant("patch_embed")
+    for ch in range(arch.in_channels):
+        requant(f"patch_embed.c{ch}")
     for i in range(arch.depth):
         pre = f"blocks.{i}"
         layers = {k: model.layers.get(f"{pre}.{k}") for k in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2", "attn.qk", "attn.av")}
@@ -660,8 +678,8 @@ def check_bounds(prog: IntegerProgram) -> None:
         fits(f"{name} requantizer", y_abs * p[f"{name}.multiplier"] + (1 << p[f"{name}.shift"]))
         return (y_abs * p[f"{name}.multiplier"] >> p[f"{name}.shift"]) + 1
 
-    pixel_y = 127 * p["pixel_max"] * arch.in_channels * arch.patch_size**2
-    requant("patch_embed", pixel_y)
+    for ch in range(arch.in_channels):
+        requant(f"patch_embed.c{ch}", 127 * p["pixel_max"] * arch.patch_size**2)
     u_abs = 2 * d * (1 << (width - 1))
     for name in [f"blocks.{i}.norm{j}" for i in range(arch.depth) for j in (1, 2)] + ["norm"]:
         fits(f"{name} variance", d * u_abs * u_abs + p[f"{name}.eps"])

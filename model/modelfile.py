@@ -155,30 +155,45 @@ class Architecture:
 class Preprocessing:
     """``x = (raw / input_divisor - mean) / std``, per image, each step in float32.
 
-    The same float32 operations as the training data pipeline (``model.data``),
-    so raw pixels (0..16 for digits, 0..255 for Fashion-MNIST) give the torch
-    model's exact inputs.
+    ``mean`` and ``std`` hold one value per input channel (or one for all
+    channels); a float is taken as one value.  The same float32 operations
+    as the training data pipeline (``model.data``), so raw pixels (0..16 for
+    digits, 0..255 for Fashion-MNIST) give the torch model's exact inputs.
     """
 
     input_divisor: float = 1.0
-    mean: float = 0.0
-    std: float = 1.0
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
     dataset: str = ""
 
     def __post_init__(self) -> None:
-        for name in ("input_divisor", "mean", "std"):
+        if not (isinstance(self.input_divisor, float) and np.isfinite(self.input_divisor)) or self.input_divisor == 0.0:
+            raise ValueError(f"input_divisor must be a finite, non-zero float, got {self.input_divisor!r}")
+        for name in ("mean", "std"):
             value = getattr(self, name)
-            if not (isinstance(value, float) and np.isfinite(value)):
-                raise ValueError(f"{name} must be a finite float, got {value!r}")
-        if self.std == 0.0 or self.input_divisor == 0.0:
-            raise ValueError("std and input_divisor must not be 0")
+            values = (value,) if isinstance(value, float) else value
+            if isinstance(values, (str, bytes)) or not isinstance(values, (tuple, list)) or not values or not all(
+                    isinstance(v, float) and np.isfinite(v) for v in values):
+                raise ValueError(f"{name} must be a finite float or a non-empty list of them (one per channel), got {value!r}")
+            object.__setattr__(self, name, tuple(values))
+        if len(self.mean) != len(self.std):
+            raise ValueError(f"mean and std must have as many values, got {len(self.mean)} and {len(self.std)}")
+        if 0.0 in self.std:
+            raise ValueError("std must not be 0")
         if not isinstance(self.dataset, str):
             raise ValueError(f"dataset must be a str, got {self.dataset!r}")
 
+    def channel_values(self, channels: int, dtype: type = np.float32) -> tuple[np.ndarray, np.ndarray]:
+        """``(mean, std)`` as arrays of one value per channel (float32: as ``apply`` uses them)."""
+        if len(self.mean) not in (1, channels):
+            raise ValueError(f"mean and std have {len(self.mean)} values, for {channels} channels")
+        return np.resize(np.array(self.mean, dtype), channels), np.resize(np.array(self.std, dtype), channels)
+
     def apply(self, raw: np.ndarray) -> np.ndarray:
-        """Preprocess raw pixel values to the model's float32 input."""
+        """Preprocess raw pixel values (..., C, H, W) to the model's float32 input."""
+        mean, std = self.channel_values(raw.shape[-3])
         x = raw.astype(np.float32) / np.float32(self.input_divisor)
-        return (x - np.float32(self.mean)) / np.float32(self.std)
+        return (x - mean[:, None, None]) / std[:, None, None]
 
 
 @dataclass(frozen=True)
@@ -657,6 +672,7 @@ def load(path: str | os.PathLike) -> Model:
     word_bits = r.build("word_bits", lambda: golden.check_word_bits(r.get(manifest, "word_bits", int, "")))
     arch = _read_architecture(r, r.get(manifest, "architecture", dict, ""))
     pre = _read_dataclass(r, Preprocessing, r.get(manifest, "preprocessing", dict, ""), "preprocessing")
+    r.build("preprocessing.mean", lambda: pre.channel_values(arch.in_channels))
     meta = r.get(manifest, "meta", dict, "")
     arrays = _read_arrays(r, manifest, members)
     used: set[str] = set()

@@ -237,3 +237,31 @@ def test_uint_attention_codes_round_the_integer_softmax(multibit_program, images
     tie = np.abs(p / step - np.floor(p / step) - 0.5) < 1e-3   # within 1e-3 steps of a rounding boundary
     got = trace.values["blocks.1.attn.codes"][0]
     assert np.array_equal(got[~tie], want[~tie]) and (~tie).mean() > 0.9
+
+
+def test_patch_embedding_folds_a_mean_and_std_per_channel():
+    """RGB input with its own mean and std per channel: the integer embedding is the float one to within rounding."""
+    from dataclasses import replace
+
+    from model.modelfile import Preprocessing
+
+    arch = replace(TINY, in_channels=3)
+    model = random_integer_model(arch, seed=4)
+    model.preprocessing = Preprocessing(16.0, (0.2, 0.5, 0.3), (0.25, 0.4, 0.6), "rgb")
+    raw = np.random.default_rng(6).integers(0, 17, size=(3, 3, 8, 8))
+    prog = intvit.compile_program(model, raw)
+    assert [prog.params[f"patch_embed.c{c}.multiplier"] > 0 for c in range(3)] == [True] * 3
+    trace = intvit.Trace(keep=True)
+    logits = intvit.forward(prog, raw, intvit.ReferenceEngine(prog), trace)
+    from host.emulator import EmulatorBackend
+    from host.integer_runtime import IntegerRuntime
+
+    assert np.array_equal(IntegerRuntime(prog, EmulatorBackend()).logits(raw), logits)
+    t = model.tensors
+    x = model.preprocessing.apply(raw).astype(np.float64)
+    patches = x.reshape(3, 3, 4, 2, 4, 2).transpose(0, 2, 4, 1, 3, 5).reshape(3, 16, 12)
+    w = model.layers["patch_embed"]
+    front = np.concatenate([t["cls_token"], t["dist_token"]])
+    want = np.concatenate([np.broadcast_to(front, (3, 2, arch.dim)), patches @ w.weight.T + w.bias], axis=1) + t["pos_embed"]
+    got = trace.values["embed"] * 2.0**-prog.params["residual_frac"]
+    assert np.abs(got - want).max() <= 4 * 2.0**-prog.params["residual_frac"]

@@ -503,3 +503,20 @@ def test_sums_past_62_bits_are_refused_at_export_and_at_load(tmp_path, monkeypat
     with pytest.raises(ModelFileError, match="accumulator") as info:
         modelfile.load(tmp_path / "wide.gsbf")
     assert info.value.field.startswith("layers.blocks.0.attn.qkv.stages[0]")
+
+
+def test_mean_and_std_per_channel(tmp_path):
+    from dataclasses import replace
+
+    pre = modelfile.Preprocessing(255.0, (0.1, 0.5, 0.9), (0.2, 0.4, 0.8), "rgb")
+    raw = np.full((3, 2, 2), 51.0, np.float32)
+    assert np.allclose(pre.apply(raw)[:, 0, 0], [(0.2 - 0.1) / 0.2, (0.2 - 0.5) / 0.4, (0.2 - 0.9) / 0.8], atol=1e-6)
+    assert modelfile.Preprocessing(1.0, 0.5, 2.0).mean == (0.5,)  # a single float (version 1) is every channel's
+    with pytest.raises(ValueError, match="as many values"):
+        modelfile.Preprocessing(1.0, (0.1, 0.2), (1.0,))
+    model = random_model(SMALL, seed=5)
+    model.preprocessing = replace(model.preprocessing, mean=(0.1, 0.2), std=(1.0, 1.0))  # SMALL has 1 channel
+    modelfile.save(model, tmp_path / "m.gsbf")
+    with pytest.raises(ModelFileError, match="2 values, for 1 channels") as info:
+        modelfile.load(tmp_path / "m.gsbf")
+    assert info.value.field == "preprocessing.mean"
