@@ -27,9 +27,10 @@ from host.device import DeviceBackend
 from host.emulator import EmulatorBackend
 from host.integer_runtime import IntegerRuntime
 from host.protocol import LinkError
-from host.runtime import Runtime, check_images
+from host.runtime import Runtime
 from hw.config import PRESETS, preset
 from model import intvit, modelfile
+from model.deploy import check_images
 
 
 def test_images(dataset: str) -> tuple[np.ndarray, np.ndarray]:

@@ -33,7 +33,7 @@ from scipy.special import erf
 from typing import Sequence
 
 from host.backend import Backend, OperandStack
-from model.deploy import Product, linear_output
+from model.deploy import Product, check_images, linear_output, patchify
 from model.golden import Operand
 from model.layers import EngineLinear, EngineMatmul, FactoredLinear, FloatLinear, Layer
 from model.modelfile import Model
@@ -56,42 +56,6 @@ def softmax(x: np.ndarray) -> np.ndarray:
 def gelu(x: np.ndarray) -> np.ndarray:
     """The exact (erf) GELU in float32."""
     return (np.float32(0.5) * x * (np.float32(1.0) + erf(x / np.float32(np.sqrt(2.0))).astype(np.float32))).astype(np.float32)
-
-
-def check_images(model: Model, images: np.ndarray, batch: bool = True) -> np.ndarray:
-    """``images`` (B, C, H, W), or one image (C, H, W) when not ``batch``, as an array, or a ValueError.
-
-    Raw pixels must be real numbers between 0 and the model's ``input_divisor``
-    (the range its preprocessing expects): NaN, infinities and out-of-range
-    values would otherwise give confident predictions, and a wrong shape a
-    numpy reshape error that does not say what was expected.
-    """
-    arch, divisor = model.architecture, model.preprocessing.input_divisor
-    expected = (arch.in_channels, arch.image_size, arch.image_size)
-    a = np.asarray(images)
-    if a.shape[int(batch):] != expected or a.ndim != len(expected) + int(batch):
-        want = f"(B, C, H, W) = (B, {', '.join(map(str, expected))})" if batch else f"(C, H, W) = {expected}"
-        raise ValueError(f"{'images' if batch else 'an image'} must have shape {want}, got {a.shape}")
-    if a.dtype.kind not in "biuf":
-        raise ValueError(f"images must hold real numbers, got dtype {a.dtype}")
-    lo, hi = min(0.0, divisor), max(0.0, divisor)
-    inside = (a >= lo) & (a <= hi)  # NaN is never inside
-    if not np.all(inside):
-        bad = a[~inside].flat[0]
-        raise ValueError(f"raw pixel values must be finite and in [{lo:g}, {hi:g}] (the model's input_divisor), got {bad}")
-    return a
-
-
-def patchify(x: np.ndarray, patch: int) -> np.ndarray:
-    """(C, H, W) to (patches, C*patch*patch), patches row-major, each flattened as (C, p, p).
-
-    Leading axes, e.g. (B, C, H, W), are kept: (B, patches, C*patch*patch).
-    """
-    *lead, c, h, w = x.shape
-    grid = x.reshape(*lead, c, h // patch, patch, w // patch, patch)
-    k = len(lead)
-    order = tuple(range(k)) + tuple(k + a for a in (1, 3, 0, 2, 4))
-    return grid.transpose(order).reshape(*lead, (h // patch) * (w // patch), c * patch * patch)
 
 
 class Runtime:

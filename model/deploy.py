@@ -9,7 +9,7 @@ rules (:mod:`model.quantizers`), pack, take ``Y = sum c_gh D_gh``
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
@@ -17,6 +17,9 @@ from model import golden
 from model.golden import DEFAULT_WORD_BITS, Encoding, Operand
 from model.layers import EngineLinear, EngineMatmul, WeightGroup
 from model.quantizers import QuantGroup, Quantizer
+
+if TYPE_CHECKING:
+    from model.modelfile import Model
 
 #: ``product(groups_x, groups_y, coefs) -> Y``: the golden model, or a Backend call.
 Product = Callable[[Sequence[Operand], Sequence[Operand], np.ndarray], np.ndarray]
@@ -83,6 +86,42 @@ def matmul_output(
     """An attention product on the engine, per head: float32 (heads, T, cols)."""
     fmt, coefs = layer.coefficients
     return np.stack([fmt.to_real(product(xs, ys, coefs)) for xs, ys in head_operands(layer, x, y, heads, x_heads, word_bits)])
+
+
+def check_images(model: Model, images: np.ndarray, batch: bool = True) -> np.ndarray:
+    """``images`` (B, C, H, W), or one image (C, H, W) when not ``batch``, as an array, or a ValueError.
+
+    Raw pixels must be real numbers between 0 and the model's ``input_divisor``
+    (the range its preprocessing expects): NaN, infinities and out-of-range
+    values would otherwise give confident predictions, and a wrong shape a
+    numpy reshape error that does not say what was expected.
+    """
+    arch, divisor = model.architecture, model.preprocessing.input_divisor
+    expected = (arch.in_channels, arch.image_size, arch.image_size)
+    a = np.asarray(images)
+    if a.shape[int(batch):] != expected or a.ndim != len(expected) + int(batch):
+        want = f"(B, C, H, W) = (B, {', '.join(map(str, expected))})" if batch else f"(C, H, W) = {expected}"
+        raise ValueError(f"{'images' if batch else 'an image'} must have shape {want}, got {a.shape}")
+    if a.dtype.kind not in "biuf":
+        raise ValueError(f"images must hold real numbers, got dtype {a.dtype}")
+    lo, hi = min(0.0, divisor), max(0.0, divisor)
+    inside = (a >= lo) & (a <= hi)  # NaN is never inside
+    if not np.all(inside):
+        bad = a[~inside].flat[0]
+        raise ValueError(f"raw pixel values must be finite and in [{lo:g}, {hi:g}] (the model's input_divisor), got {bad}")
+    return a
+
+
+def patchify(x: np.ndarray, patch: int) -> np.ndarray:
+    """(C, H, W) to (patches, C*patch*patch), patches row-major, each flattened as (C, p, p).
+
+    Leading axes, e.g. (B, C, H, W), are kept: (B, patches, C*patch*patch).
+    """
+    *lead, c, h, w = x.shape
+    grid = x.reshape(*lead, c, h // patch, patch, w // patch, patch)
+    k = len(lead)
+    order = tuple(range(k)) + tuple(k + a for a in (1, 3, 0, 2, 4))
+    return grid.transpose(order).reshape(*lead, (h // patch) * (w // patch), c * patch * patch)
 
 
 def integer_product(x_codes: Sequence[np.ndarray], y_codes: Sequence[np.ndarray], coefs: np.ndarray) -> np.ndarray:

@@ -40,9 +40,10 @@ import numpy as np
 from scipy.special import erf
 
 from model import intops
+from model.deploy import check_images, patchify
 from model.golden import Encoding
 from model.layers import EngineLinear, EngineMatmul, FloatLinear
-from model.modelfile import Architecture, IntegerSection, Model
+from model.modelfile import Architecture, IntegerSection, Model, Preprocessing
 from model.quantizers import QuantGroup
 
 RESIDUAL_BITS = 16    #: width of the residual stream (saturating)
@@ -156,30 +157,11 @@ def _to_heads(x: np.ndarray, heads: int) -> np.ndarray:
 
 
 def check_pixels(prog: IntegerProgram, raw: np.ndarray) -> np.ndarray:
-    """Raw pixels as int64 (B, C, H, W), refused unless integers in ``0..pixel_max`` of the right shape."""
-    arch = prog.model.architecture
-    shape = (arch.in_channels, arch.image_size, arch.image_size)
-    raw = np.asarray(raw)
-    if raw.ndim != 4 or raw.shape[1:] != shape:
-        raise ValueError(f"images must have shape (batch, {', '.join(map(str, shape))}), got {raw.shape}")
-    if raw.dtype.kind == "f":
-        if not np.all(np.isfinite(raw)) or np.any(raw != np.rint(raw)):
-            raise ValueError("raw pixels must be integers (the integer program takes the raw values, e.g. 0..255)")
-        raw = raw.astype(np.int64)
-    elif raw.dtype.kind not in "iu":
-        raise ValueError(f"raw pixels must be integers, got dtype {raw.dtype}")
-    raw = raw.astype(np.int64)
-    top = prog.params["pixel_max"]
-    if raw.size and (raw.min() < 0 or raw.max() > top):
-        raise ValueError(f"raw pixels must lie in 0..{top}, got {raw.min()}..{raw.max()}")
-    return raw
-
-
-def _patches(raw: np.ndarray, patch: int) -> np.ndarray:
-    """(B, C, H, W) to (B, patches, C*patch*patch), as :func:`host.runtime.patchify` per image."""
-    b, c, h, w = raw.shape
-    grid = raw.reshape(b, c, h // patch, patch, w // patch, patch)
-    return grid.transpose(0, 2, 4, 1, 3, 5).reshape(b, (h // patch) * (w // patch), c * patch * patch)
+    """Raw pixels as int64 (B, C, H, W): :func:`model.deploy.check_images` (shape, finite, in range), and integers."""
+    raw = check_images(prog.model, raw)
+    if raw.dtype.kind == "f" and np.any(raw != np.rint(raw)):
+        raise ValueError("raw pixels must be integers (the integer program takes the raw values, e.g. 0..255)")
+    return raw.astype(np.int64)
 
 
 @dataclass
@@ -208,7 +190,7 @@ def forward(prog: IntegerProgram, raw: np.ndarray, engine: Engine, trace: Trace 
     width, heads, d = p["residual_bits"], arch.heads, arch.dim
     raw = check_pixels(prog, raw)
     b = len(raw)
-    patches = _patches(raw, arch.patch_size)
+    patches = patchify(raw, arch.patch_size)
     flat = patches.reshape(-1, patches.shape[-1])
     embed = a["patch_embed.bias"]
     for ch, cols in enumerate(channel_columns(arch)):  # one product per channel: each has its own std
@@ -409,6 +391,14 @@ def _gelu(z: np.ndarray) -> np.ndarray:
     return 0.5 * z * (1.0 + erf(z / math.sqrt(2.0)))
 
 
+def pixel_range(pre: Preprocessing) -> tuple[int, int]:
+    """``(pixel_max, pixel_bits)``: the top raw pixel value (the preprocessing's divisor) and its unsigned width."""
+    pixel_max = int(pre.input_divisor)
+    _require(pre.input_divisor == pixel_max and 1 <= pixel_max < 1 << 16,
+             f"preprocessing.input_divisor {pre.input_divisor} must be the integer top pixel value")
+    return pixel_max, max(2, pixel_max.bit_length())
+
+
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise ValueError(message)
@@ -453,10 +443,7 @@ def _compile(model: Model, residual_frac: int, residual_bits: int) -> IntegerPro
     params: dict[str, int] = {"residual_bits": residual_bits, "residual_frac": residual_frac, "score_frac": SCORE_FRAC_BITS,
                               "exp_frac": EXP_FRAC_BITS, "attn_frac": ATTN_FRAC_BITS}
     arrays: dict[str, np.ndarray] = {}
-    pixel_max = int(pre.input_divisor)
-    _require(pre.input_divisor == pixel_max and 1 <= pixel_max < 1 << 16,
-             f"preprocessing.input_divisor {pre.input_divisor} must be the integer top pixel value")
-    params["pixel_max"], params["pixel_bits"] = pixel_max, max(2, pixel_max.bit_length())
+    params["pixel_max"], params["pixel_bits"] = pixel_range(pre)
 
     # patch embedding, per channel c: W (raw/div - mean_c)/std_c + b =
     #   sum_c (s/(div std_c)) (codes_c . raw_c) + b - sum_c (s mean_c/std_c) rowsum(codes_c)
@@ -585,10 +572,11 @@ def schema(model: Model, params: dict[str, int]) -> tuple[dict[str, tuple[int, i
     d, hidden, t, heads = arch.dim, arch.mlp_hidden, arch.tokens, arch.heads
     n_pix = arch.in_channels * arch.patch_size**2
     big = 1 << 40
+    pixel_max, pixel_bits = pixel_range(model.preprocessing)  # the pixels check_pixels lets in
     p: dict[str, tuple[int, int]] = {
         "residual_bits": (RESIDUAL_BITS, RESIDUAL_BITS), "residual_frac": (0, RESIDUAL_BITS + 16),
-        "score_frac": (0, 12), "exp_frac": (1, 24), "attn_frac": (1, 24), "pixel_max": (1, (1 << 16) - 1),
-        "pixel_bits": (2, 16), "logit_frac": (0, 40),
+        "score_frac": (0, 12), "exp_frac": (1, 24), "attn_frac": (1, 24), "pixel_max": (pixel_max, pixel_max),
+        "pixel_bits": (pixel_bits, pixel_bits), "logit_frac": (0, 40),
     }
     norm_side = (1 << (NORM_BITS - 1)) - 1
     resid = 1 << (RESIDUAL_BITS + 8)

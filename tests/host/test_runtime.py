@@ -7,7 +7,8 @@ import pytest
 
 from host.backend import Backend, Thresholds
 from host.emulator import EmulatorBackend
-from host.runtime import Runtime, gelu, layer_norm, patchify, softmax
+from host.runtime import Runtime, gelu, layer_norm, softmax
+from model.deploy import patchify
 from model.random_model import random_model
 
 

@@ -446,6 +446,7 @@ INTEGER_FIELDS = [
     (_set(["version"], 3), "version", "a newer gsbflow"),
     (_set(["integer", "params", "residual_bits"], 40), "integer", "params.residual_bits"),
     (_set(["integer", "params", "residual_frac"], "12"), "integer", "expected an int"),
+    (_set(["integer", "params", "pixel_max"], 255), "integer", "params.pixel_max"),
     (_set(["integer", "params", "blocks.0.attn.v_groups"], 10 ** 30), "integer", "v_groups"),
     (_set(["integer", "params", "surprise"], 1), "integer", "unknown"),
     (_delete(["integer", "params", "pixel_max"]), "integer", "missing"),
