@@ -42,13 +42,19 @@ import numpy as np
 
 DATASETS = {"digits": "configs/digits.yaml", "fashion_mnist": "configs/fashion_mnist.yaml"}
 TRACE_SAMPLE = 16  #: images whose every step is compared
-PTQ_ACC_BITS = 30  #: the PTQ layers' coefficients fit a 30-bit accumulator, as ``python -m model.ptq.results``
+
+
+def _in_batches(logits_of, images: np.ndarray, batch: int, progress: bool = False, desc: str = "") -> np.ndarray:
+    """``logits_of`` applied to ``images`` ``batch`` at a time, concatenated (a progress bar when ``progress``)."""
+    from tqdm import tqdm
+
+    starts = tqdm(range(0, len(images), batch), desc=desc, unit="batch", disable=not progress)
+    return np.concatenate([np.asarray(logits_of(images[i:i + batch])) for i in starts])
 
 
 def evaluate(checkpoint: str, batch: int = 256, progress: bool = True) -> dict:
     """One GSB run's float-host and integer accuracies and the engine agreement, on its test split."""
     import torch
-    from tqdm import tqdm
 
     from host.cli import test_images
     from host.emulator import EmulatorBackend
@@ -64,16 +70,12 @@ def evaluate(checkpoint: str, batch: int = 256, progress: bool = True) -> dict:
     raw, labels = test_images(model.preprocessing.dataset)
     raw = raw.astype(np.int64)
     torch_model = load_model(checkpoint)
-    chunks = [slice(i, i + batch) for i in range(0, len(raw), batch)]
-    float_logits, torch_logits, emulator_logits = [], [], []
     runtime = IntegerRuntime(prog, EmulatorBackend("fast"))
-    for part in tqdm(chunks, desc=os.path.dirname(checkpoint), unit="batch", disable=not progress):
-        x = torch.from_numpy(model.preprocessing.apply(raw[part]))
-        float_logits.append(torch_model.deploy(x).numpy())
-        torch_logits.append(deploy_integer(prog, raw[part]).numpy())
-        emulator_logits.append(runtime.logits(raw[part]))
-    float_pred = np.concatenate(float_logits).argmax(-1)
-    torch_int, emulator_int = np.concatenate(torch_logits), np.concatenate(emulator_logits)
+    float_pred = _in_batches(lambda x: torch_model.deploy(torch.from_numpy(model.preprocessing.apply(x))), raw, batch,
+                             progress, os.path.dirname(checkpoint)).argmax(-1)
+    torch_int = _in_batches(lambda x: deploy_integer(prog, x), raw, batch)
+    emulator_int = _in_batches(runtime.logits, raw, batch)
+    int_pred = intvit.intops.argmax(torch_int)
     reference, traced = intvit.Trace(keep=True), IntegerRuntime(prog, EmulatorBackend("fast"), trace=True)
     deploy_integer(prog, raw[:TRACE_SAMPLE], reference)
     traced.logits(raw[:TRACE_SAMPLE])
@@ -82,13 +84,13 @@ def evaluate(checkpoint: str, batch: int = 256, progress: bool = True) -> dict:
         "checkpoint": checkpoint,
         "images": int(len(raw)),
         "float_host_acc": 100.0 * float(np.mean(float_pred == labels)),
-        "integer_acc": 100.0 * float(np.mean(intvit.intops.argmax(torch_int) == labels)),
+        "integer_acc": 100.0 * float(np.mean(int_pred == labels)),
         "torch_equals_emulator_logits": float(np.mean(np.all(torch_int == emulator_int, axis=-1))),
         "steps_equal_on_sample": bool(steps_equal and reference.values.keys() == traced.last_trace.keys()),
         "sample_images": TRACE_SAMPLE,
         "steps_per_image": reference.steps,
         "float_steps": reference.float_steps + runtime.float_steps,
-        "agreement_with_float_host": float(np.mean(intvit.intops.argmax(torch_int) == float_pred)),
+        "agreement_with_float_host": float(np.mean(int_pred == float_pred)),
         "residual_frac": prog.params["residual_frac"],
         "seconds": time.time() - started,
     }
@@ -96,16 +98,13 @@ def evaluate(checkpoint: str, batch: int = 256, progress: bool = True) -> dict:
 
 def evaluate_ptq(fp_checkpoint: str, bits: int, engine_images: int = 300, batch: int = 256, progress: bool = True) -> dict:
     """A PTQ model at W``bits``A``bits`` of an FP run: float-host against integer-only accuracy on the test split."""
-    import torch
-    from tqdm import tqdm
-
     from host.cli import test_images
     from host.emulator import EmulatorBackend
     from host.integer_runtime import IntegerRuntime
     from model import intvit
     from model.data import load_splits
     from model.export import calibration_images, export_checkpoint
-    from model.ptq.quant import QModel, build_layers
+    from model.ptq.quant import DEFAULT_ACC_BITS, QModel, build_layers
     from model.ptq.search import SearchConfig, calibration_indices, capture, search_model
     from model.train import load_checkpoint, load_model
     from model.vit import deploy_integer
@@ -116,19 +115,17 @@ def evaluate_ptq(fp_checkpoint: str, bits: int, engine_images: int = 300, batch:
     data = ck["config"]["data"]
     splits = load_splits(data["dataset"], data["samples_per_class"], data["val_per_class"], int(ck["seed"]))
     calib = splits.train.x[calibration_indices(len(splits.train.y), 100, 0)]
-    spec, _ = search_model(model, calib, bits, SearchConfig(sequential=True), capture(model, calib), acc_bits=PTQ_ACC_BITS)
-    layers = build_layers(model, spec, acc_bits=PTQ_ACC_BITS)
+    spec, _ = search_model(model, calib, bits, SearchConfig(sequential=True), capture(model, calib), acc_bits=DEFAULT_ACC_BITS)
+    layers = build_layers(model, spec, acc_bits=DEFAULT_ACC_BITS)
     float_pred = QModel(model, layers).predict(splits.test.x)
     exported = export_checkpoint(fp_checkpoint, overrides=layers)
     prog = intvit.compile_program(exported, calibration_images(fp_checkpoint))
     raw, labels = test_images(exported.preprocessing.dataset)
     raw = raw.astype(np.int64)
-    with torch.no_grad():
-        logits = np.concatenate([deploy_integer(prog, raw[i:i + batch]).numpy()
-                                 for i in tqdm(range(0, len(raw), batch), desc=f"W{bits}A{bits}", disable=not progress)])
+    logits = _in_batches(lambda x: deploy_integer(prog, x), raw, batch, progress, f"W{bits}A{bits}")
     shown = raw[: engine_images if engine_images > 0 else len(raw)]
     runtime = IntegerRuntime(prog, EmulatorBackend("fast"))
-    emulator = np.concatenate([runtime.logits(shown[i:i + 64]) for i in range(0, len(shown), 64)])
+    emulator = _in_batches(runtime.logits, shown, 64)
     int_pred = intvit.intops.argmax(logits)
     return {
         "checkpoint": fp_checkpoint, "bits": bits, "images": int(len(raw)),
