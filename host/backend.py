@@ -75,8 +75,8 @@ class OperandStack:
     def from_values(cls, values: np.ndarray, encoding: Encoding | str, word_bits: int = DEFAULT_WORD_BITS) -> OperandStack:
         """Encode and pack integer values ``(*lead, rows, n)``, as :meth:`Operand.from_values` per item.
 
-        The compiled packer (:func:`host.kernels.fast_pack`) does it in one
-        pass over the values; the numpy code below is the same rule, for
+        The vectorized packer (:func:`host.kernels.fast_pack`) does it in a
+        few passes over the values; the numpy code below is the same rule, for
         a big-endian machine.
         """
         if isinstance(encoding, str):

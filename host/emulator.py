@@ -43,6 +43,13 @@ def fast_layer_output(groups_x, groups_y, coefs: np.ndarray) -> np.ndarray:
     return layer_output(groups_x, groups_y, coefs)
 
 
+def prepare(groups: Sequence[Operand], slot: str) -> tuple:
+    """:func:`host.kernels.prepare` of every group, imported when first used."""
+    from host.kernels import prepare as prepare_operand
+
+    return tuple(prepare_operand(op, f"slot {slot!r}[{g}]") for g, op in enumerate(groups))
+
+
 def _kernel(name: str) -> Callable[[Operand, Operand], np.ndarray]:
     if name == "reference":
         return golden.operand_product
@@ -63,11 +70,15 @@ class EmulatorBackend(Backend):
         self.kernel = kernel
         self.lanes = lanes
         self._slots: dict[str, tuple[Operand, ...]] = {}
+        #: the fast kernel's words of each slot, prepared when it is loaded
+        self._prepared: dict[str, tuple] = {}
         self._result: np.ndarray | None = None
         self._cycles = 0
 
     def load(self, slot: str, groups: Sequence[Operand]) -> None:
         self._slots[slot] = golden.check_groups(groups, f"slot {slot!r}")
+        if self.kernel == "fast":
+            self._prepared[slot] = prepare(self._slots[slot], slot)
 
     def _slot(self, slot: str) -> tuple[Operand, ...]:
         if slot not in self._slots:
@@ -78,7 +89,7 @@ class EmulatorBackend(Backend):
         gx, gy = self._slot(x_slot), self._slot(y_slot)
         coefs, thr = golden.check_layer(gx, gy, coefs, threshold_arrays(thresholds))
         if self.kernel == "fast":
-            y = fast_layer_output(gx, gy, coefs)
+            y = fast_layer_output(self._prepared[x_slot], self._prepared[y_slot], coefs)
         else:
             y = golden.superpose(np.stack([np.stack([self._product(x, w) for w in gy]) for x in gx]), coefs)
         if thr is not None:
@@ -105,7 +116,7 @@ class EmulatorBackend(Backend):
             flat = [Operand(g.encoding, g.n, g.word_bits, tuple(
                 golden.PackedPlane(p.kind, p.weight, *(None if a is None else a.reshape(-1, a.shape[-1]) for a in (p.sign, p.mask)))
                 for p in g.planes)) for g in xs]
-            y = fast_layer_output(flat, gy, coefs).reshape(lead + (xs[0].rows, -1))
+            y = fast_layer_output(flat, self._prepared[y_slot], coefs).reshape(lead + (xs[0].rows, -1))
         else:
             gy = ys
             y = fast_layer_output(xs, ys, coefs)
@@ -117,5 +128,6 @@ class EmulatorBackend(Backend):
 
     def reset(self) -> None:
         self._slots.clear()
+        self._prepared.clear()
         self._result = None
         self._cycles = 0

@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from host.backend import Backend, OperandStack
+from host import intkernels
 from model import intops, intvit
 from model.golden import Encoding, Operand
 from model.layers import EngineLinear
@@ -87,7 +88,7 @@ class IntegerRuntime:
     def logits(self, images: np.ndarray) -> np.ndarray:
         """Integer logits (B, classes) of raw pixel images (B, C, H, W)."""
         trace = intvit.Trace(keep=self.keep)
-        logits = intvit.forward(self.prog, images, self.engine, trace)
+        logits = intvit.forward(self.prog, images, self.engine, trace, ops=intkernels)
         self.steps += trace.steps
         self.float_steps += trace.float_steps
         self.last_trace = trace.values

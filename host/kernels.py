@@ -291,80 +291,53 @@ def stacked_weighted_and_popcount(
     return out
 
 
-@njit(nogil=True, cache=True)
-def _pack(values, rule, nplanes, out):
-    """Pack int64 ``values`` (rows, n) into the planes ``out`` (planes, rows, words64).
+def _pack_bits(bits: np.ndarray, words: int) -> np.ndarray:
+    """Bools ``(*lead, n)`` packed little endian into uint64 words ``(*lead, words)``, tails zero.
 
-    ``rule`` 0: plane p holds bit p of the value's two's complement (int and
-    uint); 1: plane 0 holds ``v > 0`` (bipolar: the sign); 2: plane 0 holds
-    ``v != 0`` (unipolar: the mask); 3: plane 0 ``v > 0`` and plane 1
-    ``v != 0`` (ternary: sign and mask).  Each word is built in a register
-    without branches.  Returns the smallest and largest value and whether a
-    zero was seen, for the range check.
+    The rows are padded with zeros to whole 64-bit words and packed as one
+    flat run by ``np.packbits`` (eight bools a byte, vector code; row by
+    row it pays a per-row cost that dominates rows of 16 or 18 bools): the
+    bytes of a row in order are those of its little-endian 64-bit words.
     """
-    n = values.shape[1]
-    lo = values[0, 0]
-    hi = lo
-    zero = False
-    for r in range(values.shape[0]):
-        for word in range(out.shape[2]):
-            j0 = 64 * word
-            j1 = min(j0 + 64, n)
-            for j in range(j0, j1):
-                v = values[r, j]
-                lo = min(lo, v)
-                hi = max(hi, v)
-                zero |= v == 0
-            if rule == 0:
-                for p in range(nplanes):
-                    acc = np.uint64(0)
-                    for j in range(j0, j1):
-                        acc |= np.uint64((values[r, j] >> p) & 1) << np.uint64(j - j0)
-                    out[p, r, word] = acc
-            else:
-                sign = np.uint64(0)
-                mask = np.uint64(0)
-                for j in range(j0, j1):
-                    v = values[r, j]
-                    sign |= np.uint64(v > 0) << np.uint64(j - j0)
-                    mask |= np.uint64(v != 0) << np.uint64(j - j0)
-                if rule == 1:
-                    out[0, r, word] = sign
-                elif rule == 2:
-                    out[0, r, word] = mask
-                else:
-                    out[0, r, word] = sign
-                    out[1, r, word] = mask
-    return lo, hi, zero
+    lead, n = bits.shape[:-1], bits.shape[-1]
+    if n != 64 * words or not bits.flags.c_contiguous:
+        padded = np.zeros(lead + (64 * words,), np.bool_)
+        padded[..., :n] = bits
+        bits = padded
+    packed = np.packbits(bits.reshape(-1), bitorder="little")
+    return packed.view("<u8").astype(np.uint64, copy=False).reshape(lead + (words,))
 
 
 def fast_pack(values: np.ndarray, encoding: Encoding, word_bits: int) -> tuple[PackedPlane, ...] | None:
-    """The planes :meth:`model.golden.Operand.from_values` makes, for values ``(*lead, rows, n)``, in one pass.
+    """The planes :meth:`model.golden.Operand.from_values` makes, for values ``(*lead, rows, n)``, vectorized.
 
     Plane arrays are ``(*lead, rows, words_for(n, word_bits))`` in
     ``word_bits`` words, bit for bit :func:`model.golden.pack_bits` of the
     same bits (tested); out-of-range values raise as
     :meth:`~model.golden.Encoding.check_values` does.  ``values`` must be a
-    non-empty integer (or bool) array.  None on a big-endian machine, where
-    the word re-reading below does not hold: pack with :mod:`model.golden`.
+    non-empty integer (or bool) array, of any strides.  None on a big-endian
+    machine, where the word re-reading below does not hold: pack with
+    :mod:`model.golden`.
     """
     if sys.byteorder != "little":
         return None
     word_bits = check_word_bits(word_bits)
-    shape = values.shape
-    flat = np.ascontiguousarray(values.reshape(-1, shape[-1]), dtype=np.int64)
-    kind = encoding.plane_kind
-    rule, nplanes = {"bipolar": (1, 1), "unipolar": (2, 1), "ternary": (3, 2)}.get(encoding.name, (0, encoding.bits))
-    out = np.empty((nplanes, flat.shape[0], words_for(shape[-1], 64)), np.uint64)
-    lo, hi, zero = _pack(flat, rule, nplanes, out)
     low, high = encoding.value_range
-    if lo < low or hi > high or (encoding.name == "bipolar" and zero):
+    if values.min() < low or values.max() > high or (encoding.name == "bipolar" and not values.all()):
         encoding.check_values(values)  # raises the contract's error
         raise AssertionError("unreachable: check_values accepted what the packer refused")
+    n = values.shape[-1]
+    words = words_for(n, 64)
+    kind = encoding.plane_kind
+    if encoding.name in ("int", "uint"):  # plane p: bit p of the two's complement
+        bits = (values.astype(np.int64, copy=False)[..., None, :] >> np.arange(encoding.bits)[:, None]) & 1 != 0
+        arrays = list(np.ascontiguousarray(np.moveaxis(_pack_bits(bits, words), -2, 0)))
+    else:
+        arrays = [_pack_bits(values > 0, words)] if encoding.name in ("bipolar", "ternary") else []
+        arrays += [_pack_bits(values != 0, words)] if encoding.name in ("unipolar", "ternary") else []
     if word_bits != 64:  # the bytes of 64-bit little-endian words are those of narrower words, zero padded
-        out = np.ascontiguousarray(out.view(np.dtype("<u8")).view(np.dtype(f"<u{word_bits // 8}"))[..., : words_for(shape[-1], word_bits)])
-        out = out.astype(word_dtype(word_bits), copy=False)
-    arrays = [a.reshape(*shape[:-1], a.shape[-1]) for a in out]
+        arrays = [np.ascontiguousarray(a.view(np.dtype("<u8")).view(np.dtype(f"<u{word_bits // 8}"))[..., : words_for(n, word_bits)])
+                  .astype(word_dtype(word_bits), copy=False) for a in arrays]
     if encoding.name in ("int", "uint"):
         return tuple(PackedPlane(kind, w, None, arrays[i]) for i, w in enumerate(encoding.plane_weights))
     if encoding.name == "ternary":
@@ -435,7 +408,8 @@ class _Form:
 
     bias_x: np.ndarray
     bias_y: np.ndarray
-    segments: tuple[tuple[np.ndarray, np.ndarray, int], ...] = ()
+    #: ``(x words, y words, weight)``: the weight one int, or one int per word
+    segments: tuple[tuple[np.ndarray, np.ndarray, int | np.ndarray], ...] = ()
 
     def __add__(self, other: _Form) -> _Form:
         return _Form(self.bias_x + other.bias_x, self.bias_y + other.bias_y, self.segments + other.segments)
@@ -448,7 +422,7 @@ class _Form:
         """The ``(*lead, rows_x, rows_y)`` int64 matrix, in one kernel call."""
         if not self.segments:
             return self.bias_x[..., :, None] + self.bias_y[..., None, :]
-        weight = np.concatenate([np.full(a.shape[-1], w, np.int64) for a, _, w in self.segments])
+        weight = np.concatenate([np.broadcast_to(np.asarray(w, np.int64), a.shape[-1:]) for a, _, w in self.segments])
         if len(self.segments) == 1:  # no copy
             x, y = self.segments[0][:2]
         else:
@@ -488,7 +462,57 @@ def _dot_form(x: _PlaneWords, y: _PlaneWords, n: int) -> _Form:
     return c + p.scaled(-2)
 
 
-def _operand_words(op: Operand, name: str = "operand") -> list[_PlaneWords]:
+def _mask_pairs_form(x: list[_PlaneWords], y: list[_PlaneWords], weights_x: list[int], weights_y: list[int]) -> _Form:
+    """The form of ``sum_kj wx_k wy_j D_kj`` when every plane is a mask alone (int, uint, unipolar).
+
+    Such planes have no -1 positions, so ``D_kj = A(m_x_k, m_y_j)``: every
+    plane pair is one segment, and all of them are built at once by
+    repeating the planes along the words (a 16 x 8-bit product is 128
+    pairs: one form each costs more than the kernel).
+    """
+    mx = np.stack([p.mask for p in x], axis=-2)  # (*lead, rows_x, Kx, words)
+    my = np.stack([p.mask for p in y], axis=-2)
+    lead_x, lead_y = mx.shape[:-2], my.shape[:-2]
+    kx, ky, words = mx.shape[-2], my.shape[-2], mx.shape[-1]
+    xs = np.broadcast_to(mx[..., :, None, :], lead_x + (kx, ky, words)).reshape(lead_x + (-1,))
+    ys = np.broadcast_to(my[..., None, :, :], lead_y + (kx, ky, words)).reshape(lead_y + (-1,))
+    weight = np.repeat(np.outer(weights_x, weights_y).reshape(-1), words)
+    return _Form(np.zeros(lead_x, np.int64), np.zeros(lead_y, np.int64), ((xs, ys, weight),))
+
+
+@dataclass(frozen=True)
+class PreparedOperand:
+    """An operand with its planes checked and re-read as 64-bit words once: a resident weight's.
+
+    :func:`fast_layer_output` takes it where it takes an
+    :class:`~model.golden.Operand` and skips the work every call would
+    repeat (the EmulatorBackend prepares what it loads).
+    """
+
+    operand: Operand
+    words: tuple[_PlaneWords, ...]
+
+    @property
+    def n(self) -> int:
+        return self.operand.n
+
+    @property
+    def word_bits(self) -> int:
+        return self.operand.word_bits
+
+    @property
+    def planes(self) -> tuple[PackedPlane, ...]:
+        return self.operand.planes
+
+
+def prepare(op: Operand, name: str = "operand") -> PreparedOperand:
+    """``op`` checked and re-read as 64-bit words, for repeated products."""
+    return PreparedOperand(op, tuple(_operand_words(op, name)))
+
+
+def _operand_words(op, name: str = "operand") -> list[_PlaneWords]:
+    if isinstance(op, PreparedOperand):
+        return list(op.words)
     return [_PlaneWords(p, op.n, op.word_bits, f"{name}.planes[{k}]") for k, p in enumerate(op.planes)]
 
 
@@ -573,6 +597,9 @@ def fast_layer_output(groups_x, groups_y, coefs: np.ndarray) -> np.ndarray:
         shapes.add(words_x[0].shape[:-1])
         for h, y in enumerate(groups_y):
             c = int(coefs[g, h])
+            if all(p.sign is None for p in words_x + words_y[h]):
+                forms.append(_mask_pairs_form(words_x, words_y[h], [c * p.weight for p in x.planes], [p.weight for p in y.planes]))
+                continue
             forms += [
                 _dot_form(px, py, x.n).scaled(c * x.planes[k].weight * y.planes[j].weight)
                 for k, px in enumerate(words_x)

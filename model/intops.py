@@ -20,7 +20,7 @@ import numpy as np
 INT64_SAFE_BITS = 62  #: every intermediate stays below 2**62 in magnitude
 
 
-def _ints(x: np.ndarray, name: str) -> np.ndarray:
+def int_array(x: np.ndarray, name: str) -> np.ndarray:
     if not isinstance(x, np.ndarray) or x.dtype.kind not in "iu":
         raise TypeError(f"{name} must be an integer numpy array, got {getattr(x, 'dtype', type(x).__name__)}")
     return x.astype(np.int64, copy=False)
@@ -34,7 +34,7 @@ def signed_range(bits: int) -> tuple[int, int]:
 def saturate(x: np.ndarray, bits: int) -> np.ndarray:
     """Clip to the signed ``bits``-wide range (the residual stream saturates, it never wraps)."""
     lo, hi = signed_range(bits)
-    return np.clip(_ints(x, "x"), lo, hi)
+    return np.clip(int_array(x, "x"), lo, hi)
 
 
 def requantize(y: np.ndarray, multiplier: np.ndarray | int, shift: int) -> np.ndarray:
@@ -45,7 +45,7 @@ def requantize(y: np.ndarray, multiplier: np.ndarray | int, shift: int) -> np.nd
     ``multiplier`` broadcasts against the last axis (one per channel) or is a
     scalar; ``shift`` >= 0.  Needs ``|y * multiplier| < 2**62``.
     """
-    y = _ints(y, "y")
+    y = int_array(y, "y")
     m = np.asarray(multiplier, dtype=np.int64)
     if shift < 0:
         raise ValueError(f"shift must be >= 0, got {shift}")
@@ -65,8 +65,8 @@ def multithreshold(y: np.ndarray, base: int, hi: np.ndarray, lo: np.ndarray) -> 
     input's range (or a ``hi`` above it) never counts.  ``hi`` and ``lo``
     have shape (channels, K) with the same K.
     """
-    y = _ints(y, "y")
-    hi, lo = _ints(hi, "hi"), _ints(lo, "lo")
+    y = int_array(y, "y")
+    hi, lo = int_array(hi, "hi"), int_array(lo, "lo")
     codes = np.full(y.shape, base, dtype=np.int64)
     for k in range(hi.shape[-1]):  # one compare per level: memory stays the input's size
         codes += y >= hi[:, k]
@@ -81,7 +81,7 @@ def isqrt(v: np.ndarray) -> np.ndarray:
     subtract, one result bit per step, integers only, as a gateware unit
     would compute it.
     """
-    v = _ints(v, "v").copy()
+    v = int_array(v, "v").copy()
     if v.size and (v.min() < 0 or v.max() >= 1 << INT64_SAFE_BITS):
         raise ValueError("isqrt needs 0 <= v < 2**62")
     root = np.zeros_like(v)
@@ -110,8 +110,8 @@ def layer_norm(x: np.ndarray, gain: np.ndarray, bias: np.ndarray, eps: int) -> n
     identical values.  Needs ``sum u**2 + eps < 2**62`` and
     ``|u * gain| < 2**62``.
     """
-    x = _ints(x, "x")
-    gain, bias = _ints(gain, "gain"), _ints(bias, "bias")
+    x = int_array(x, "x")
+    gain, bias = int_array(gain, "gain"), int_array(bias, "bias")
     if eps < 1:
         raise ValueError(f"eps must be >= 1, got {eps}")
     d = x.shape[-1]
@@ -141,8 +141,8 @@ def softmax_exp(scores: np.ndarray, table: np.ndarray) -> tuple[np.ndarray, np.n
     ``k_j = min(max_j s - s_j, len(table) - 1)``, ``e_j = table[k_j]``, so
     ``e_j / Z`` is the softmax; ``Z = sum_j e_j`` keeps its axis.
     """
-    s = _ints(scores, "scores")
-    table = _ints(table, "table")
+    s = int_array(scores, "scores")
+    table = int_array(table, "table")
     k = np.minimum(s.max(axis=-1, keepdims=True) - s, len(table) - 1)
     e = table[k]
     return e, e.sum(axis=-1, keepdims=True)
@@ -155,7 +155,7 @@ def softmax_level(e: np.ndarray, z: np.ndarray, threshold: np.ndarray, frac_bits
     2**frac_bits)`` the bit says ``softmax + offset >= t``.  Needs
     ``e * 2**frac_bits`` and ``|A| * Z`` below 2**62.
     """
-    return (_ints(e, "e") << frac_bits >= _ints(threshold, "threshold") * _ints(z, "z")).astype(np.int64)
+    return (int_array(e, "e") << frac_bits >= int_array(threshold, "threshold") * int_array(z, "z")).astype(np.int64)
 
 
 def softmax_levels(scores: np.ndarray, table: np.ndarray, level_thresholds: np.ndarray, frac_bits: int) -> np.ndarray:
@@ -165,9 +165,23 @@ def softmax_levels(scores: np.ndarray, table: np.ndarray, level_thresholds: np.n
     returns the bits (levels, ..., rows, cols).
     """
     e, z = softmax_exp(scores, table)
-    return np.stack([softmax_level(e, z, a, frac_bits) for a in _ints(level_thresholds, "level_thresholds")])
+    return np.stack([softmax_level(e, z, a, frac_bits) for a in int_array(level_thresholds, "level_thresholds")])
+
+
+def attention_codes(scores: np.ndarray, table: np.ndarray, level_thresholds: np.ndarray, frac_bits: int,
+                    counts: list[int] | tuple[int, ...]) -> np.ndarray:
+    """The attention map's codes per group ``(groups, ..., rows, cols)``: the levels of :func:`softmax_levels` summed by group.
+
+    Group ``g`` owns the next ``counts[g]`` thresholds, and its code counts
+    those passed: 0/1 for a GSB step, ``0..2**b - 1`` for a ``uint<b>`` map.
+    """
+    if sum(counts) != len(level_thresholds) or min(counts, default=0) < 1:
+        raise ValueError(f"counts {list(counts)} must be >= 1 each and sum to the {len(level_thresholds)} level thresholds")
+    levels = softmax_levels(scores, table, level_thresholds, frac_bits)
+    ends = np.cumsum(counts)
+    return np.stack([levels[end - count:end].sum(axis=0) for count, end in zip(counts, ends)])
 
 
 def argmax(logits: np.ndarray) -> np.ndarray:
     """Index of the largest integer logit on the last axis; the lowest index wins a tie."""
-    return np.argmax(_ints(logits, "logits"), axis=-1)
+    return np.argmax(int_array(logits, "logits"), axis=-1)

@@ -68,6 +68,21 @@ class Engine(Protocol):
         """Activation product ``name`` of code groups ``xs`` (..., rows, n) and ``ys`` (..., cols, n)."""
 
 
+class IntegerOps(Protocol):
+    """The non-product steps of :func:`forward`, with the signatures and integers of :mod:`model.intops`."""
+
+    def saturate(self, x: np.ndarray, bits: int) -> np.ndarray: ...
+
+    def requantize(self, y: np.ndarray, multiplier: np.ndarray | int, shift: int) -> np.ndarray: ...
+
+    def multithreshold(self, y: np.ndarray, base: int, hi: np.ndarray, lo: np.ndarray) -> np.ndarray: ...
+
+    def layer_norm(self, x: np.ndarray, gain: np.ndarray, bias: np.ndarray, eps: int) -> np.ndarray: ...
+
+    def attention_codes(self, scores: np.ndarray, table: np.ndarray, level_thresholds: np.ndarray, frac_bits: int,
+                        counts: Sequence[int]) -> np.ndarray: ...
+
+
 # --------------------------------------------------------------------------
 # the program
 
@@ -121,17 +136,17 @@ def attach(model: Model, prog: IntegerProgram) -> Model:
     return model
 
 
-def _thresholds(prog: IntegerProgram, name: str, y: np.ndarray) -> np.ndarray:
-    return intops.multithreshold(y, prog.params[f"{name}.base"], prog.arrays[f"{name}.hi"], prog.arrays[f"{name}.lo"])
+def _thresholds(ops: IntegerOps, prog: IntegerProgram, name: str, y: np.ndarray) -> np.ndarray:
+    return ops.multithreshold(y, prog.params[f"{name}.base"], prog.arrays[f"{name}.hi"], prog.arrays[f"{name}.lo"])
 
 
-def _layer_norm(prog: IntegerProgram, name: str, r: np.ndarray) -> np.ndarray:
+def _layer_norm(ops: IntegerOps, prog: IntegerProgram, name: str, r: np.ndarray) -> np.ndarray:
     a = prog.arrays
-    return intops.layer_norm(r, a[f"{name}.gain"], a[f"{name}.bias"], prog.params[f"{name}.eps"])
+    return ops.layer_norm(r, a[f"{name}.gain"], a[f"{name}.bias"], prog.params[f"{name}.eps"])
 
 
-def _requantize(prog: IntegerProgram, name: str, y: np.ndarray) -> np.ndarray:
-    return intops.requantize(y, prog.params[f"{name}.multiplier"], prog.params[f"{name}.shift"])
+def _requantize(ops: IntegerOps, prog: IntegerProgram, name: str, y: np.ndarray) -> np.ndarray:
+    return ops.requantize(y, prog.params[f"{name}.multiplier"], prog.params[f"{name}.shift"])
 
 
 def level_counts(layer: EngineMatmul) -> list[int]:
@@ -139,15 +154,10 @@ def level_counts(layer: EngineMatmul) -> list[int]:
     return [g.encoding.value_range[1] for g in layer.x.groups]
 
 
-def _attention_codes(prog: IntegerProgram, block: str, scores: np.ndarray) -> np.ndarray:
+def _attention_codes(ops: IntegerOps, prog: IntegerProgram, block: str, scores: np.ndarray) -> np.ndarray:
     """The attention map's codes per x group of ``A V`` (groups, B, heads, T, T): each the count of its levels passed."""
-    e, z = intops.softmax_exp(scores, prog.arrays["exp_table"])
-    thresholds, frac = prog.arrays[f"{block}.attn.levels"], prog.params["attn_frac"]
-    codes, first = [], 0
-    for count in level_counts(prog.model.layers[f"{block}.attn.av"]):
-        codes.append(sum(intops.softmax_level(e, z, thresholds[first + j], frac) for j in range(count)))
-        first += count
-    return np.stack(codes)
+    return ops.attention_codes(scores, prog.arrays["exp_table"], prog.arrays[f"{block}.attn.levels"], prog.params["attn_frac"],
+                               level_counts(prog.model.layers[f"{block}.attn.av"]))
 
 
 def _to_heads(x: np.ndarray, heads: int) -> np.ndarray:
@@ -183,8 +193,14 @@ class Trace:
         return x
 
 
-def forward(prog: IntegerProgram, raw: np.ndarray, engine: Engine, trace: Trace | None = None) -> np.ndarray:
-    """Integer logits (B, classes) of raw pixel images (B, C, H, W); see the module docstring."""
+def forward(prog: IntegerProgram, raw: np.ndarray, engine: Engine, trace: Trace | None = None,
+            ops: IntegerOps = intops) -> np.ndarray:
+    """Integer logits (B, classes) of raw pixel images (B, C, H, W); see the module docstring.
+
+    ``ops`` computes every step other than the products: :mod:`model.intops`
+    itself, or an implementation that gives the same integers (the host's
+    compiled one, :mod:`host.intkernels`).
+    """
     tr = trace if trace is not None else Trace()
     p, a, arch = prog.params, prog.arrays, prog.model.architecture
     width, heads, d = p["residual_bits"], arch.heads, arch.dim
@@ -195,37 +211,37 @@ def forward(prog: IntegerProgram, raw: np.ndarray, engine: Engine, trace: Trace 
     embed = a["patch_embed.bias"]
     for ch, cols in enumerate(channel_columns(arch)):  # one product per channel: each has its own std
         y = tr(f"patch_embed.c{ch}", engine.linear(f"patch_embed.c{ch}", [flat[:, cols]]))
-        embed = embed + _requantize(prog, f"patch_embed.c{ch}", y)
+        embed = embed + _requantize(ops, prog, f"patch_embed.c{ch}", y)
     r = np.broadcast_to(a["tokens"], (b, arch.tokens, d)).copy()
     first = arch.tokens - arch.num_patches
     r[:, first:] += embed.reshape(b, arch.num_patches, d)
-    r = tr("embed", intops.saturate(r, width))
+    r = tr("embed", ops.saturate(r, width))
     for i in range(arch.depth):
         pre = f"blocks.{i}"
-        h = tr(f"{pre}.norm1", _layer_norm(prog, f"{pre}.norm1", r))
-        x = tr(f"{pre}.attn.qkv.in", _thresholds(prog, f"{pre}.attn.qkv.in", h))
+        h = tr(f"{pre}.norm1", _layer_norm(ops, prog, f"{pre}.norm1", r))
+        x = tr(f"{pre}.attn.qkv.in", _thresholds(ops, prog, f"{pre}.attn.qkv.in", h))
         y = tr(f"{pre}.attn.qkv", engine.linear(f"{pre}.attn.qkv", [x.reshape(b * arch.tokens, d)]).reshape(b, arch.tokens, 3 * d))
-        q = tr(f"{pre}.attn.q", _thresholds(prog, f"{pre}.attn.q", y[..., :d]))
-        k = tr(f"{pre}.attn.k", _thresholds(prog, f"{pre}.attn.k", y[..., d:2 * d]))
-        vs = [tr(f"{pre}.attn.v{g}", _thresholds(prog, f"{pre}.attn.v{g}", y[..., 2 * d:])) for g in range(p[f"{pre}.attn.v_groups"])]
+        q = tr(f"{pre}.attn.q", _thresholds(ops, prog, f"{pre}.attn.q", y[..., :d]))
+        k = tr(f"{pre}.attn.k", _thresholds(ops, prog, f"{pre}.attn.k", y[..., d:2 * d]))
+        vs = [tr(f"{pre}.attn.v{g}", _thresholds(ops, prog, f"{pre}.attn.v{g}", y[..., 2 * d:])) for g in range(p[f"{pre}.attn.v_groups"])]
         s = tr(f"{pre}.attn.qk", engine.matmul(f"{pre}.attn.qk", [_to_heads(q, heads)], [_to_heads(k, heads)]))
-        s = tr(f"{pre}.attn.scores", _requantize(prog, f"{pre}.attn.scores", s))
-        attn = tr(f"{pre}.attn.codes", _attention_codes(prog, pre, s))
+        s = tr(f"{pre}.attn.scores", _requantize(ops, prog, f"{pre}.attn.scores", s))
+        attn = tr(f"{pre}.attn.codes", _attention_codes(ops, prog, pre, s))
         o = tr(f"{pre}.attn.av", engine.matmul(f"{pre}.attn.av", list(attn), [_to_heads(v, heads).swapaxes(-1, -2) for v in vs]))
-        x = tr(f"{pre}.attn.proj.in", _thresholds(prog, f"{pre}.attn.proj.in", o.transpose(0, 2, 1, 3).reshape(b, arch.tokens, d)))
+        x = tr(f"{pre}.attn.proj.in", _thresholds(ops, prog, f"{pre}.attn.proj.in", o.transpose(0, 2, 1, 3).reshape(b, arch.tokens, d)))
         y = tr(f"{pre}.attn.proj", engine.linear(f"{pre}.attn.proj", [x.reshape(b * arch.tokens, d)]).reshape(b, arch.tokens, d))
-        r = tr(f"{pre}.attn.residual", intops.saturate(r + _requantize(prog, f"{pre}.attn.proj.out", y) + a[f"{pre}.attn.proj.out.bias"], width))
-        h = tr(f"{pre}.norm2", _layer_norm(prog, f"{pre}.norm2", r))
-        x = tr(f"{pre}.mlp.fc1.in", _thresholds(prog, f"{pre}.mlp.fc1.in", h))
+        r = tr(f"{pre}.attn.residual", ops.saturate(r + _requantize(ops, prog, f"{pre}.attn.proj.out", y) + a[f"{pre}.attn.proj.out.bias"], width))
+        h = tr(f"{pre}.norm2", _layer_norm(ops, prog, f"{pre}.norm2", r))
+        x = tr(f"{pre}.mlp.fc1.in", _thresholds(ops, prog, f"{pre}.mlp.fc1.in", h))
         y = tr(f"{pre}.mlp.fc1", engine.linear(f"{pre}.mlp.fc1", [x.reshape(b * arch.tokens, d)]))
-        x = tr(f"{pre}.mlp.fc2.in", _thresholds(prog, f"{pre}.mlp.fc2.in", y))
+        x = tr(f"{pre}.mlp.fc2.in", _thresholds(ops, prog, f"{pre}.mlp.fc2.in", y))
         y = tr(f"{pre}.mlp.fc2", engine.linear(f"{pre}.mlp.fc2", [x]).reshape(b, arch.tokens, d))
-        r = tr(f"{pre}.mlp.residual", intops.saturate(r + _requantize(prog, f"{pre}.mlp.fc2.out", y) + a[f"{pre}.mlp.fc2.out.bias"], width))
+        r = tr(f"{pre}.mlp.residual", ops.saturate(r + _requantize(ops, prog, f"{pre}.mlp.fc2.out", y) + a[f"{pre}.mlp.fc2.out.bias"], width))
     logits = np.zeros((b, arch.num_classes), np.int64)
     for token, name in enumerate(prog.head_names):
-        h = tr(f"{name}.norm", _layer_norm(prog, "norm", r[:, token]))
+        h = tr(f"{name}.norm", _layer_norm(ops, prog, "norm", r[:, token]))
         y = tr(name, engine.linear(name, [h]))
-        logits = logits + _requantize(prog, name, y) + a[f"{name}.bias"]
+        logits = logits + _requantize(ops, prog, name, y) + a[f"{name}.bias"]
     return tr("logits", logits)
 
 

@@ -178,3 +178,14 @@ def test_operations_refuse_floats():
         intops.requantize(np.array([0.5]), 1, 1)
     with pytest.raises(TypeError):
         intops.multithreshold(np.array([1]), 0, np.array([[0.5]]), np.array([[0]]))
+
+
+def test_attention_codes_sum_the_levels_of_each_group():
+    table = intops.exp_table(6, 15)
+    s = np.array([[0, -64, -128, 5]])
+    a = np.array([[[1 << 13] * 4], [[1 << 14] * 4], [[1 << 15] * 4]])
+    levels = intops.softmax_levels(s, table, a, 16)
+    codes = intops.attention_codes(s, table, a, 16, [1, 2])
+    assert codes.tolist() == [levels[0].tolist(), (levels[1] + levels[2]).tolist()]
+    with pytest.raises(ValueError, match="sum to the 3 level thresholds"):
+        intops.attention_codes(s, table, a, 16, [1, 1])
