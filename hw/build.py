@@ -27,7 +27,7 @@ from pathlib import Path
 from hw.boards import BOARDS, Board, board
 from hw.boards.common import BAUD, BoardTop, ClockedTop
 from hw.config import STREAM_BITS, AccelConfig, preset
-from hw.isa import descriptor_layout
+from hw.descriptor import descriptor_layout
 from hw.pipeline import DUPLICATE_SUFFIX
 
 ROOT = Path(__file__).resolve().parent.parent

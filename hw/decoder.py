@@ -8,8 +8,9 @@ from amaranth.lib.memory import ReadPort, WritePort
 from amaranth.lib.wiring import In, Out
 
 from hw.config import STREAM_BITS, AccelConfig, _check_int
+from hw.descriptor import descriptor_layout, unpack_descriptor
 from hw.engine import COUNT_BITS, run_layout
-from hw.isa import DESC_WORDS, LOAD_OPS, Op, descriptor_layout, entry_words, unpack_descriptor
+from hw.isa import DESC_WORDS, LOAD_OPS, Op, entry_words
 from hw.pipeline import duplicate
 
 

@@ -18,7 +18,7 @@ from amaranth.lib.wiring import In, Out
 
 from hw.accumulate import PassAccumulator, WordAccumulator
 from hw.config import STREAM_BITS, AccelConfig
-from hw.isa import descriptor_layout
+from hw.descriptor import descriptor_layout
 from hw.lanes import LaneArray, lane_latency, plane_word
 from hw.pipeline import delay, pipe_signature
 from hw.threshold import Threshold

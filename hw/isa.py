@@ -4,27 +4,28 @@ Every command is a header word ``opcode | arg << 8`` followed by argument
 words and data words, all ``STREAM_BITS`` (32) wide; see
 ``docs/accelerator.md`` for the table.  This module is shared by the
 hardware (:mod:`hw.decoder`, :mod:`hw.engine`) and the host side
-(:mod:`hw.program`), so the formats are defined once.
+(:mod:`hw.program`, :mod:`host.device`), so the formats are defined once.
+It is plain Python (no Amaranth): the host needs it without the HDL stack;
+the descriptor's stored form in gateware is :mod:`hw.descriptor`.
 """
 
 from __future__ import annotations
 
 import enum
 
-from amaranth.hdl import Cat, Value, signed
-from amaranth.lib import data
-
 from hw.config import STREAM_BITS, VALUE_BITS, AccelConfig
 
 ARG_BITS = STREAM_BITS - 8
 #: Words of one program descriptor on the stream.
 DESC_WORDS = 3
-#: Bit positions inside a descriptor (its three words concatenated).
-_DESC_X_BASE = 0
-_DESC_Y_BASE = STREAM_BITS
-_DESC_SHIFT = STREAM_BITS + 24
-_DESC_CMODE = 2 * STREAM_BITS - 1
-_DESC_COEF = 2 * STREAM_BITS
+#: Where each field of a descriptor starts, in bits of its three words concatenated.
+DESC_FIELD_STARTS = {
+    "x_base": 0,
+    "y_base": STREAM_BITS,
+    "shift": STREAM_BITS + 24,
+    "cmode": 2 * STREAM_BITS - 1,
+    "coef": 2 * STREAM_BITS,
+}
 
 
 class Op(enum.IntEnum):
@@ -105,7 +106,8 @@ def descriptor(
     _check_field(y_base, config.addr_bits(config.y_depth), "y_base")
     _check_field(shift, config.shift_bits, "shift")
     coef = _check_field(coef, config.coef_bits, "coef", signed=True)
-    word1 = y_base | shift << (_DESC_SHIFT - _DESC_Y_BASE) | int(bool(cmode)) << (_DESC_CMODE - _DESC_Y_BASE)
+    start = DESC_FIELD_STARTS
+    word1 = y_base | shift << (start["shift"] - start["y_base"]) | int(bool(cmode)) << (start["cmode"] - start["y_base"])
     return [x_base, word1, coef]
 
 
@@ -123,20 +125,3 @@ def threshold_word(threshold: int, direction: int) -> int:
     t = _check_field(int(threshold) if direction > 0 else 1 - int(threshold), VALUE_BITS, "threshold", signed=True)
     return t | (direction < 0) << VALUE_BITS
 
-
-def descriptor_layout(config: AccelConfig) -> data.StructLayout:
-    """The fields of a stored descriptor (only the bits the configuration uses)."""
-    return data.StructLayout({
-        "x_base": config.addr_bits(config.x_depth),
-        "y_base": config.addr_bits(config.y_depth),
-        "shift": config.shift_bits,
-        "cmode": 1,
-        "coef": signed(config.coef_bits),
-    })
-
-
-def unpack_descriptor(config: AccelConfig, raw: Value) -> Value:
-    """The stored form (:func:`descriptor_layout`) of a descriptor's three stream words."""
-    layout = descriptor_layout(config)
-    starts = {"x_base": _DESC_X_BASE, "y_base": _DESC_Y_BASE, "shift": _DESC_SHIFT, "cmode": _DESC_CMODE, "coef": _DESC_COEF}
-    return Cat(*(raw[starts[name]:starts[name] + field.width] for name, field in layout))

@@ -3,7 +3,8 @@ import pytest
 
 from hw.config import SMALL
 from hw.decoder import CycleCounter, Decoder
-from hw.isa import Op, descriptor, descriptor_layout, header, run_args, threshold_word
+from hw.descriptor import descriptor_layout
+from hw.isa import Op, descriptor, header, run_args, threshold_word
 from hw.simtools import receive, send
 
 
