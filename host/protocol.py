@@ -1,7 +1,8 @@
 """The framed wire protocol between the host and the accelerator's UART bridge.
 
 Every exchange is one command frame from the host and one response frame from
-the device (``docs/protocol.md`` has the byte tables)::
+the device (``docs/protocol.md`` has the byte tables; the constants of the
+format, shared with the bridge, are in :mod:`hw.frames`)::
 
     command   A5 | seq | len_lo len_hi | payload (len bytes) | crc_lo crc_hi
     response  5A | seq | status | len_lo len_hi | payload (len bytes) | crc_lo crc_hi
@@ -28,27 +29,14 @@ or stale frames, re-sends on a timeout, and raises :class:`LinkError` after
 from __future__ import annotations
 
 import abc
-import enum
 from dataclasses import dataclass
 
 import numpy as np
 
-CMD_SYNC = 0xA5
-RSP_SYNC = 0x5A
-MAX_PAYLOAD = 0xFFFF
-CMD_HEADER = 4  # sync, seq, len (2)
-RSP_HEADER = 5  # sync, seq, status, len (2)
-CRC_BYTES = 2
+from hw.frames import CMD_HEADER, CMD_SYNC, CRC_BYTES, CRC_INIT, CRC_POLY, MAX_PAYLOAD, RSP_HEADER, RSP_SYNC, Status
+
 #: Bytes a single try may receive without a valid answer before it re-sends.
 _GARBAGE_LIMIT = 4 * (RSP_HEADER + MAX_PAYLOAD + CRC_BYTES)
-
-
-class Status(enum.IntEnum):
-    """The status byte of a response frame."""
-
-    OK = 0
-    DUPLICATE = 1  # a retried frame whose command was not executed again
-    REFUSED = 2  # a malformed or out-of-range request: nothing of it was executed
 
 
 class LinkError(RuntimeError):
@@ -63,12 +51,12 @@ class RefusedError(LinkError):
     """
 
 
-def crc16(data: bytes, crc: int = 0xFFFF) -> int:
+def crc16(data: bytes, crc: int = CRC_INIT) -> int:
     """CRC-16/CCITT-FALSE of ``data``."""
     for byte in data:
         crc ^= byte << 8
         for _ in range(8):
-            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
+            crc = ((crc << 1) ^ CRC_POLY) if crc & 0x8000 else crc << 1
             crc &= 0xFFFF
     return crc
 
@@ -110,7 +98,7 @@ class Frame:
 # as a polynomial mod P, one byte b turns r into r*x^8 + b*x^16, hence the CRC
 # of bytes s..e-1 from ``init`` is init*x^(8(e-s)) + x^(8(e+1)) * (H[e] - H[s])
 # with H[k] the sum of b_j * x^(-8j) over j < k (GF(2): minus is xor).
-_CRC_POLY = 0x11021
+_CRC_POLY = 1 << 16 | CRC_POLY
 _X8_ORDER = 32767  # x^8 has this multiplicative order mod P: exponents of x^8 repeat with it
 
 
@@ -135,7 +123,7 @@ def _x8_powers() -> np.ndarray:
 
 
 _X8 = _x8_powers()
-_INIT_SHIFTED = _gf_mul(_X8, np.uint16(0xFFFF))  # init * x^(8n): the init's part of a CRC over n bytes
+_INIT_SHIFTED = _gf_mul(_X8, np.uint16(CRC_INIT))  # init * x^(8n): the init's part of a CRC over n bytes
 
 
 class _CrcPrefix:

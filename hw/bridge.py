@@ -30,7 +30,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from host.protocol import CMD_SYNC, RSP_SYNC, Status
+from hw.frames import CMD_SYNC, RSP_SYNC, Status
 from hw.checker import RequestChecker
 from hw.config import STREAM_BITS, AccelConfig, ceil_log2
 from hw.isa import Op

@@ -1,0 +1,39 @@
+"""The framed wire protocol's constants, which the bridge and the host must agree on.
+
+The bridge (:mod:`hw.bridge`) implements the device's side of the protocol
+in gateware, :mod:`host.protocol` the host's; both take the frame format
+from here (``docs/protocol.md`` has the byte tables)::
+
+    command   A5 | seq | len_lo len_hi | payload (len bytes) | crc_lo crc_hi
+    response  5A | seq | status | len_lo len_hi | payload (len bytes) | crc_lo crc_hi
+
+Plain Python, so the host needs no HDL stack for it.
+"""
+
+from __future__ import annotations
+
+import enum
+
+#: The first byte of a command frame.
+CMD_SYNC = 0xA5
+#: The first byte of a response frame.
+RSP_SYNC = 0x5A
+#: The longest payload a frame's 16-bit length field can give.
+MAX_PAYLOAD = 0xFFFF
+#: Bytes before a command's payload: sync, seq, len (2).
+CMD_HEADER = 4
+#: Bytes before a response's payload: sync, seq, status, len (2).
+RSP_HEADER = 5
+#: Bytes of the CRC after the payload, low byte first.
+CRC_BYTES = 2
+#: CRC-16/CCITT-FALSE: its polynomial (x^16 implied) and initial value.
+CRC_POLY = 0x1021
+CRC_INIT = 0xFFFF
+
+
+class Status(enum.IntEnum):
+    """The status byte of a response frame."""
+
+    OK = 0
+    DUPLICATE = 1  # a retried frame whose command was not executed again
+    REFUSED = 2  # a malformed or out-of-range request: nothing of it was executed
