@@ -66,10 +66,10 @@ results: $(STAMP) fashion-mnist
 	$(PY) -m model.results --configs configs/digits.yaml --methods fp gsb_ramp
 
 ptq-results: $(STAMP) fashion-mnist
-	$(PY) -m model.ptq.results
+	$(PY) -m host.ptq_results
 
 lowrank: $(STAMP) fashion-mnist
-	$(PY) -m model.lowrank.results
+	$(PY) -m host.lowrank_results
 
 BOARD ?=
 CONFIG ?=

@@ -5,5 +5,7 @@
 * :mod:`model.lowrank.compensate`: ``compress``: ranks, factors, layer-wise error compensation.
 * :mod:`model.lowrank.quant`: int8 factors as ``factored_linear`` engine layers, the
   contract-exact torch forward, on-chip weight bits.
-* :mod:`model.lowrank.results`: ``python -m model.lowrank.results``.
+
+The results run (``python -m host.lowrank_results``, :mod:`host.lowrank_results`)
+sits on top: it also runs the int8 model file on the host runtime.
 """

@@ -115,7 +115,7 @@ def test_onchip_bits_count_planes_and_scales(exported):
 @pytest.mark.slow
 def test_full_digits_test_set_on_the_emulator(tmp_path):
     """The seed-0 FP digits model at 50 % removed, int8: emulator = torch on all 540 test images."""
-    from model.lowrank.results import fp_checkpoint
+    from host.lowrank_results import fp_checkpoint
     from model.export import export_checkpoint
     from model.train import load_model
 

@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 import torch
 
+from host.ptq_results import run_runtime, sim_backend
 from model import golden, modelfile
 from model.config import ModelConfig
 from model.layers import EngineLinear, EngineMatmul
 from model.ptq import mixed
-from model.ptq.export import export_ptq, run_runtime, sim_backend
+from model.ptq.export import export_ptq
 from model.ptq.quant import (ActQ, LinearSpec, MatmulSpec, QModel, build_layers, codes_t, engine_layer_names,
                              fit_coef_bits, int_matmul, weight_codes)
 from model.ptq.search import (RankLoss, SearchConfig, baseline_spec, calibration_indices, capture, pearson,
@@ -294,9 +295,10 @@ DIGITS_FP = "runs/results/digits/spc100/seed0/fp/best.pt"
 def test_digits_test_split_emulator_equals_torch(tmp_path):
     """The whole digits test split: EmulatorBackend predictions == the torch quantized forward (W4A4 and mixed)."""
     if not os.path.exists(DIGITS_FP):
-        pytest.skip("train the FP digits model first (python -m model.ptq.results trains it)")
+        pytest.skip("train the FP digits model first (python -m host.ptq_results trains it)")
+    from host.cli import test_images
     from model.data import load_splits
-    from model.ptq.export import raw_test_images, torch_inputs
+    from model.ptq.export import torch_inputs
     from model.train import load_model
 
     m = load_model(DIGITS_FP)
@@ -308,7 +310,7 @@ def test_digits_test_split_emulator_equals_torch(tmp_path):
         path = tmp_path / "m.gsbf"
         modelfile.save(mf, path)
         mf = modelfile.load(path)
-        raw, _ = raw_test_images(mf)
+        raw, _ = test_images(mf.preprocessing.dataset)
         lt = QModel(m, build_layers(m, sp)).logits(torch.from_numpy(torch_inputs(mf, raw))).numpy()
         r = run_runtime(mf, raw)
         assert np.array_equal(r["predictions"], lt.argmax(-1))

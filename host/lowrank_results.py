@@ -1,6 +1,6 @@
 """Low-rank results: accuracy against weights removed, and the int8 low-rank model on the engine.
 
-``python -m model.lowrank.results`` does, per dataset (digits, Fashion-MNIST)
+``python -m host.lowrank_results`` does, per dataset (digits, Fashion-MNIST)
 and seed, on the FP checkpoint ``runs/results/<dataset>/spc100/seed<S>/fp/best.pt``
 (trained first, with ``configs/<dataset>.yaml``, when missing):
 
@@ -21,7 +21,8 @@ and seed, on the FP checkpoint ``runs/results/<dataset>/spc100/seed<S>/fp/best.p
 
 Writes ``results/lowrank_<dataset>.json``, ``results/lowrank_table.md`` and
 ``docs/lowrank_accuracy.png``; ``--collect-only`` rebuilds the table and the
-plot from the JSON files.
+plot from the JSON files.  The method itself is :mod:`model.lowrank`; this
+driver sits on top of it and of the host runtime.
 """
 
 from __future__ import annotations
@@ -177,7 +178,7 @@ def table_md(by_dataset: dict[str, list[dict]]) -> str:
     lines = ["Test accuracy (%) of the FP models with their block linear layers (qkv, proj, fc1, fc2) compressed to "
              "low rank, mean ± std over seeds; ranks and budgets chosen on calibration/validation data only. "
              "\"removed\" is the fraction of those layers' weights removed (patch embedding and heads, 1.2 % of "
-             "the linear weights on digits and 3.3 % on Fashion-MNIST, are not compressed). Written by `python -m model.lowrank.results`.", ""]
+             "the linear weights on digits and 3.3 % on Fashion-MNIST, are not compressed). Written by `python -m host.lowrank_results`.", ""]
     for dataset, records in by_dataset.items():
         fp_t = _ms([r["fp"]["test_acc"] for r in records])
         s = summary(records)
@@ -264,7 +265,7 @@ def write_outputs(datasets, results_dir: str, plot_path: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m model.lowrank.results", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m host.lowrank_results", description=__doc__.split("\n")[0])
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--budgets", nargs="+", type=float, default=list(BUDGETS))

@@ -1,4 +1,4 @@
-"""The PTQ results run: ``python -m model.ptq.results``.
+"""The PTQ results run: ``python -m host.ptq_results``.
 
 For each dataset: the FP model of seed ``--model-seed`` (reused from
 ``runs/results/<dataset>/spc100/seed<S>/fp/best.pt``, trained there when
@@ -19,7 +19,8 @@ seed 0 the method's models are exported to model files, run on the
 EmulatorBackend through the host runtime (predictions compared with the
 torch forward; digits: the whole test split) and their engine cycles per
 image counted next to the GSB model's.  A few images go through the
-SimBackend too when ``host/sim_backend.py`` exists.
+SimBackend too.  The PTQ method itself is :mod:`model.ptq`; this driver sits
+on top of it and of the host runtime.
 
 Writes ``results/ptq_<dataset>.json``, ``results/ptq_table.md`` and
 ``docs/ptq_accuracy.png``.
@@ -59,6 +60,26 @@ def fp_checkpoint(dataset: str, seed: int, spc: int = 100, root: str = ROOT) -> 
 def _mean_std(v: list[float]) -> tuple[float, float]:
     a = np.asarray(v, dtype=np.float64)
     return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
+
+
+def run_runtime(mf, raw: np.ndarray, backend=None) -> dict:
+    """Predictions and engine cycles per image of ``raw`` images on a backend (EmulatorBackend by default)."""
+    from host.emulator import EmulatorBackend
+    from host.runtime import Runtime
+
+    backend = backend if backend is not None else EmulatorBackend("fast")
+    rt = Runtime(mf, backend)
+    c0 = backend.cycles()
+    logits = np.stack([rt.forward(img) for img in raw])
+    return {"logits": logits, "predictions": logits.argmax(-1), "cycles_per_image": (backend.cycles() - c0) / max(1, len(raw))}
+
+
+def sim_backend():
+    """A SimBackend for PTQ models: a longer simulated read timeout than the default 0.01 s (a PTQ
+    layer's runs are long); layers the simulated configuration cannot hold run on the host by the contract."""
+    from host.sim_backend import SimBackend
+
+    return SimBackend(timeout=1.0, host_fallback=True)
 
 
 def run_dataset(dataset: str, args, log=print) -> dict:
@@ -148,8 +169,9 @@ def engine_check(ck, model, specs: dict, splits, dataset: str, args, log) -> dic
     """Export each of the method's models, run test images on the EmulatorBackend, compare with torch."""
     import torch
 
+    from host.cli import test_images
     from model import modelfile
-    from model.ptq.export import export_ptq, raw_test_images, run_runtime, sim_backend, torch_inputs
+    from model.ptq.export import export_ptq, torch_inputs
     from model.ptq.quant import QModel, build_layers
 
     out = {}
@@ -159,7 +181,7 @@ def engine_check(ck, model, specs: dict, splits, dataset: str, args, log) -> dic
         path = os.path.join(args.model_dir, f"ptq-{dataset}-{name}.gsbf")
         modelfile.save(export_ptq(ck, model, spec, acc_bits=args.acc_bits, meta={"setting": name}), path)
         mf = modelfile.load(path)
-        raw, labels = raw_test_images(mf)
+        raw, labels = test_images(mf.preprocessing.dataset)
         n = len(raw) if args.engine_images < 0 or (dataset == "digits" and args.engine_images_digits_all) else min(args.engine_images, len(raw))
         raw, labels = raw[:n], labels[:n]
         t = time.time()
@@ -184,9 +206,9 @@ def engine_check(ck, model, specs: dict, splits, dataset: str, args, log) -> dic
 
 def gsb_cycles(dataset: str, seed: int, log) -> dict | None:
     """EmulatorBackend cycles per image of the GSB model of the same dataset and seed (if trained)."""
+    from host.cli import test_images
     from model import modelfile
     from model.export import export_checkpoint
-    from model.ptq.export import raw_test_images, run_runtime
     from model.results import run_dir
 
     path = os.path.join(run_dir(ROOT, dataset, 100, seed, "gsb"), "best.pt")
@@ -198,7 +220,7 @@ def gsb_cycles(dataset: str, seed: int, log) -> dict | None:
     else:
         log(f"[ptq] no GSB model for {dataset}: train it with python -m model.train --method gsb (cycles not compared)")
         return None
-    raw, _ = raw_test_images(mf)
+    raw, _ = test_images(mf.preprocessing.dataset)
     r = run_runtime(mf, raw[:2])
     return {"source": src, "cycles_per_image": r["cycles_per_image"]}
 
@@ -232,7 +254,7 @@ def _setting_label(rec: dict, s: str) -> str:
 
 
 def table_md(records: list[dict]) -> str:
-    lines = ["# PTQ results (`python -m model.ptq.results`)", "",
+    lines = ["# PTQ results (`python -m host.ptq_results`)", "",
              "Test accuracy (%) of the exact quantized forward (the engine's integers), mean ± std over "
              f"{len(records[0]['calib_seeds'])} calibration seeds ({records[0]['calib_size']} training images each), "
              "FP model of seed " f"{records[0]['model_seed']}. *agree*: % of test images predicted as the FP model does. "
@@ -303,7 +325,7 @@ def plot(records: list[dict], path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m model.ptq.results", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m host.ptq_results", description=__doc__.split("\n")[0])
     ap.add_argument("--datasets", nargs="+", default=["digits", "fashion_mnist"], choices=sorted(CONFIGS))
     ap.add_argument("--model-seed", type=int, default=0)
     ap.add_argument("--calib-seeds", type=int, nargs="+", default=[0, 1, 2])
