@@ -36,7 +36,7 @@ from pathlib import Path
 from hw.boards import BOARDS
 from hw.build import LOGIC_RESOURCE
 from hw.config import AccelConfig
-from hw.engine import engine_latency
+from hw import program
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
@@ -57,12 +57,8 @@ def versus_yardstick(entry: dict, yardstick: dict) -> dict:
 
 
 def layer_cycles(config: AccelConfig, layer: dict) -> int:
-    """Engine busy cycles of one measured layer on ``config`` (the cycle model)."""
-    words = -(-layer["n"] // config.word_bits)
-    blocks = -(-layer["rows_y"] // config.lanes)
-    per_run = config.result_depth // layer["rows_x"]  # whole y blocks per run, as compile_chunks splits
-    runs = -(-blocks // per_run)
-    return layer["rows_x"] * blocks * layer["passes"] * words + runs * engine_latency(config)
+    """Engine busy cycles of one measured layer on ``config`` (the cycle model, :func:`hw.program.layer_cycles`)."""
+    return program.layer_cycles(config, layer["rows_x"], layer["rows_y"], layer["n"], layer["passes"])
 
 
 def check_cycle_model(rtl: dict) -> None:

@@ -3,7 +3,7 @@
 ``python -m bench.rtl_cycles`` runs the ``model_layers`` cocotb testbench
 (:mod:`sim.tb_accelerator`) on the generated Verilog, reads the busy cycles
 the accelerator counted for each layer, and divides the ideal cycles of the
-project's cycle model (:func:`host.emulator.ideal_cycles`: one word of
+project's cycle model (:func:`hw.cycles.ideal_cycles`: one word of
 ``lanes`` plane products per cycle) by them.  It also runs the random-command
 and the engine-speed testbenches to measure simulated cycles per wall-clock
 second, for each simulator given (the first with the Python testbench in
@@ -20,8 +20,8 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
-from host.emulator import ideal_cycles
 from hw.config import SMALL, preset
+from hw.cycles import ideal_cycles
 from sim.model_layers import model_layers
 from sim.runner import SIMULATORS, run
 

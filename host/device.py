@@ -47,7 +47,6 @@ import numpy as np
 from host.backend import Backend, Thresholds, threshold_arrays
 from host.protocol import CMD_HEADER, CRC_BYTES, RSP_HEADER, LinkError, Transport
 from hw.config import AccelConfig
-from hw.engine import engine_latency
 from hw.isa import DESC_WORDS, Op, entry_words, header
 from hw.program import (
     LayerImage,
@@ -98,7 +97,6 @@ class DeviceBackend(Backend):
             raise ValueError(f"buffer_words must hold one LOAD_Y bank row, got {buffer_words}")
         self.transport, self.config, self.buffer_words = transport, config, buffer_words
         self.run_retries, self.host_fallback = run_retries, host_fallback
-        self.latency = engine_latency(config)
         #: bytes of the frames sent and received (without re-sends)
         self.bytes_sent = self.bytes_received = 0
         #: runs repeated because the device was reset during them
@@ -264,7 +262,7 @@ class DeviceBackend(Backend):
         if image.thresh_rows is not None:
             program += self._load(Op.LOAD_THRESH, 0, c.lanes, [w for r in image.thresh_rows for w in r])
         answers = response_length(c, image)
-        expected = image.items + self.latency
+        expected = image.busy_cycles(c)
         for _ in range(self.run_retries + 1):
             self._send(setup + program + [run_words(c, image)], expected)
             *words, lo, hi = self._read(read_words(image) + [header(Op.READ_CYCLES)], answers + 2, expected)

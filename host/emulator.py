@@ -3,8 +3,9 @@
 Its numbers are the numeric contract's by construction.  ``kernel="fast"``
 computes the plane products with the compiled packed kernel
 (:mod:`host.kernels`, tested equal to the reference); ``"reference"`` uses
-:mod:`model.golden` itself.  The cycle counter follows the ideal cycle model
-of :func:`ideal_cycles` for a given lane count.
+:mod:`model.golden` itself.  The cycle counter counts the lane work of the
+accelerator's cycle model (:func:`hw.cycles.ideal_cycles`) for ``lanes``
+lanes, by default the default configuration's (:data:`hw.config.DEFAULT`).
 
 :meth:`EmulatorBackend.layers` (the batched entry of :class:`~host.backend.Backend`)
 computes a whole stack of layers in one kernel call per group pair with the
@@ -19,21 +20,10 @@ from typing import Callable, Sequence
 import numpy as np
 
 from host.backend import Backend, OperandStack, Thresholds, check_stacks, threshold_arrays
+from hw.config import DEFAULT
+from hw.cycles import ideal_cycles
 from model import golden
 from model.golden import Operand
-
-
-def ideal_cycles(groups_x: Sequence[Operand], groups_y: Sequence[Operand], lanes: int) -> int:
-    """Cycles of an engine that does one word of ``lanes`` plane products a cycle.
-
-    Every plane pair of every group pair costs ``rows_x * ceil(rows_y / lanes) * words``.
-    """
-    total = 0
-    for gx in groups_x:
-        for gy in groups_y:
-            pairs = len(gx.planes) * len(gy.planes)
-            total += pairs * gx.rows * -(-gy.rows // lanes) * golden.words_for(gx.n, gx.word_bits)
-    return total
 
 
 def fast_layer_output(groups_x, groups_y, coefs: np.ndarray) -> np.ndarray:
@@ -63,7 +53,7 @@ def _kernel(name: str) -> Callable[[Operand, Operand], np.ndarray]:
 class EmulatorBackend(Backend):
     """A Backend computed in numpy by the numeric contract."""
 
-    def __init__(self, kernel: str = "fast", lanes: int = 16):
+    def __init__(self, kernel: str = "fast", lanes: int = DEFAULT.lanes):
         if isinstance(lanes, bool) or not isinstance(lanes, int) or lanes < 1:
             raise ValueError(f"lanes must be a positive int, got {lanes!r}")
         self._product = _kernel(kernel)

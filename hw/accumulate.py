@@ -7,6 +7,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.config import _check_int
+from hw.cycles import PASS_ACCUMULATOR_LATENCY, WORD_ACCUMULATOR_LATENCY
 from hw.pipeline import delay, duplicate, pipe_signature
 
 
@@ -31,7 +32,7 @@ class WordAccumulator(wiring.Component):
             }))),
         })
 
-    latency = 1
+    latency = WORD_ACCUMULATOR_LATENCY
 
     def elaborate(self, platform: object) -> Module:
         m = Module()
@@ -93,7 +94,7 @@ class PassAccumulator(wiring.Component):
             }))),
         })
 
-    latency = 7
+    latency = PASS_ACCUMULATOR_LATENCY
 
     def elaborate(self, platform: object) -> Module:
         m = Module()

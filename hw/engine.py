@@ -6,7 +6,7 @@ primitive over the ``words`` words of the rows at the pass's plane bases.
 The sequencer issues one (row, block, pass, word) item per cycle with no
 bubbles; behind it the datapath is a fixed-latency pipeline without
 back-pressure, so a run takes ``rows * blocks * passes * words +
-latency`` cycles.
+latency`` cycles (the cycle model, :mod:`hw.cycles`).
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from amaranth.lib.wiring import In, Out
 
 from hw.accumulate import PassAccumulator, WordAccumulator
 from hw.config import STREAM_BITS, AccelConfig
+from hw.cycles import engine_latency
 from hw.descriptor import descriptor_layout
-from hw.lanes import LaneArray, lane_latency, plane_word
+from hw.lanes import LaneArray, plane_word
 from hw.pipeline import delay, pipe_signature
 from hw.threshold import Threshold
 
@@ -46,14 +47,6 @@ def item_layout(config: AccelConfig) -> data.StructLayout:
         "pass_idx": COUNT_BITS, "t": config.words_bits, "x_off": COUNT_BITS, "y_off": COUNT_BITS,
         "blk": COUNT_BITS, "first_word": 1, "last_word": 1, "first_pass": 1, "last_pass": 1, "final": 1,
     })
-
-
-def engine_latency(config: AccelConfig) -> int:
-    """The fixed cycles of a run beyond one per item (see :attr:`Engine.latency`)."""
-    lanes = lane_latency(config.word_bits, config.stage_levels)
-    # the start cycle, descriptor read and its register, address add,
-    # operand read and its two registers, then the datapath stages
-    return 7 + lanes + WordAccumulator.latency + PassAccumulator.latency + Threshold.latency
 
 
 class Sequencer(wiring.Component):

@@ -7,6 +7,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.config import _check_int
+from hw.cycles import lane_latency
 from hw.pipeline import delay, pipe_signature
 from model import golden
 
@@ -14,13 +15,6 @@ from model import golden
 def plane_word(word_bits: int) -> data.StructLayout:
     """One word of one plane row: the sign word, then the mask word."""
     return data.StructLayout({"sign": word_bits, "mask": word_bits})
-
-
-def lane_latency(word_bits: int, stage_levels: int) -> int:
-    """Latency of a :class:`LaneArray`: the input register, then one register
-    per ``stage_levels`` levels of the ``log2(word_bits)``-level adder tree."""
-    levels = (word_bits - 1).bit_length()
-    return 1 + -(-levels // stage_levels)
 
 
 def popcount_tree(m: Module, bits: Value, stage_levels: int, name: str) -> Value:

@@ -24,6 +24,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from hw import cycles
 from hw.config import STREAM_BITS, AccelConfig
 from hw.isa import (
     Op,
@@ -64,7 +65,11 @@ class LayerImage:
     @property
     def items(self) -> int:
         """Cycles of lane work: one (row, block, pass, word) item each."""
-        return self.rows_x * self.blocks * self.passes * self.words
+        return cycles.items(self.rows_x, self.blocks, self.passes, self.words)
+
+    def busy_cycles(self, config: AccelConfig) -> int:
+        """The engine's busy cycles for the run of this image (:func:`hw.cycles.run_cycles`)."""
+        return cycles.run_cycles(config, self.items)
 
 
 def _entries(plane: golden.PackedPlane, n: int, word_bits: int) -> np.ndarray:
@@ -117,7 +122,7 @@ def y_layout(config: AccelConfig, groups_y: Sequence[golden.Operand]) -> tuple[l
         raise ValueError(f"groups_y: word_bits {first_y.word_bits} differs from the configuration's {config.word_bits}")
     n, lanes, wb = first_y.n, config.lanes, config.word_bits
     words, rows_y = golden.words_for(n, wb), first_y.rows
-    blocks = -(-rows_y // lanes)
+    blocks = cycles.blocks(rows_y, lanes)
     rows: list[tuple[int, ...]] = []
     firsts: list[int] = []
     for gy in groups_y:
@@ -163,7 +168,7 @@ def compile_layer(
     n, lanes, wb = first.n, config.lanes, config.word_bits
     words = golden.words_for(n, wb)
     rows_x, rows_y = groups_x[0].rows, groups_y[0].rows
-    blocks = -(-rows_y // lanes)
+    blocks = cycles.blocks(rows_y, lanes)
     _check_fits("n", words, config.max_words, "words per row")
 
     x_entries: list[int] = []
@@ -232,6 +237,27 @@ def take_rows(operand: golden.Operand, start: int, stop: int) -> golden.Operand:
     return golden.Operand(operand.encoding, operand.n, operand.word_bits, planes)
 
 
+def blocks_per_run(config: AccelConfig, rows_x: int) -> int:
+    """The y blocks one run may compute for ``rows_x`` x rows: their results must fit the result buffer."""
+    blocks = config.result_depth // rows_x
+    if blocks == 0:
+        raise ValueError(f"groups_x: {rows_x} rows do not fit the {config.result_depth}-entry result buffer")
+    return blocks
+
+
+def layer_cycles(config: AccelConfig, rows_x: int, rows_y: int, n: int, passes: int) -> int:
+    """The busy cycles of a layer of ``passes`` passes split into runs as :func:`compile_chunks` splits it.
+
+    Each run computes up to :func:`blocks_per_run` blocks of y rows and costs
+    :func:`hw.cycles.run_cycles`; the layer's shape is enough (the benches
+    apply it to measured layers on other configurations).
+    """
+    words = golden.words_for(n, config.word_bits)
+    total, per_run = cycles.blocks(rows_y, config.lanes), blocks_per_run(config, rows_x)
+    runs = [min(per_run, total - first) for first in range(0, total, per_run)]
+    return sum(cycles.run_cycles(config, cycles.items(rows_x, b, passes, words)) for b in runs)
+
+
 def compile_chunks(
     config: AccelConfig,
     groups_x: Sequence[golden.Operand],
@@ -250,10 +276,7 @@ def compile_chunks(
     if not groups_x or not groups_y:
         raise ValueError("groups_x and groups_y must each hold at least one Operand")
     rows_x, rows_y = groups_x[0].rows, groups_y[0].rows
-    blocks = config.result_depth // rows_x
-    if blocks == 0:
-        raise ValueError(f"groups_x: {rows_x} rows do not fit the {config.result_depth}-entry result buffer")
-    step = blocks * config.lanes
+    step = blocks_per_run(config, rows_x) * config.lanes
     words = golden.words_for(groups_y[0].n, config.word_bits)
     chunks = []
     for start in range(0, rows_y, step):

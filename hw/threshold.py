@@ -8,6 +8,7 @@ from amaranth.lib.memory import ReadPort
 from amaranth.lib.wiring import In, Out
 
 from hw.config import STREAM_BITS, VALUE_BITS, _check_int
+from hw.cycles import THRESHOLD_LATENCY
 from hw.pipeline import pipe_signature
 
 
@@ -34,7 +35,7 @@ class Threshold(wiring.Component):
             "o": Out(pipe_signature(data.StructLayout({"value": values, "tag": tag_shape}))),
         })
 
-    latency = 3
+    latency = THRESHOLD_LATENCY
 
     def elaborate(self, platform: object) -> Module:
         m = Module()

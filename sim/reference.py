@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from hw import cycles
 from hw.config import STREAM_BITS, VALUE_BITS, AccelConfig
-from hw.engine import engine_latency
 from hw.isa import DESC_WORDS, LOAD_OPS, Op, entry_words, from_word
 from model import golden
 
@@ -28,7 +28,6 @@ class AcceleratorModel:
         if not isinstance(config, AccelConfig):
             raise TypeError(f"config must be an AccelConfig, got {type(config).__name__}")
         c = self.config = config
-        self.latency = engine_latency(c)
         self.buffers = {
             Op.LOAD_X: np.zeros((c.x_depth, 1), dtype=object),
             Op.LOAD_Y: np.zeros((c.y_depth, c.lanes), dtype=object),
@@ -103,8 +102,8 @@ class AcceleratorModel:
         rows, blocks = args[0] & 0xFFFF, args[0] >> 16
         words, passes = args[1] & ((1 << c.words_bits) - 1), args[1] >> 16
         offset = _wrap(args[2], c.acc_bits)
+        self.cycles += cycles.run_cycles(c, cycles.items(rows, blocks, passes, words))
         if 0 in (rows, blocks, words, passes):
-            self.cycles += 1  # the start cycle, in which the engine finds the run empty
             return
         X, Y, T, prog = (self.buffers[op] for op in (Op.LOAD_X, Op.LOAD_Y, Op.LOAD_THRESH, Op.LOAD_PROG))
         for a in range(rows):
@@ -126,7 +125,6 @@ class AcceleratorModel:
                 if binary:
                     acc = [self._compare(v, int(T[blk % c.thresh_depth, lane])) for lane, v in enumerate(acc)]
                 self.results[(a * blocks + blk) % c.result_depth] = acc
-        self.cycles += rows * blocks * words * passes + self.latency
 
     @staticmethod
     def _compare(value: int, word: int) -> int:

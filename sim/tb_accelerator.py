@@ -29,8 +29,8 @@ from cocotb.clock import Clock
 from cocotb.simtime import get_sim_time
 from cocotb.triggers import Event, FallingEdge, RisingEdge
 
+from hw import cycles
 from hw.config import AccelConfig
-from hw.engine import engine_latency
 from hw.isa import Op, header, run_args
 from hw.program import (
     compile_chunks,
@@ -206,7 +206,7 @@ class Harness:
             if thresholds is not None:
                 reference = golden.apply_threshold(reference, *thresholds)
         self.checker.equal(np.concatenate(parts, axis=1), reference, f"{name}: result")
-        self.checker.equal(busy, stats["items"] + len(chunks) * engine_latency(c), f"{name}: busy cycles")
+        self.checker.equal(busy, sum(image.busy_cycles(c) for _, image in chunks), f"{name}: busy cycles")
         self.dut._log.info("%s: %d runs, %d items, %d busy cycles, load %d, run %d, read %d cycles", name, len(chunks),
                            stats["items"], busy, stats["load_cycles"], stats["run_cycles"], stats["read_cycles"])
         image = chunks[0][1]
@@ -405,5 +405,5 @@ async def engine_speed(dut: object) -> None:
     rows, blocks, words, passes = 64, 8, min(8, c.max_words), min(8, c.prog_depth)
     await h.command("run", [header(Op.RUN)] + run_args(c, rows, blocks, words, passes, 0))
     lo, hi = await h.command("read_cycles", [header(Op.READ_CYCLES)], 2)
-    h.checker.equal(lo | hi << 32, rows * blocks * words * passes + engine_latency(c), "busy cycles")
+    h.checker.equal(lo | hi << 32, cycles.run_cycles(c, cycles.items(rows, blocks, passes, words)), "busy cycles")
     h.finish("engine_speed")

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from host.backend import OperandStack, Thresholds
-from host.emulator import EmulatorBackend, ideal_cycles
+from host.emulator import EmulatorBackend
+from hw.cycles import ideal_cycles
 from model import golden
 from model.golden import Operand
 

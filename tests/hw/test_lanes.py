@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from hw.lanes import LaneArray, lane_latency
+from hw.cycles import lane_latency
+from hw.lanes import LaneArray
 from model import golden
 
 
