@@ -34,7 +34,8 @@ commands of :mod:`hw.program` to the bridge (``hw/bridge.py``).
 * **Layers the configuration cannot hold** (for example an int8 x int8
   patch embedding whose accumulator needs more bits) are computed on the
   host by the numeric contract when ``host_fallback`` is set, and listed in
-  :attr:`host_layers`; otherwise they raise ValueError.
+  :attr:`host_layers`; otherwise they raise :class:`hw.program.DoesNotFit`.
+  Only that error falls back: any other error of the compiler propagates.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from host.protocol import CMD_HEADER, CRC_BYTES, RSP_HEADER, LinkError, Transpor
 from hw.config import AccelConfig
 from hw.isa import DESC_WORDS, Op, entry_words, header
 from hw.program import (
+    DoesNotFit,
     LayerImage,
     compile_chunks,
     decode_result,
@@ -127,7 +129,7 @@ class DeviceBackend(Backend):
             plans = [(start, compile_chunks(self.config, [take_rows(g, start, stop) for g in x.groups], y.groups,
                                             coefs, thr, [base + f for f in firsts]))
                      for start, stop in self._x_ranges(x.groups)]
-        except ValueError as exc:
+        except DoesNotFit as exc:
             if not self.host_fallback:
                 raise
             self._release(y_slot, base, len(rows))

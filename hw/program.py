@@ -38,6 +38,15 @@ from hw.isa import (
 from model import golden
 
 
+class DoesNotFit(ValueError):
+    """The configuration cannot hold the layer: its rows, entries, passes, results or
+    thresholds exceed a buffer, or a coefficient or partial sum exceeds its width.
+
+    A caller may run such a layer another way (:class:`host.device.DeviceBackend`
+    computes it on the host); any other ValueError of the compiler is a caller's error.
+    """
+
+
 @dataclass(frozen=True)
 class LayerImage:
     """One layer as buffer contents, a pass program and run arguments."""
@@ -89,7 +98,7 @@ def split_coefficient(config: AccelConfig, value: int) -> tuple[int, int]:
         value //= 2
         shift += 1
     if not -(1 << (config.coef_bits - 1)) <= value < 1 << (config.coef_bits - 1):
-        raise ValueError(
+        raise DoesNotFit(
             f"coefs: pass coefficient {value} << {shift} does not fit coef_bits={config.coef_bits}"
         )
     return value, shift
@@ -106,7 +115,7 @@ def _terms(config: AccelConfig, kx: golden.PlaneKind, ky: golden.PlaneKind, v: i
 
 def _check_fits(name: str, used: int, depth: int, what: str) -> None:
     if used > depth:
-        raise ValueError(f"{name}: the layer needs {used} {what}, the configuration has {depth}")
+        raise DoesNotFit(f"{name}: the layer needs {used} {what}, the configuration has {depth}")
 
 
 def y_layout(config: AccelConfig, groups_y: Sequence[golden.Operand]) -> tuple[list[tuple[int, ...]], list[int]]:
@@ -149,8 +158,8 @@ def compile_layer(
     ``y_bases`` gives the first y bank row of every y plane (groups in order,
     planes in order) when the y operand is already in the buffer: the image
     then has no ``y_rows``.  ``None`` lays the planes out from row 0
-    (:func:`y_layout`).  Raises ValueError when the layer does not fit the
-    configuration.
+    (:func:`y_layout`).  Raises :class:`DoesNotFit` when the layer does not fit
+    the configuration, ValueError when the arguments are wrong.
     """
     if not isinstance(config, AccelConfig):
         raise TypeError(f"config must be an AccelConfig, got {type(config).__name__}")
@@ -209,7 +218,7 @@ def compile_layer(
     _check_fits("coefs", len(descs), config.prog_depth, "passes")
     _check_fits("groups_x", rows_x * blocks, config.result_depth, "result entries")
     if abs(offset) + bound > (1 << (config.acc_bits - 1)) - 1:
-        raise ValueError(
+        raise DoesNotFit(
             f"coefs: partial sums up to {abs(offset) + bound} do not fit the {config.acc_bits}-bit accumulator"
         )
 
@@ -241,7 +250,7 @@ def blocks_per_run(config: AccelConfig, rows_x: int) -> int:
     """The y blocks one run may compute for ``rows_x`` x rows: their results must fit the result buffer."""
     blocks = config.result_depth // rows_x
     if blocks == 0:
-        raise ValueError(f"groups_x: {rows_x} rows do not fit the {config.result_depth}-entry result buffer")
+        raise DoesNotFit(f"groups_x: {rows_x} rows do not fit the {config.result_depth}-entry result buffer")
     return blocks
 
 

@@ -117,6 +117,24 @@ def test_thresholds_and_host_fallback():
     assert "a" in dev.host_layers
 
 
+def test_only_layers_that_do_not_fit_run_on_the_host(monkeypatch):
+    """A compiler error other than DoesNotFit is a bug to report, not a layer to run elsewhere."""
+    import host.device
+
+    rng = np.random.default_rng(6)
+    dev, _ = _backends(ModelLink())
+    dev.load("b.x", [_op(rng, 3, 20, "bipolar")])
+    dev.load("b.w", [_op(rng, 4, 20, "bipolar")])
+
+    def broken(*args, **kwargs):
+        raise ValueError("a bug in the caller")
+
+    monkeypatch.setattr(host.device, "compile_chunks", broken)
+    with pytest.raises(ValueError, match="a bug in the caller"):
+        dev.run("b.x", "b.w", np.array([[1]]))
+    assert dev.host_layers == {}
+
+
 def test_a_slot_larger_than_the_y_buffer_is_named():
     rng = np.random.default_rng(2)
     dev, _ = _backends(ModelLink())

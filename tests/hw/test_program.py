@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from hw.config import DEFAULT, SMALL
-from hw.program import compile_chunks, compile_layer, repack, split_coefficient, take_rows, y_layout
+from hw.program import DoesNotFit, compile_chunks, compile_layer, repack, split_coefficient, take_rows, y_layout
 from model import golden
 
 
@@ -46,7 +46,7 @@ def test_one_tree_unipolar_pairs_skip_the_p_pass():
 def test_split_coefficient_uses_the_shift():
     assert split_coefficient(DEFAULT, -2 * 128 * 5) == (-5, 8)
     assert split_coefficient(SMALL, 12) == (3, 2)
-    with pytest.raises(ValueError, match="coef_bits"):
+    with pytest.raises(DoesNotFit, match="coef_bits"):
         split_coefficient(SMALL, 4097)
 
 
@@ -59,8 +59,27 @@ def test_rejects_layers_that_do_not_fit(kwargs, match):
     n, rows_x, coef = kwargs.get("n", 8), kwargs.get("rows_x", 1), kwargs.get("coef", 1)
     x = _op(np.ones((rows_x, n), int), "bipolar", 8)
     y = _op(np.ones((1, n), int), "bipolar", 8)
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(DoesNotFit, match=match):
         compile_layer(SMALL, [x], [y], np.array([[coef]]))
+
+
+def test_rejects_partial_sums_beyond_the_accumulator():
+    """int2 x bipolar at max_n with the largest coefficient: (1 + 2) * c * n exceeds the 30-bit accumulator."""
+    n, coef = DEFAULT.max_n, (1 << (DEFAULT.coef_bits - 1)) - 1
+    x, y = _op(np.ones((1, n), int), "int2"), _op(np.ones((1, n), int), "bipolar")
+    with pytest.raises(DoesNotFit, match="accumulator"):
+        compile_layer(DEFAULT, [x], [y], np.array([[coef]]))
+
+
+def test_wrong_arguments_are_not_layers_that_do_not_fit():
+    """Only DoesNotFit lets a caller run the layer elsewhere: a caller's error is a plain ValueError."""
+    x = _op([[1, -1]], "bipolar", 8)
+    for call in (lambda: compile_layer(SMALL, [x], [x], np.array([[1, 1]])),
+                 lambda: compile_layer(SMALL, [x], [x], np.array([[1]]), y_bases=[0, 1]),
+                 lambda: compile_layer(DEFAULT, [x], [x], np.array([[1]]))):
+        with pytest.raises(ValueError) as info:
+            call()
+        assert not isinstance(info.value, DoesNotFit)
 
 
 def test_chunks_split_the_columns_to_fit_the_result_buffer():
@@ -74,7 +93,7 @@ def test_chunks_split_the_columns_to_fit_the_result_buffer():
     assert [i.rows_y for _, i in chunks] == [6, 6, 1]
     assert chunks[1][1].thresh_rows[0][0] == 6
     assert np.array_equal(take_rows(y, 6, 12).to_values(), y.to_values()[6:12])
-    with pytest.raises(ValueError, match="result buffer"):
+    with pytest.raises(DoesNotFit, match="result buffer"):
         compile_chunks(SMALL, [_op(np.ones((SMALL.result_depth + 1, 9), int), "bipolar", 8)], [y], np.array([[1]]))
 
 
@@ -99,7 +118,7 @@ def test_y_bases_point_the_program_at_resident_planes():
     assert [d[1] & 0xFFFFFF for d in chunks[1][1].descriptors] == [100 + 2 * 2, 106 + 2 * 2]
     with pytest.raises(ValueError, match="y_bases must hold one bank row per y plane"):
         compile_layer(DEFAULT, [x], y, coefs, y_bases=[0])
-    with pytest.raises(ValueError, match="y bank rows"):
+    with pytest.raises(DoesNotFit, match="y bank rows"):
         compile_layer(DEFAULT, [x], y, coefs, y_bases=[0, DEFAULT.y_depth - 1])
 
 
