@@ -28,7 +28,7 @@ from host.emulator import EmulatorBackend
 from host.integer_runtime import IntegerRuntime
 from host.protocol import LinkError
 from host.runtime import Runtime
-from hw.config import PRESETS, preset
+from hw.config import DEFAULT, PRESETS, AccelConfig, preset
 from model import intvit, modelfile
 from model.deploy import check_images
 
@@ -69,26 +69,37 @@ BACKENDS = ("emulator", "sim", "serial")
 EMULATOR_BATCH = 64
 
 
-def make_backend(name: str, port: str | None = None, baud: int = 115200, config: str = "default") -> Backend:
-    """A backend by name; ``port``, ``baud`` and the preset ``config`` are the serial backend's."""
-    if name == "emulator":
-        return EmulatorBackend("fast", lanes=preset(config).lanes)
-    if name == "sim":
-        from host.sim_backend import SimBackend
+def make_backend(name: str, port: str | None = None, baud: int = 115200, config: str | None = None,
+                 clock_mhz: float = 40.0) -> Backend:
+    """A backend by name.
 
-        return SimBackend()
+    ``config`` names the accelerator's preset: the emulator counts cycles
+    for its lanes, the sim and serial backends drive it.  Without one, the
+    sim backend simulates :data:`host.sim_backend.SIM_CONFIG` (the default
+    preset with room for a model's resident weights) and the others take the
+    default preset.  ``clock_mhz`` is the device's clock (the sim backend's
+    simulated clock, and the run timeouts of both device backends);
+    ``port`` and ``baud`` are the serial line's.
+    """
+    accel: AccelConfig = DEFAULT if config is None else preset(config)
+    if name == "emulator":
+        return EmulatorBackend("fast", lanes=accel.lanes)
+    if name == "sim":
+        from host.sim_backend import SIM_CONFIG, SimBackend
+
+        return SimBackend(SIM_CONFIG if config is None else accel, clock_hz=clock_mhz * 1e6)
     if name == "serial":
         if not port:
             raise ValueError("the serial backend needs --port (e.g. /dev/ttyUSB0)")
         from host.serial_backend import SerialBackend
 
-        return SerialBackend(port, baud, preset(config))
+        return SerialBackend(port, baud, accel, clock_hz=clock_mhz * 1e6)
     raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {name!r}")
 
 
 def infer(model: modelfile.Model, images: np.ndarray, labels: np.ndarray | None, backend: str = "emulator",
           progress: bool = True, baud: int = 115200, clock_mhz: float = 40.0, port: str | None = None,
-          config: str = "default", float_host: bool = False, batch: int | None = None) -> dict:
+          config: str | None = None, float_host: bool = False, batch: int | None = None) -> dict:
     """Run ``images`` through ``model`` on a backend (see :func:`make_backend`); return the summary dict.
 
     The model's integer program runs when it has one and ``float_host`` is
@@ -112,7 +123,7 @@ def infer(model: modelfile.Model, images: np.ndarray, labels: np.ndarray | None,
     images = check_images(model, images)
     if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
         raise ValueError(f"batch must be a positive int, got {batch!r}")
-    name, backend = backend, make_backend(backend, port, baud, config)
+    name, backend = backend, make_backend(backend, port, baud, config, clock_mhz)
     integer = model.integer is not None and not float_host
     runtime = IntegerRuntime(intvit.program(model), backend) if integer else Runtime(model, backend)
     device = backend if isinstance(backend, DeviceBackend) else None
@@ -342,8 +353,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run two backends and report every image on which their predictions differ")
     p.add_argument("--port", default=None, help="the serial backend's port, e.g. /dev/ttyUSB0")
     p.add_argument("--baud", type=int, default=115200, help="the serial line's baud rate, also for the link bound (default: 115200)")
-    p.add_argument("--config", default="default", choices=sorted(PRESETS), help="the board's accelerator preset (serial backend)")
-    p.add_argument("--clock-mhz", type=float, default=40.0, help="the board clock for the compute bound (default: 40)")
+    p.add_argument("--config", default=None, choices=sorted(PRESETS),
+                   help="the accelerator's preset: the board's (serial), the simulated one (sim), the lanes the emulator "
+                        "counts cycles for (default: the default preset; sim: it with room for the resident weights)")
+    p.add_argument("--clock-mhz", type=float, default=40.0,
+                   help="the device clock: the compute bound, the device backends' run timeouts and the simulated "
+                        "clock (default: 40)")
     p.add_argument("--limit", type=_at_least_one, default=None, help="run only the first N test images (N >= 1)")
     p.add_argument("--json", default=None, help="write the summary (accuracy, latency, traffic, predictions) to this JSON file")
     p.add_argument("--float-host", action="store_true",

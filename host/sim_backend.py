@@ -243,9 +243,13 @@ class FaultyLink(Link):
 
 
 class SimBackend(DeviceBackend):
-    """The DeviceBackend over a :class:`SimLink` (or over ``link``, e.g. a faulty wrapper of one)."""
+    """The DeviceBackend over a :class:`SimLink` (or over ``link``, e.g. a faulty wrapper of one).
+
+    ``clock_hz`` is the simulated clock, for the line and for the host's run timeouts.
+    """
 
     def __init__(self, config: AccelConfig = SIM_CONFIG, uart: bool = False, link: Link | None = None,
-                 timeout: float = 0.01, retries: int = 5, buffer_words: int = 256, **kwargs: object):
-        self.link = link if link is not None else SimLink(config, buffer_words, uart)
-        super().__init__(Transport(self.link, timeout, retries), config, buffer_words, **kwargs)
+                 timeout: float = 0.01, retries: int = 5, buffer_words: int = 256, clock_hz: float = 40e6,
+                 **kwargs: object):
+        self.link = link if link is not None else SimLink(config, buffer_words, uart, clock_hz=clock_hz)
+        super().__init__(Transport(self.link, timeout, retries), config, buffer_words, clock_hz=clock_hz, **kwargs)

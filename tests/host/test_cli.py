@@ -85,3 +85,25 @@ def test_json_summary_has_no_bare_nan(tmp_path):
     _write_json(str(out), {"accuracy": float("nan"), "rates": [1.0, float("inf")]})
     assert json.loads(out.read_text()) == {"accuracy": None, "rates": [1.0, None]}
     assert "NaN" not in out.read_text()
+
+
+def test_config_and_clock_reach_the_backends(monkeypatch):
+    """--config picks the simulated preset too, --clock-mhz the device backends' clock, not only the printed bound."""
+    import host.serial_backend
+    from host.cli import make_backend
+    from host.sim_backend import SIM_CONFIG
+    from hw.config import DEFAULT, ECP5, SMALL, UP5K
+
+    sim = make_backend("sim", config="small", clock_mhz=25.0)
+    assert sim.config == SMALL and sim.clock_hz == sim.link.clock_hz == 25e6
+    assert make_backend("sim").config == SIM_CONFIG
+    seen = {}
+
+    def serial(port, baud, config, **kwargs):
+        seen.update(port=port, baud=baud, config=config, **kwargs)
+
+    monkeypatch.setattr(host.serial_backend, "SerialBackend", serial)
+    make_backend("serial", "/dev/board", 9600, "up5k", clock_mhz=12.0)
+    assert seen == {"port": "/dev/board", "baud": 9600, "config": UP5K, "clock_hz": 12e6}
+    assert make_backend("emulator", config="ecp5").lanes == ECP5.lanes
+    assert make_backend("emulator").lanes == DEFAULT.lanes
