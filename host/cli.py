@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ from host.protocol import LinkError
 from host.runtime import Runtime
 from hw.config import DEFAULT, PRESETS, AccelConfig, preset
 from model import intvit, modelfile
+from model.demo import demo_model
 from model.deploy import check_images
 
 
@@ -282,34 +282,6 @@ def cmd_infer(args: argparse.Namespace) -> int:
         result = {"model": str(args.model), "compare": summaries, "differences": differences}
     _write_json(args.json, result)
     return 0
-
-
-def demo_model(out: Path, progress: bool) -> Path:
-    """Train (or reuse) the default GSB digits model and export it; returns the model file."""
-    import torch
-
-    from model.config import load_config
-    from model.export import export_checkpoint
-    from model.train import train
-
-    path = out / "gsb-digits.gsbf"
-    run = out / "runs" / "gsb"
-    if path.exists():
-        try:
-            if modelfile.load(path).integer is not None:
-                print(f"demo: reusing {path} (delete it to train again)")
-                return path
-        except modelfile.ModelFileError:
-            pass
-        print(f"demo: {path} has no integer program (an older export): exporting again")
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
-    print("demo: training the default digits model: a full-precision teacher, then GSB in two stages "
-          f"(configs/digits.yaml, 100 images per class, seed 0) into {run.parent}; a few minutes on 2 cores")
-    metrics = train(load_config("configs/digits.yaml"), "gsb", 0, str(run), resume=True, progress=progress)
-    print(f"demo: torch GSB model: validation {metrics['val_acc']:.2f}%, test {metrics['test_acc']:.2f}%")
-    modelfile.save(export_checkpoint(str(run / "best.pt")), path)
-    print(f"demo: exported {path} ({os.path.getsize(path)} bytes)")
-    return path
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
