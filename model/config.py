@@ -4,7 +4,7 @@ A config file has three sections (see ``configs/digits.yaml``)::
 
     data:  {dataset, path, scale, test_fraction, samples_per_class,
             val_per_class, shift, flip}
-    model: {img_size, in_chans, patch, dim, depth, heads, mlp_ratio,
+    model: {image_size, in_channels, patch_size, dim, depth, heads, mlp_ratio,
             cls_token, dist_token, drop_path}
     train: {epochs, stage1_fraction, batch_size, lr, weight_decay,
             quant_lr, warmup_epochs, eval_every}
@@ -12,7 +12,9 @@ A config file has three sections (see ``configs/digits.yaml``)::
 Unknown keys raise, so a typo never silently falls back to a default; a
 config file must have all three sections; every value is checked for its type
 and range, with a message naming the key (``model.dim: must be an int >= 1``),
-before anything is built from it.
+before anything is built from it.  The architecture's keys are the model
+file's names (:class:`model.modelfile.Architecture`); a key of their older
+names (:data:`RENAMED`) is refused with its new name.
 """
 
 from __future__ import annotations
@@ -54,9 +56,11 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    img_size: int = 8
-    in_chans: int = 1
-    patch: int = 2
+    """The ViT's shape, by the names of the model file's :class:`~model.modelfile.Architecture`."""
+
+    image_size: int = 8
+    in_channels: int = 1
+    patch_size: int = 2
     dim: int = 64
     depth: int = 4
     heads: int = 4
@@ -67,25 +71,25 @@ class ModelConfig:
     num_classes: int = 10
 
     def __post_init__(self) -> None:
-        if self.img_size % self.patch:
-            raise ValueError(f"img_size {self.img_size} is not a multiple of patch {self.patch}")
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if self.dim % self.heads:
             raise ValueError(f"dim {self.dim} is not a multiple of heads {self.heads}")
         if not self.cls_token:
             raise ValueError("the family needs a cls token (the classifier reads it)")
-        if self.hidden < 1:
-            raise ValueError(f"mlp_ratio {self.mlp_ratio} gives {self.hidden} MLP hidden channels (dim {self.dim})")
+        if self.mlp_hidden < 1:
+            raise ValueError(f"mlp_ratio {self.mlp_ratio} gives {self.mlp_hidden} MLP hidden channels (dim {self.dim})")
 
     @property
     def num_patches(self) -> int:
-        return (self.img_size // self.patch) ** 2
+        return (self.image_size // self.patch_size) ** 2
 
     @property
     def num_tokens(self) -> int:
         return self.num_patches + int(self.cls_token) + int(self.dist_token)
 
     @property
-    def hidden(self) -> int:
+    def mlp_hidden(self) -> int:
         return int(round(self.dim * self.mlp_ratio))
 
 
@@ -113,6 +117,8 @@ class Config:
 
 
 SECTIONS = ("data", "model", "train")
+#: Keys of the model section renamed to the model file's names, old -> new.
+RENAMED = {"img_size": "image_size", "in_chans": "in_channels", "patch": "patch_size"}
 _KINDS = {"int": int, "float": (int, float), "bool": bool, "str": str}
 
 
@@ -129,7 +135,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "dataset": ((lambda v: v in DATASETS + FILE_KINDS), f"one of {', '.join(DATASETS + FILE_KINDS)}"),
     "scale": ((lambda v: v > 0), "> 0"), "test_fraction": ((lambda v: 0 < v < 1), "in (0, 1)"),
     "samples_per_class": _at_least(1), "val_per_class": _at_least(1), "shift": _at_least(0),
-    **{k: _at_least(1) for k in ("img_size", "in_chans", "patch", "dim", "depth", "heads", "num_classes")},
+    **{k: _at_least(1) for k in ("image_size", "in_channels", "patch_size", "dim", "depth", "heads", "num_classes")},
     "mlp_ratio": ((lambda v: v > 0), "> 0"), "drop_path": _in(0, 1, open_high=True),
     "epochs": _at_least(1), "fp_epochs": _at_least(1), "stage1_fraction": _in(0, 1), "batch_size": _at_least(1),
     "lr": ((lambda v: v > 0), "> 0"), "quant_lr": ((lambda v: v > 0), "> 0"), "weight_decay": _at_least(0),
@@ -156,6 +162,10 @@ def _build(cls: type, values: dict[str, Any] | None, section: str) -> Any:
         raise ValueError(f"config section '{section}' must be a mapping, got {type(values).__name__}")
     values = dict(values or {})
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    if section == "model":
+        renamed = [f"'{section}.{old}' is now '{section}.{new}'" for old, new in RENAMED.items() if old in values]
+        if renamed:
+            raise ValueError(f"renamed config key(s): {'; '.join(renamed)}")
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise ValueError(f"unknown key(s) in config section '{section}': {', '.join(unknown)}")
@@ -177,6 +187,18 @@ def from_dict(d: dict[str, Any]) -> Config:
         model=_build(ModelConfig, d.get("model"), "model"),
         train=_build(TrainConfig, d.get("train"), "train"),
     )
+
+
+def upgrade_checkpoint_config(d: dict[str, Any]) -> dict[str, Any]:
+    """A config dict stored in a checkpoint, its model keys of :data:`RENAMED` given their new names.
+
+    Checkpoints trained before the rename hold the old names; a config file
+    with them is refused instead (:func:`from_dict`), so that it gets edited.
+    """
+    model = d.get("model")
+    if not isinstance(model, dict):
+        return d
+    return {**d, "model": {RENAMED.get(key, key): value for key, value in model.items()}}
 
 
 def load_config(path: str) -> Config:

@@ -52,7 +52,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from .config import Config, load_config
+from .config import Config, load_config, upgrade_checkpoint_config
 from .data import Splits, load_splits
 from .vit import KD_METHODS, METHODS, ViT, build_model, method_kind, model_bits
 
@@ -182,12 +182,16 @@ def load_checkpoint(path: str) -> dict:
     Only tensors, dicts, lists, tuples, strings, numbers and ``None`` load, so a
     hostile ``.pt`` (a pickle whose objects run code on load) is refused
     instead of executed.  Every checkpoint :func:`train` writes holds only those.
+    Its config has the current key names (:func:`model.config.upgrade_checkpoint_config`).
     """
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        ck = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise ValueError(f"{path}: refused, the checkpoint holds objects other than tensors, "
                          f"containers, strings and numbers ({str(e).splitlines()[0]})") from None
+    if isinstance(ck, dict) and isinstance(ck.get("config"), dict):
+        ck["config"] = upgrade_checkpoint_config(ck["config"])
+    return ck
 
 
 def load_model(path: str) -> ViT:
@@ -202,12 +206,12 @@ def load_model(path: str) -> ViT:
 
 
 def check_image_shape(cfg: Config, shape: tuple[int, ...]) -> None:
-    """The dataset's images (C, H, W) are the model's ``in_chans`` x ``img_size`` x ``img_size``, or a ValueError."""
-    want = (cfg.model.in_chans, cfg.model.img_size, cfg.model.img_size)
+    """The dataset's images (C, H, W) are the model's ``in_channels`` x ``image_size`` x ``image_size``, or a ValueError."""
+    want = (cfg.model.in_channels, cfg.model.image_size, cfg.model.image_size)
     if tuple(shape) != want:
         where = cfg.data.path or cfg.data.dataset
         raise ValueError(f"{where}: images are (C, H, W) = {tuple(shape)}, but the config's model takes {want} "
-                         "(model.in_chans, model.img_size)")
+                         "(model.in_channels, model.image_size)")
 
 
 def _fp_dir(out: str) -> str:

@@ -185,7 +185,7 @@ class Attention(nn.Module):
 class Mlp(nn.Module):
     def __init__(self, cfg: ModelConfig, kind: str, grad: str) -> None:
         super().__init__()
-        h = cfg.hidden
+        h = cfg.mlp_hidden
         self.fc1 = QLinear(cfg.dim, h, _act(kind, cfg.dim, grad))
         fc2_act = nn.Identity() if kind == "fp" else UnsignedQuant(h, grad, "learned" if kind == "gsb" else "mean")
         self.fc2 = QLinear(h, cfg.dim, fc2_act)
@@ -223,8 +223,8 @@ class ViT(nn.Module):
         self.cfg, self.method = cfg, method
         kind, grad = method_kind(method)
         self.kind = kind
-        p = cfg.patch
-        self.patch_embed = Int8Linear(cfg.in_chans * p * p, cfg.dim)
+        p = cfg.patch_size
+        self.patch_embed = Int8Linear(cfg.in_channels * p * p, cfg.dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
         self.dist_token = nn.Parameter(torch.zeros(1, 1, cfg.dim)) if cfg.dist_token else None
         self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_tokens, cfg.dim))
@@ -243,7 +243,7 @@ class ViT(nn.Module):
 
     def patchify(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        p = self.cfg.patch
+        p = self.cfg.patch_size
         x = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
         return x.reshape(b, (h // p) * (w // p), c * p * p)
 

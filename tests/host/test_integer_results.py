@@ -10,7 +10,7 @@ from model.results import main as results_main
 
 TINY = {
     "data": {"dataset": "digits", "samples_per_class": 10, "val_per_class": 5},
-    "model": {"img_size": 8, "patch": 2, "dim": 16, "depth": 1, "heads": 2},
+    "model": {"image_size": 8, "patch_size": 2, "dim": 16, "depth": 1, "heads": 2},
     "train": {"epochs": 2, "fp_epochs": 2, "batch_size": 64, "warmup_epochs": 1},
 }
 

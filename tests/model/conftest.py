@@ -15,7 +15,7 @@ def train_small_vit(kind: str, steps: int, stage: int | None = None) -> tuple[to
     """A dim-32, depth-2 ViT of ``kind`` ("fp", "gsb", ...) trained ``steps`` steps on 100 digits per class."""
     torch.manual_seed(0)
     splits = load_splits("digits", 100, 20, 0)
-    cfg = ModelConfig(img_size=8, in_chans=1, patch=2, dim=32, depth=2, heads=2, mlp_ratio=2.0, drop_path=0.0)
+    cfg = ModelConfig(image_size=8, in_channels=1, patch_size=2, dim=32, depth=2, heads=2, mlp_ratio=2.0, drop_path=0.0)
     model = vit.build_model(cfg, kind)
     if stage is not None:
         model.set_stage(stage)

@@ -6,14 +6,14 @@ import glob
 
 import pytest
 
-from model.config import from_dict, load_config
+from model.config import from_dict, load_config, upgrade_checkpoint_config
 
 
 @pytest.mark.parametrize("path", sorted(glob.glob("configs/*.yaml")))
 def test_shipped_configs_load(path):
     cfg = load_config(path)
     if path.endswith("rgb32.yaml"):
-        assert cfg.model.num_patches == 64 and cfg.model.in_chans == 3 and cfg.data.dataset == "folder"
+        assert cfg.model.num_patches == 64 and cfg.model.in_channels == 3 and cfg.data.dataset == "folder"
     else:
         assert cfg.model.num_patches == 16 and cfg.model.num_tokens == 18
         assert cfg.data.dataset in ("digits", "fashion_mnist")
@@ -25,13 +25,13 @@ def test_unknown_keys_and_bad_shapes_raise():
     with pytest.raises(ValueError, match="unknown config section"):
         from_dict({"modle": {}})
     with pytest.raises(ValueError, match="multiple of patch"):
-        from_dict({"model": {"img_size": 9, "patch": 2}})
+        from_dict({"model": {"image_size": 9, "patch_size": 2}})
 
 
 @pytest.mark.parametrize("section,key,value,message", [
     ("model", "dim", 0, r"'model.dim': must be >= 1, got 0"),
     ("model", "depth", -2, r"'model.depth': must be >= 1"),
-    ("model", "patch", 0, r"'model.patch': must be >= 1"),  # not a ZeroDivisionError in img_size % patch
+    ("model", "patch_size", 0, r"'model.patch_size': must be >= 1"),  # not a ZeroDivisionError in image_size % patch_size
     ("model", "heads", "4", r"'model.heads': must be int, got '4'"),
     ("model", "dim", 64.0, r"'model.dim': must be int"),
     ("model", "cls_token", 1, r"'model.cls_token': must be bool"),
@@ -64,3 +64,22 @@ def test_config_files_need_every_section_as_a_mapping(tmp_path):
         with pytest.raises(ValueError, match=message):
             load_config(str(path))
     assert load_config("configs/digits.yaml").train.lr == full["train"]["lr"]
+
+
+def test_an_old_key_names_its_new_name(tmp_path):
+    """The architecture's keys are the model file's names; a config file with the old ones is refused, not guessed."""
+    path = tmp_path / "old.yaml"
+    path.write_text("data: {}\nmodel: {img_size: 8, in_chans: 1, patch: 2}\ntrain: {}\n")
+    with pytest.raises(ValueError) as info:
+        load_config(str(path))
+    message = str(info.value)
+    assert message.startswith(f"{path}: renamed config key(s)")
+    for old, new in (("img_size", "image_size"), ("in_chans", "in_channels"), ("patch", "patch_size")):
+        assert f"'model.{old}' is now 'model.{new}'" in message
+
+
+def test_a_checkpoints_config_gets_the_new_names():
+    old = {"data": {"dataset": "digits"}, "model": {"img_size": 8, "in_chans": 1, "patch": 2, "dim": 16}, "train": {}}
+    cfg = from_dict(upgrade_checkpoint_config(old))
+    assert (cfg.model.image_size, cfg.model.in_channels, cfg.model.patch_size, cfg.model.dim) == (8, 1, 2, 16)
+    assert old["model"]["img_size"] == 8  # the stored dict is left alone

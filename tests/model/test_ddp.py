@@ -21,7 +21,7 @@ from model.train import load_checkpoint, train
 
 TINY = {
     "data": {"dataset": "digits", "samples_per_class": 10, "val_per_class": 5, "shift": 1},
-    "model": {"img_size": 8, "patch": 2, "dim": 16, "depth": 1, "heads": 2, "drop_path": 0.0},
+    "model": {"image_size": 8, "patch_size": 2, "dim": 16, "depth": 1, "heads": 2, "drop_path": 0.0},
     # 100 training images in global batches of 15: 8 + 7 images per process, and a last batch of 10
     "train": {"fp_epochs": 2, "batch_size": 15, "lr": 0.003, "warmup_epochs": 1},
 }

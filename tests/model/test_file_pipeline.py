@@ -22,9 +22,9 @@ from model.train import load_model, train
 from tests.model.test_file_data import write_folder, write_npz
 
 
-def tiny_config(dataset: str, path: str, in_chans: int) -> dict:
+def tiny_config(dataset: str, path: str, in_channels: int) -> dict:
     return {"data": {"dataset": dataset, "path": path, "samples_per_class": None, "val_per_class": 2, "shift": 0},
-            "model": {"img_size": 8, "in_chans": in_chans, "patch": 2, "dim": 16, "depth": 1, "heads": 2,
+            "model": {"image_size": 8, "in_channels": in_channels, "patch_size": 2, "dim": 16, "depth": 1, "heads": 2,
                       "drop_path": 0.0},
             "train": {"epochs": 2, "fp_epochs": 2, "batch_size": 8, "lr": 3e-3, "warmup_epochs": 0}}
 

@@ -13,7 +13,7 @@ from model.train import load_checkpoint, load_model, main, stage_plan, train
 
 TINY = {
     "data": {"dataset": "digits", "samples_per_class": 10, "val_per_class": 5, "shift": 1},
-    "model": {"img_size": 8, "patch": 2, "dim": 16, "depth": 1, "heads": 2, "mlp_ratio": 2.0},
+    "model": {"image_size": 8, "patch_size": 2, "dim": 16, "depth": 1, "heads": 2, "mlp_ratio": 2.0},
     "train": {"epochs": 4, "fp_epochs": 6, "batch_size": 32, "lr": 0.003, "warmup_epochs": 1},
 }
 
@@ -67,6 +67,18 @@ def test_hostile_checkpoint_is_refused_without_running_code(tmp_path):
         with pytest.raises(ValueError, match="refused"):
             load()
         assert not marker.exists()
+
+
+def test_a_checkpoint_trained_before_the_rename_still_loads(tmp_path):
+    """Stored checkpoints keep the old architecture keys (img_size, in_chans, patch); they load with the new ones."""
+    from model.vit import build_model
+
+    cfg = from_dict(TINY)
+    old = {**cfg.to_dict(), "model": {{"image_size": "img_size", "in_channels": "in_chans", "patch_size": "patch"}.get(k, k): v
+                                      for k, v in cfg.to_dict()["model"].items()}}
+    torch.save({"model": build_model(cfg.model, "fp").state_dict(), "config": old, "method": "fp"}, tmp_path / "old.pt")
+    assert load_checkpoint(tmp_path / "old.pt")["config"] == cfg.to_dict()
+    assert load_model(tmp_path / "old.pt").cfg == cfg.model
 
 
 def test_stage_plan():

@@ -11,7 +11,7 @@ from model.config import ModelConfig
 from model.gsb import Quantizer
 from model.vit import METHODS, build_model, deploy_spec, model_bits
 
-CFG = ModelConfig(img_size=8, patch=2, dim=16, depth=2, heads=2, mlp_ratio=2.0)
+CFG = ModelConfig(image_size=8, patch_size=2, dim=16, depth=2, heads=2, mlp_ratio=2.0)
 
 
 def _trained_quant_model(method="gsb", seed=0):
@@ -83,7 +83,7 @@ def test_binary_linears_are_integer_plane_products():
     blk, d = m.blocks[0], spec["blocks"][0]
     x = torch.randn(4, CFG.num_tokens, CFG.dim)
     for name, lin, xin in (("qkv", blk.attn.qkv, x), ("fc1", blk.mlp.fc1, x),
-                           ("fc2", blk.mlp.fc2, torch.rand(4, CFG.num_tokens, CFG.hidden) * 2)):
+                           ("fc2", blk.mlp.fc2, torch.rand(4, CFG.num_tokens, CFG.mlp_hidden) * 2)):
         p = d[name]
         grp = p["input"]["groups"]
         codes = _codes(xin + p["input"]["offset"], grp)

@@ -27,7 +27,7 @@ from model.vit import ViT
 
 torch.set_num_threads(1)
 
-CFG = ModelConfig(img_size=8, in_chans=1, patch=2, dim=32, depth=2, heads=2, mlp_ratio=2.0, cls_token=True,
+CFG = ModelConfig(image_size=8, in_channels=1, patch_size=2, dim=32, depth=2, heads=2, mlp_ratio=2.0, cls_token=True,
                   dist_token=True, drop_path=0.0, num_classes=10)
 
 
@@ -282,7 +282,7 @@ def test_mixed_precision_assignment():
 def test_hidden_depth_budget_weights():
     m = small_model()
     assert mixed.block_weights(m, "blocks.0.attn") == 4 * CFG.dim * CFG.dim
-    assert mixed.block_weights(m, "blocks.0.mlp") == 2 * CFG.dim * CFG.hidden
+    assert mixed.block_weights(m, "blocks.0.mlp") == 2 * CFG.dim * CFG.mlp_hidden
 
 
 # ------------------------------------------------------------------ trained models (slow)
