@@ -225,8 +225,13 @@ def _group(rule: str, encoding: str, scale: torch.Tensor, **params: torch.Tensor
             "params": {k: float(torch.as_tensor(v, dtype=torch.float32).detach().reshape(())) for k, v in params.items()}}
 
 
-class Quantizer(nn.Module):
-    """Base: an on/off switch (``enabled`` buffer, saved in checkpoints) and EMA helpers."""
+class FakeQuant(nn.Module):
+    """Base of the training-time activation quantizers: an on/off switch (``enabled``
+    buffer, saved in checkpoints) and EMA helpers.
+
+    Not the deployed quantizer: the model file holds a :class:`model.quantizers.Quantizer`,
+    built from each subclass's ``deploy_params``.
+    """
 
     def __init__(self) -> None:
         super().__init__()
@@ -241,7 +246,7 @@ class Quantizer(nn.Module):
                 buf.copy_(value.detach())
 
 
-class _ScaledQuant(Quantizer):
+class _ScaledQuant(FakeQuant):
     """A single-group activation binarizer with a per-channel ``bias`` and a scalar ``alpha``.
 
     ``scale="learned"``: ``alpha`` is learnable, initialised to
@@ -328,7 +333,7 @@ class UnsignedQuant(_ScaledQuant):
                 "groups": [_group("step", "unipolar", alpha, threshold=0.5 * alpha)]}
 
 
-class VGroupQuant(Quantizer):
+class VGroupQuant(FakeQuant):
     """GSB Value superposition: bipolar base + two ternary groups on large entries.
 
     ``v <- v + bias`` (per channel), then ``M_k = [v > r_k vmax] | [v < r_k vmin]``
@@ -383,7 +388,7 @@ class VGroupQuant(Quantizer):
         return {"offset": self.bias.detach().clone(), "groups": groups}
 
 
-class AttnQuant(Quantizer):
+class AttnQuant(FakeQuant):
     """GSB attention map: ``A' = softmax + B``, three unipolar levels.
 
     ``B`` (heads, N, N) is a learnable bias; ``A_hat = a1 [A' >= a1/2] +

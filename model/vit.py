@@ -43,7 +43,7 @@ from model.deploy import engine_linear, integer_product, quantizer
 from model.layers import EngineMatmul
 
 from .config import ModelConfig
-from .gsb import (AttnQuant, Quantizer, SignQuant, UnsignedQuant, VGroupQuant, binarize_weight,
+from .gsb import (AttnQuant, FakeQuant, SignQuant, UnsignedQuant, VGroupQuant, binarize_weight,
                   fake_quant_int8, weight_planes)
 
 if TYPE_CHECKING:
@@ -81,7 +81,7 @@ class QLinear(nn.Linear):
         self.integer = False  # set by ViT.deploy: integer-exact engine products
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.integer and bool(self.binary) and isinstance(self.act, Quantizer) and bool(self.act.enabled):
+        if self.integer and bool(self.binary) and isinstance(self.act, FakeQuant) and bool(self.act.enabled):
             return self._integer_forward(x)
         x = self.act(x)
         w = binarize_weight(self.weight) if bool(self.binary) else self.weight
@@ -147,7 +147,7 @@ class Attention(nn.Module):
             self.a_quant = nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.integer and isinstance(self.q_quant, Quantizer) and bool(self.q_quant.enabled):
+        if self.integer and isinstance(self.q_quant, FakeQuant) and bool(self.q_quant.enabled):
             return self._integer_forward(x)
         b, n, c = x.shape
         q, k, v = self.qkv(x).chunk(3, dim=-1)
@@ -192,7 +192,7 @@ class Mlp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.gelu(self.fc1(x))
-        if isinstance(self.fc2.act, Quantizer) and bool(self.fc2.act.enabled):
+        if isinstance(self.fc2.act, FakeQuant) and bool(self.fc2.act.enabled):
             x = x.clamp(-GELU_CLIP, GELU_CLIP)
         return self.fc2(x)
 
@@ -309,7 +309,7 @@ class ViT(nn.Module):
             for lin in (blk.attn.qkv, blk.attn.proj):
                 lin.binary.fill_(stage >= 2)
         for m in self.modules():
-            if isinstance(m, Quantizer):
+            if isinstance(m, FakeQuant):
                 m.enabled.fill_(stage >= 2)
             if isinstance(m, Int8Linear):
                 m.int8.fill_(stage >= 2)

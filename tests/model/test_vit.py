@@ -8,7 +8,7 @@ import torch
 
 from model import golden
 from model.config import ModelConfig
-from model.gsb import Quantizer
+from model.gsb import FakeQuant
 from model.vit import METHODS, build_model, deploy_spec, model_bits
 
 CFG = ModelConfig(image_size=8, patch_size=2, dim=16, depth=2, heads=2, mlp_ratio=2.0)
@@ -43,9 +43,9 @@ def test_stages_switch_the_right_parts():
     m.set_stage(1)
     blk = m.blocks[0]
     assert bool(blk.mlp.fc1.binary) and bool(blk.mlp.fc2.binary) and not bool(blk.attn.qkv.binary)
-    assert not any(bool(q.enabled) for q in m.modules() if isinstance(q, Quantizer))
+    assert not any(bool(q.enabled) for q in m.modules() if isinstance(q, FakeQuant))
     m.set_stage(2)
-    assert bool(blk.attn.qkv.binary) and all(bool(q.enabled) for q in m.modules() if isinstance(q, Quantizer))
+    assert bool(blk.attn.qkv.binary) and all(bool(q.enabled) for q in m.modules() if isinstance(q, FakeQuant))
     with pytest.raises(ValueError):
         build_model(CFG, "fp").set_stage(1)
     assert model_bits(m) < model_bits(build_model(CFG, "fp")) / 1.5  # tiny dims: float parts dominate
