@@ -55,6 +55,10 @@ DATASETS = ("digits", "fashion_mnist")
 FILE_KINDS = ("npz", "folder")
 FILE_TEST_SEED = 0
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+#: The top raw pixel value (:attr:`Pool.divisor`) of 8-bit images: Fashion-MNIST, image folders, uint8 npz files.
+UINT8_TOP = 255.0
+#: The top raw pixel value of scikit-learn's digits (16 grey levels plus 0).
+DIGITS_TOP = 16.0
 
 
 class DatasetMissingError(FileNotFoundError):
@@ -153,7 +157,7 @@ def _load_fashion(root: str = FASHION_DIR) -> Pool:
     ytr = read_idx(paths["train_labels"]).astype(np.int64)
     xte = read_idx(paths["test_images"])[:, None]
     yte = read_idx(paths["test_labels"]).astype(np.int64)
-    return Pool(xtr, ytr, xte, yte, 255.0)
+    return Pool(xtr, ytr, xte, yte, UINT8_TOP)
 
 
 def _load_digits() -> Pool:
@@ -166,7 +170,7 @@ def _load_digits() -> Pool:
     idx = np.arange(len(y))
     tr, te = train_test_split(idx, test_size=DIGITS_TEST_FRACTION, stratify=y, random_state=DIGITS_TEST_SEED)
     tr, te = np.sort(tr), np.sort(te)
-    return Pool(x[tr], y[tr], x[te], y[te], 16.0)
+    return Pool(x[tr], y[tr], x[te], y[te], DIGITS_TOP)
 
 
 def _as_source(source: str | Source) -> Source:
@@ -255,7 +259,7 @@ def npz_divisor(path: str, x: np.ndarray, scale: float | None) -> float:
         return float(scale)
     if x.dtype != np.uint8:
         raise ValueError(f"{path}: x is {x.dtype}, not uint8: declare its top raw pixel value as data.scale")
-    return 255.0
+    return UINT8_TOP
 
 
 def _load_npz(source: Source) -> Pool:
@@ -348,9 +352,9 @@ def _load_folder(source: Source) -> Pool:
         xte, yte = read_folder(os.path.join(root, "test"), classes)
         if xte.shape[1:] != xtr.shape[1:]:
             raise ValueError(f"{root}: test images are {xte.shape[1:]}, train images {xtr.shape[1:]} (C, H, W)")
-        return Pool(xtr, ytr, xte, yte, 255.0, classes)
+        return Pool(xtr, ytr, xte, yte, UINT8_TOP, classes)
     x, y = read_folder(root, classes)
-    return _with_test_split(x, y, source, 255.0, classes)
+    return _with_test_split(x, y, source, UINT8_TOP, classes)
 
 
 def split_indices(

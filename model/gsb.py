@@ -1,8 +1,7 @@
 """GSB quantizers (Group Superposition Binarization) as autograd Functions and modules.
 
-What each quantizer computes (forward) follows the authors' released code as
-summarised in ``/work/shared/design/METHODS.md`` section 1; ``docs/gsb.md``
-has the notes.  Conventions shared with the numeric contract
+What each quantizer computes (forward) follows the authors' released code;
+``docs/gsb.md`` (section 2) has the notes.  Conventions shared with the numeric contract
 (``model/golden.py``):
 
 * ``sign(0) = +1``: a bipolar bit is ``x + bias >= 0``.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from model.data import DIGITS_TOP
 from model.golden import DEFAULT_WORD_BITS, Encoding, Operand
 from model.layers import EngineLinear, EngineMatmul, FloatLinear, WeightGroup
 from model.modelfile import Architecture, Model, Preprocessing
@@ -72,7 +73,7 @@ def random_model(arch: Architecture = TINY, seed: int = 0, word_bits: int = DEFA
     for name in ("head", "head_dist") if arch.distillation_token else ("head",):
         layers[name] = FloatLinear((rng.normal(size=(arch.num_classes, d)) / np.sqrt(d)).astype(np.float32),
                                    (0.1 * rng.normal(size=arch.num_classes)).astype(np.float32))
-    pre = Preprocessing(input_divisor=16.0, mean=0.3, std=0.4, dataset="digits")
+    pre = Preprocessing(input_divisor=DIGITS_TOP, mean=0.3, std=0.4, dataset="digits")
     return Model(arch, pre, tensors, layers, word_bits, {"source": f"random_model(seed={seed})"})
 
 

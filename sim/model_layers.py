@@ -1,9 +1,10 @@
 """The engine layers of the default model, as the host runtime calls them.
 
-Until a trained model is exported, the default model is
-:func:`model.random_model.random_model` (ViT-shaped, random planes: TINY
-architecture, 17 tokens, dim 32, 2 heads).  :func:`model_layers` runs one
-random image through :class:`host.runtime.Runtime` on a recording
+The RTL's workload is :func:`model.random_model.random_model`: ViT-shaped
+with seeded random planes (TINY architecture, 18 tokens, dim 32, 2 heads),
+so the testbenches and ``bench.rtl_cycles`` need no trained model and every
+run measures the same layers.  :func:`model_layers` runs one random image
+through :class:`host.runtime.Runtime` on a recording
 :class:`host.emulator.EmulatorBackend` and returns every engine call with its
 operands, coefficients and the emulator's result, which is the reference the
 RTL must equal.

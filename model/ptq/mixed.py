@@ -1,6 +1,6 @@
 """Mixed precision: one bit-width per attention block and per MLP block, by nuclear-norm sensitivity.
 
-Sensitivity of block k at b bits (Liu et al. 2021, METHODS.md section 2):
+Sensitivity of block k at b bits (Liu et al. 2021; ``docs/ptq.md``):
 ``Omega_k(b) = N_k * E_k(b)`` where
 
 * ``N_k`` is the nuclear norm of the block's FP *attention map* (attention

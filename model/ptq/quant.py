@@ -22,7 +22,7 @@ Patch embedding and the two heads stay float layers (host side, float32).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -328,11 +328,6 @@ def softmax(x: torch.Tensor) -> torch.Tensor:
     return e / e.sum(dim=-1, keepdim=True)
 
 
-def spec_bits(spec: QSpec) -> dict[str, tuple[int, int]]:
-    """``name -> (x bits, y/weight bits)``."""
-    return {n: ((s.x.bits, s.w.bits) if isinstance(s, LinearSpec) else (s.x.bits, s.y.bits)) for n, s in spec.items()}
-
-
 def weight_storage_bits(model, spec: QSpec) -> int:
     """Bits of the engine layers' weights (b bits per weight, 32 per scale)."""
     total = 0
@@ -342,6 +337,3 @@ def weight_storage_bits(model, spec: QSpec) -> int:
             total += s.w.bits * _linear(model, i, part).weight.numel() + 32
     return total
 
-
-def with_bias(s: LinearSpec, bias: np.ndarray | None) -> LinearSpec:
-    return replace(s, bias=None if bias is None else np.asarray(bias, dtype=np.float32))

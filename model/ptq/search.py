@@ -1,7 +1,7 @@
 """The per-layer scale search (similarity + ranking loss + bias correction) and the baselines.
 
 Method (Liu et al. 2021, "Post-Training Quantization for Vision Transformer";
-``/work/shared/design/METHODS.md`` section 2): per layer, the weight (or second
+``docs/ptq.md``): per layer, the weight (or second
 operand) step ``Δy`` and the input step ``Δx`` maximise the mean, over the
 calibration images, of the Pearson correlation between the full-precision and
 the quantized layer output, searched by alternation (fix ``Δx``, grid-search
