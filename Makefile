@@ -1,6 +1,6 @@
 # gsbflow: the user's verbs.  Every target creates or reuses .venv itself.
 #   make demo     the main job on the embedded default (scikit-learn digits)
-#   make test     the whole fast test suite (what CI runs)
+#   make test     the whole fast test suite and the import contracts (what CI runs)
 #   make sim      the full cocotb/RTL simulation suite under Icarus
 #   make bench    benchmarks: writes bench/out/*.json and prints tables
 #   make bitstream BOARD=icebreaker|ulx3s [CONFIG=...] [SEED=...] [TRIES=...]; make program BOARD=...
