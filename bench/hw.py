@@ -7,9 +7,9 @@ random TINY model, measured on the ``default`` configuration) and writes
 ``bench/out/hw.json``.
 
 A board's configuration differs from the measured one, so its cycles come
-from the cycle model of ``docs/accelerator.md`` (``rows_x * blocks * passes
-* words + latency`` per run, with the layer split into runs that fit the
-result buffer), applied to the measured layer shapes.  The model is first
+from the cycle model (:mod:`hw.cycles`, ``docs/accelerator.md``: ``rows_x *
+blocks * passes * words + latency`` per run, with the layer split into runs
+that fit the result buffer, :func:`hw.program.layer_cycles`), applied to the measured layer shapes.  The model is first
 checked against the measurement: on the measured configuration it must
 give exactly the busy cycles the RTL counted, layer by layer.
 
