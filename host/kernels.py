@@ -65,11 +65,14 @@ _TILE_COLS = 256
 # Below this many y rows the columns are too few to fill the vector lanes,
 # so the product is computed transposed when x has more rows.
 _MIN_VECTOR_COLS = 64
-# Chunks of tiles per pool thread, so that a thread slowed by other jobs on
-# the machine leaves its share to the others; but no chunk under about 30 us
-# of work (word pairs), where handing it to a thread would cost more.
+# Chunks of tiles per thread, so that a thread slowed by other jobs on the
+# machine leaves its share to the others; but no chunk under 2**22 word
+# pairs (0.3-0.6 ms on a core).  Handing work to a second thread cost 0.1-0.3
+# ms on the 2-core virtual machine we measured (waking an idle virtual CPU):
+# products of 1.4M and 4.2M word pairs ran slower on two threads than on one
+# with 2**18-word-pair chunks, 8.4M and more ran faster (docs/host.md).
 _CHUNKS_PER_THREAD = 4
-_MIN_CHUNK_WORD_PAIRS = 1 << 18
+_MIN_CHUNK_WORD_PAIRS = 1 << 22
 
 
 @intrinsic
@@ -208,11 +211,10 @@ def _stacked(x, yt, weight, bias_x, bias_y, out, first, stop):
 _THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-
-
 @cache
 def _pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(_THREADS, thread_name_prefix="gsbflow-kernel")
+    """The threads that work beside the calling one."""
+    return ThreadPoolExecutor(max(_THREADS - 1, 1), thread_name_prefix="gsbflow-kernel")
 
 
 def set_threads(threads: int) -> None:
@@ -230,13 +232,29 @@ def get_threads() -> int:
 
 
 def _run_chunks(kernel, args: tuple, items: int, work: int) -> None:
-    """``kernel(*args, first, stop)`` over ``0..items-1``, split among the pool threads when ``work`` is large."""
+    """``kernel(*args, first, stop)`` over ``0..items-1``, split among threads when ``work`` is large.
+
+    The calling thread works too: it and ``threads - 1`` pool threads take
+    the chunks in turn from one shared iterator (``next`` on it holds the
+    GIL; the kernel releases it), so a thread slowed by another job on the
+    machine takes fewer, and a call pays one hand-off to the pool (tens of
+    microseconds) rather than two.
+    """
     chunks = min(items, _CHUNKS_PER_THREAD * _THREADS, work // _MIN_CHUNK_WORD_PAIRS)
     if chunks < 2 or _THREADS < 2:
         kernel(*args, 0, items)
-    else:
-        bounds = np.linspace(0, items, chunks + 1).astype(np.int64)
-        list(_pool().map(lambda first, stop: kernel(*args, first, stop), bounds[:-1], bounds[1:]))
+        return
+    bounds = np.linspace(0, items, chunks + 1).astype(np.int64)
+    todo = iter(range(chunks))
+
+    def drain() -> None:
+        for c in todo:
+            kernel(*args, bounds[c], bounds[c + 1])
+
+    helpers = [_pool().submit(drain) for _ in range(min(_THREADS, chunks) - 1)]
+    drain()
+    for done in helpers:
+        done.result()
 
 
 def weighted_and_popcount(

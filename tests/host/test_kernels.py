@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from host import kernels
 from host.backend import OperandStack
 from host.kernels import (
     fast_layer_output,
@@ -142,17 +143,25 @@ def test_stacked_products_match_golden_item_by_item(ex, ey, n, word_bits, lead, 
         assert_same(out[idx], operand_product(Operand.from_values(vx[idx], ex, word_bits), Operand.from_values(vy[idx], ey, word_bits)))
 
 
-def test_stacked_kernel_splits_among_threads_alike() -> None:
+def test_stacked_kernel_splits_among_threads_alike(monkeypatch) -> None:
     rng = np.random.default_rng(5)
     x = rng.integers(0, 2**63, size=(300, 20, 3), dtype=np.uint64)
     y = rng.integers(0, 2**63, size=(300, 17, 3), dtype=np.uint64)
     weight, bx, by = np.array([1, -2, 3]), rng.integers(-9, 9, (300, 20)), rng.integers(-9, 9, (300, 17))
+    monkeypatch.setattr(kernels, "_MIN_CHUNK_WORD_PAIRS", 1 << 10)  # small chunks: this product splits
+    chunks = []
+    kernel = kernels._stacked
+    monkeypatch.setattr(kernels, "_stacked", lambda *args: chunks.append(args[-2:]) or kernel(*args))
     threads = get_threads()
     try:
         set_threads(1)
         one = stacked_weighted_and_popcount(x, y, weight, bx, by)
+        assert chunks == [(0, 300)]
         set_threads(2)
         assert np.array_equal(one, stacked_weighted_and_popcount(x, y, weight, bx, by))
+        split = sorted((int(a), int(b)) for a, b in chunks[1:])
+        assert len(split) == 2 * kernels._CHUNKS_PER_THREAD  # every item once, in chunks that tile 0..300
+        assert split[0][0] == 0 and split[-1][1] == 300 and all(s[1] == t[0] for s, t in zip(split, split[1:]))
     finally:
         set_threads(threads)
     expected = bx[:, :, None] + by[:, None, :] + sum(
