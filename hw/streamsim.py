@@ -24,23 +24,41 @@ def run_stream(top: object, i: object, o: object, items: Sequence[object], answe
     ``setup(ctx)`` (async) runs first, e.g. to set a unit's configuration
     inputs.  Raises ``TimeoutError`` after ``limit`` cycles.
     """
+    return run_batches(top, i, o, [(setup, items, answers)], seed=seed, stall=stall, limit=limit)
+
+
+def run_batches(top: object, i: object, o: object, batches: Sequence[tuple[Callable | None, Sequence[object], int]], *,
+                seed: int | None = None, stall: float = 0.0, limit: int = 200_000) -> tuple[list[object], int]:
+    """:func:`run_stream` for several ``(setup, items, answers)`` batches, one after the other.
+
+    Each batch's ``setup`` runs once every answer of the batches before it has
+    come out (a unit's configuration changes between layers, never under
+    way).  Returns every answer, in order, and the cycles taken.
+    """
     rng = random.Random(seed) if seed is not None else None
     got: list[object] = []
     cycles = [0]
+    total = sum(answers for _, _, answers in batches)
 
     async def driver(ctx: object) -> None:
-        if setup is not None:
-            await setup(ctx)
-        await send(ctx, i, items, rng, stall)
+        expected = 0
+        for setup, items, answers in batches:
+            while len(got) < expected:
+                await ctx.tick()
+            if setup is not None:
+                await setup(ctx)
+            await send(ctx, i, items, rng, stall)
+            expected += answers
 
     async def monitor(ctx: object) -> None:
-        got.extend(await receive(ctx, o, answers, rng, stall))
+        for _, _, answers in batches:
+            got.extend(await receive(ctx, o, answers, rng, stall))
 
     async def clock(ctx: object) -> None:
         for _ in range(limit):
             await ctx.tick()
             cycles[0] += 1
-        raise TimeoutError(f"got {len(got)} of {answers} answers in {limit} cycles")
+        raise TimeoutError(f"got {len(got)} of {total} answers in {limit} cycles")
 
     sim = Simulator(top)
     sim.add_clock(1e-8)
