@@ -27,14 +27,18 @@ class Requantize(wiring.Component):
     held for a layer; ``i`` carries ``{y, r, bias}`` (an engine output, the
     residual value it adds to and the channel's bias).
 
-    Three pipeline stages, each registered: the product ``y*m`` (the one
+    Five pipeline stages, each registered: the product ``y*m`` (the one
     multiplier, ``y_bits x multiplier_bits``: one DSP block where ``y_bits``
-    fits it, e.g. SB_MAC16 16 x 16 on the UP5K, more for a wider
-    accumulator), and alongside it ``r + bias``; the rounding add and the
-    shift (a shift past the product's width gives 0 whatever its size, so the
-    shift amount is clamped to it); the add and the saturation. Latency 3
-    cycles, one item a cycle; ``o`` back-pressures the whole pipeline (a stage
-    moves when the output is free or taken).
+    fits it, e.g. SB_MAC16 16 x 16 on the UP5K, two for a 24-bit
+    accumulator), and alongside it ``r + bias``; the rounding add; the shift
+    (a shift past the product's width gives 0 whatever its size, so the
+    amount is clamped to it); the add; the saturation (no compare: the bits
+    above ``out_bits - 1`` must all equal the sign). Latency 5 cycles, one
+    item a cycle; ``o`` back-pressures the whole pipeline (a stage moves
+    when the output is free or taken). ``multiplier`` is read in the cycle
+    an item is accepted and ``shift`` is registered inside, so both may
+    change up to the cycle of a layer's first item, never while its items
+    are in flight.
     """
 
     def __init__(self, y_bits: int, r_bits: int, bias_bits: int, out_bits: int,
@@ -54,36 +58,45 @@ class Requantize(wiring.Component):
             "o": Out(stream.Signature(signed(out_bits))),
         })
 
-    latency = 3
+    latency = 5
 
     def elaborate(self, platform: object) -> Module:
         m = Module()
         pb = self.product_bits
-        valid = [Signal(name=f"valid{stage}") for stage in (1, 2, 3)]
-        advance = ~valid[2] | self.o.ready
-        m.d.comb += [self.i.ready.eq(advance), self.o.valid.eq(valid[2])]
-        # stage 1: the product and r + bias
-        product = Signal(signed(pb), reset_less=True)
-        rb1 = Signal(signed(max(self.r_bits, self.bias_bits) + 1), reset_less=True)
-        # stage 2: round half up and shift
-        rb2 = Signal.like(rb1, reset_less=True)
-        rounded = Signal(signed(pb), reset_less=True)
-        shift = Signal(range(pb + 1))
-        m.d.comb += shift.eq(Mux(self.shift > pb, pb, self.shift))
-        half = Signal(unsigned(pb))  # 2**(shift - 1), 0 for shift 0
-        m.d.comb += half.eq((Const(1, pb + 1) << shift)[1:])
-        # stage 3: add and saturate
+        valid = [Signal(name=f"valid{stage}") for stage in range(1, self.latency + 1)]
+        advance = ~valid[-1] | self.o.ready
+        m.d.comb += [self.i.ready.eq(advance), self.o.valid.eq(valid[-1])]
+        # the layer's shift, clamped to the product's width, and 2**(shift - 1) (0 for shift 0), registered:
+        # they change between layers only, and the stages that use them run a cycle or more after the accept
+        shift = Signal(range(pb + 1), reset_less=True)
+        half = Signal(unsigned(pb), reset_less=True)
+        clamped = Mux(self.shift > pb, pb, self.shift)
+        m.d.sync += [shift.eq(clamped), half.eq((Const(1, pb + 1) << clamped)[1:])]
+        rb_shape = signed(max(self.r_bits, self.bias_bits) + 1)
+        product = Signal(signed(pb), reset_less=True)            # stage 1: y*m (the DSP block)
+        rb = [Signal(rb_shape, name=f"rb{k}", reset_less=True) for k in range(1, 4)]  # r + bias, carried along
+        biased = Signal(signed(pb + 2), reset_less=True)         # stage 2: y*m + 2**(s-1)
+        rounded = Signal(signed(pb), reset_less=True)            # stage 3: >> s
+        total = Signal(signed(max(pb, rb_shape.width) + 1), reset_less=True)  # stage 4: + r + bias
+        out = Signal(signed(self.out_bits), reset_less=True)      # stage 5: saturated
+        # saturation without a compare: the value fits when its bits above out_bits - 1 all equal its sign
         lo, hi = -(1 << (self.out_bits - 1)), (1 << (self.out_bits - 1)) - 1
-        total = rounded + rb2
-        out = Signal(signed(self.out_bits), reset_less=True)
+        if self.out_bits >= len(total):  # never saturates: sign-extend
+            saturated = total
+        else:
+            above = total[self.out_bits - 1:]
+            fits = (above == 0) | (above == (1 << len(above)) - 1)
+            saturated = Mux(fits, total[:self.out_bits], Mux(total[-1], lo, hi))
         m.d.comb += self.o.payload.eq(out)
         with m.If(advance):
+            m.d.sync += [valid[k].eq(valid[k - 1]) for k in range(1, self.latency)]
             m.d.sync += [
-                valid[0].eq(self.i.valid), valid[1].eq(valid[0]), valid[2].eq(valid[1]),
+                valid[0].eq(self.i.valid),
                 product.eq(self.i.payload.y * self.multiplier),
-                rb1.eq(self.i.payload.r + self.i.payload.bias),
-                rounded.eq((product + half) >> shift),
-                rb2.eq(rb1),
-                out.eq(Mux(total > hi, hi, Mux(total < lo, lo, total))),
+                rb[0].eq(self.i.payload.r + self.i.payload.bias),
+                biased.eq(product + half), rb[1].eq(rb[0]),
+                rounded.eq(biased >> shift), rb[2].eq(rb[1]),
+                total.eq(rounded + rb[2]),
+                out.eq(saturated),
             ]
         return m
