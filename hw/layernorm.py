@@ -8,7 +8,7 @@ heads), one token at a time.
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -31,21 +31,27 @@ class LayerNorm(wiring.Component):
     The steps, for ``d = dim``:
 
     1. statistics, one value a cycle: ``S = sum x`` and ``Q = sum x**2`` (one
-       ``in_bits`` square a cycle: a DSP block);
-    2. ``S**2`` by shift and add, one bit of ``|S|`` a cycle (no multiplier),
-       then ``V = d*(d*Q - S**2) + eps``, which is ``sum (d*x - S)**2 + eps``
-       exactly;
-    3. ``sigma = isqrt(V)``: the restoring square root of :func:`model.intops.isqrt`,
-       one result bit a cycle;
-    4. per value: ``u = d*x - S`` and ``u * gain`` (a DSP product), then the
-       restoring division by ``sigma``, one quotient bit a cycle
-       (``norm_bits`` bits: ``|u| <= sigma`` bounds the quotient by
-       ``|gain|``), floored for a negative product, plus ``bias``; ``o``
-       holds it until it is taken.
+       ``in_bits`` square a cycle, a DSP block, registered before its add);
+    2. ``|S|``, then ``S**2`` by shift and add, one bit of ``|S|`` a cycle
+       (no multiplier), then ``d*Q - S**2`` and ``V = d*(d*Q - S**2) + eps``,
+       which is ``sum (d*x - S)**2 + eps`` exactly (a cycle each);
+    3. ``sigma = isqrt(V)`` digit by digit, the shift-in form of
+       :func:`model.intops.isqrt`'s restoring root (the same floor): two
+       bits of ``V`` in and one root bit out a cycle, one subtraction of
+       ``v_bits / 2 + 3`` bits whose borrow decides;
+    4. per value: ``u = d*x - S``; ``|u|``, ``|gain|`` and the product's
+       sign; ``|u| * |gain|`` (DSP blocks; no negation after them); the
+       long division by ``sigma``, one dividend bit in and one quotient bit
+       out a cycle (``norm_bits`` of them: ``|u| <= sigma`` bounds the
+       quotient by ``|gain|``, so the remainder starts as the product's
+       bits above ``norm_bits``, below ``sigma``); the floor for a negative
+       product; ``+ bias``; then ``o`` holds it until it is taken.
 
-    Cycles per token with a ready sink: ``d`` + ``s_bits`` + 1 +
-    ``v_bits / 2`` + ``d * (norm_bits + 2)``, with ``s_bits`` and ``v_bits``
-    the widths of ``|S|`` and ``V`` (:attr:`cycles_per_token`).
+    Every step is its own cycle so that each carry chain fits a 40 MHz
+    cycle of the UP5K (``python -m hw.intunits``). Cycles per token with a
+    ready sink: ``d + 1 + s_bits + 2 + v_bits / 2 + d * (norm_bits + 6)``,
+    with ``s_bits`` and ``v_bits`` the widths of ``|S|`` and ``V``
+    (:attr:`cycles_per_token`): 1,523 for the digits model (d = 64).
     """
 
     def __init__(self, dim: int, in_bits: int = 16, norm_bits: int = 16, eps_bits: int = 40) -> None:
@@ -57,7 +63,9 @@ class LayerNorm(wiring.Component):
         self.s_bits = in_bits + lg             # |S| <= d * 2**(in_bits - 1), signed
         self.q_bits = 2 * in_bits - 1 + lg     # Q <= d * 2**(2 in_bits - 2)
         self.u_bits = in_bits + lg + 1         # |d*x - S| <= d * (2**in_bits - 1), signed
-        sum_sq = dim**3 << (2 * in_bits)       # sum u**2 < d * (d * 2**in_bits)**2
+        # sum u**2 = d**2 * sum (x - mean)**2 <= d**3 * (2**in_bits - 1)**2 / 4: values in a range of
+        # width w have a variance of at most w**2 / 4 (Popoviciu)
+        sum_sq = dim**3 << (2 * in_bits - 2)
         v_bits = max(sum_sq.bit_length(), eps_bits) + 1
         self.v_bits = v_bits + (v_bits & 1)    # even: the root's first trial bit is a power of four
         self.root_bits = self.v_bits // 2
@@ -71,83 +79,109 @@ class LayerNorm(wiring.Component):
     @property
     def cycles_per_token(self) -> int:
         """Cycles from a token's first value to its last output being taken, with no stalls."""
-        return self.dim + self.s_bits + 1 + self.root_bits + self.dim * (self.norm_bits + 2)
+        return self.dim + 1 + self.s_bits + 2 + self.root_bits + self.dim * (self.norm_bits + 6)
 
     def elaborate(self, platform: object) -> Module:
         m = Module()
-        d, nb = self.dim, self.norm_bits
+        d, nb, rb = self.dim, self.norm_bits, self.root_bits
         i = self.i.payload
         count = Signal(range(d), reset_less=True)
         total = Signal(signed(self.s_bits), reset_less=True)      # S
         squares = Signal(unsigned(self.q_bits), reset_less=True)  # Q
+        # x*x is registered before it is added (the DSP block's output straight into a carry chain is too slow)
+        square_in = Signal(unsigned(2 * self.in_bits), reset_less=True)
+        square_first, square_valid = Signal(reset_less=True), Signal()
         # S**2 by shift and add (Horner over the bits of |S|, most significant first)
         s_abs = Signal(unsigned(self.s_bits), reset_less=True)
         s_bits_left = Signal(unsigned(self.s_bits), reset_less=True)
         s_square = Signal(unsigned(2 * self.s_bits), reset_less=True)
-        step = Signal(range(max(self.s_bits, self.root_bits, nb) + 1), reset_less=True)
-        # the square root (model.intops.isqrt)
-        rest = Signal(unsigned(self.v_bits), reset_less=True)
-        root = Signal(unsigned(self.v_bits), reset_less=True)
-        bit = Signal(unsigned(self.v_bits), reset_less=True)
-        # the division
-        n_bits = self.u_bits + nb
-        remainder = Signal(unsigned(n_bits), reset_less=True)
-        divisor = Signal(unsigned(self.root_bits + nb), reset_less=True)  # sigma << (nb - 1), shifted right a step
+        spread = Signal(unsigned(self.q_bits + d.bit_length()), reset_less=True)  # d*Q - S**2
+        step = Signal(range(max(self.s_bits, rb, nb) + 1), reset_less=True)
+        # the square root, digit by digit: two bits of V in, one bit of the root out, a step
+        v = Signal(unsigned(self.v_bits), reset_less=True)
+        rest = Signal(unsigned(rb + 2), reset_less=True)  # V's bits so far minus root**2, < 2*root + 1
+        root = Signal(unsigned(rb), reset_less=True)
+        # the division, one dividend bit in and one quotient bit out a step
+        u = Signal(signed(self.u_bits), reset_less=True)
+        gain = Signal(signed(nb), reset_less=True)
+        bias = Signal(signed(nb), reset_less=True)
+        u_abs = Signal(unsigned(self.u_bits - 1), reset_less=True)
+        gain_abs = Signal(unsigned(nb), reset_less=True)
+        remainder = Signal(unsigned(rb + 1), reset_less=True)  # < sigma
+        low = Signal(unsigned(nb), reset_less=True)            # the dividend's bits still to come in
         quotient = Signal(unsigned(nb), reset_less=True)
         negative = Signal(reset_less=True)
-        bias = Signal(signed(nb), reset_less=True)
-        sigma = root[:self.root_bits]
-        floor_q = Mux(negative, -quotient - (remainder != 0), quotient)
-        m.d.comb += self.o.payload.eq(floor_q + bias)
+        floored = Signal(signed(nb + 1), reset_less=True)
+        out = Signal(signed(nb + 1), reset_less=True)
+        m.d.comb += self.o.payload.eq(out)
 
+        m.d.sync += square_valid.eq(0)
+        with m.If(square_valid):
+            m.d.sync += squares.eq(Mux(square_first, 0, squares) + square_in)
         with m.FSM():
             with m.State("stats"):
                 m.d.comb += self.i.ready.eq(1)
                 with m.If(self.i.valid):
                     first = count == 0
-                    m.d.sync += [total.eq(Mux(first, 0, total) + i.x), squares.eq(Mux(first, 0, squares) + i.x * i.x),
-                                 count.eq(Mux(count == d - 1, 0, count + 1))]
+                    m.d.sync += [total.eq(Mux(first, 0, total) + i.x), count.eq(Mux(count == d - 1, 0, count + 1)),
+                                 square_in.eq(i.x * i.x), square_first.eq(first), square_valid.eq(1)]
                     with m.If(count == d - 1):
-                        s = total + i.x
-                        m.d.sync += [s_abs.eq(Mux(s < 0, -s, s)), s_bits_left.eq(Mux(s < 0, -s, s)), s_square.eq(0),
-                                     step.eq(self.s_bits - 1)]
-                        m.next = "square"
-            with m.State("square"):
-                top = s_bits_left[-1]
-                m.d.sync += [s_square.eq((s_square << 1) + Mux(top, s_abs, 0)), s_bits_left.eq(s_bits_left << 1),
-                             step.eq(step - 1)]
+                        m.next = "magnitude"
+            with m.State("magnitude"):
+                m.d.sync += [s_abs.eq(Mux(total < 0, -total, total)), s_bits_left.eq(Mux(total < 0, -total, total)),
+                             s_square.eq(0), step.eq(self.s_bits - 1)]
+                m.next = "square"
+            with m.State("square"):  # the last x*x is added in this state's first cycle
+                m.d.sync += [s_square.eq((s_square << 1) + Mux(s_bits_left[-1], s_abs, 0)),
+                             s_bits_left.eq(s_bits_left << 1), step.eq(step - 1)]
                 with m.If(step == 0):
-                    m.next = "variance"
-            with m.State("variance"):
-                m.d.sync += [rest.eq(d * (d * squares - s_square) + self.eps), root.eq(0),
-                             bit.eq(1 << (self.v_bits - 2)), step.eq(self.root_bits - 1)]
+                    m.next = "spread"
+            with m.State("spread"):
+                m.d.sync += spread.eq(d * squares - s_square)
+                m.next = "variance"
+            with m.State("variance"):  # V = d*(d*Q - S**2) + eps = sum (d*x - S)**2 + eps
+                m.d.sync += [v.eq(d * spread + self.eps), rest.eq(0), root.eq(0), step.eq(rb - 1)]
                 m.next = "sqrt"
             with m.State("sqrt"):
-                trial = root + bit
-                with m.If(rest >= trial):
-                    m.d.sync += [rest.eq(rest - trial), root.eq((root >> 1) + bit)]
-                with m.Else():
-                    m.d.sync += root.eq(root >> 1)
-                m.d.sync += [bit.eq(bit >> 2), step.eq(step - 1)]
+                widened = Cat(v[-2:], rest)          # rest*4 + V's next two bits
+                trial = Cat(Const(1, 2), root)      # root*4 + 1: (2*root + 1)**2 - (2*root)**2
+                diff = Signal(len(widened) + 1)    # one carry chain: its top bit is the borrow
+                m.d.comb += diff.eq(widened - trial)
+                take = ~diff[-1]
+                m.d.sync += [rest.eq(Mux(take, diff, widened)), root.eq(Cat(take, root)),
+                             v.eq(v << 2), step.eq(step - 1)]
                 with m.If(step == 0):
                     m.next = "load"
             with m.State("load"):
                 m.d.comb += self.i.ready.eq(1)
                 with m.If(self.i.valid):
-                    u = Signal(signed(self.u_bits))
-                    n = Signal(signed(n_bits))
-                    m.d.comb += [u.eq(d * i.x - total), n.eq(u * i.gain)]
-                    m.d.sync += [remainder.eq(Mux(n < 0, -n, n)), negative.eq(n < 0), bias.eq(i.bias), quotient.eq(0),
-                                 divisor.eq(sigma << (nb - 1)), step.eq(nb - 1)]
-                    m.next = "divide"
+                    m.d.sync += [u.eq(d * i.x - total), gain.eq(i.gain), bias.eq(i.bias)]
+                    m.next = "magnitudes"
+            with m.State("magnitudes"):  # |u * gain| as |u| * |gain|: no negation after the DSP product
+                m.d.sync += [u_abs.eq(Mux(u < 0, -u, u)), gain_abs.eq(Mux(gain < 0, -gain, gain)),
+                             negative.eq((u < 0) ^ (gain < 0))]
+                m.next = "product"
+            with m.State("product"):  # |u*gain| >> nb < sigma, since |u*gain| / sigma <= |gain| < 2**nb
+                a = u_abs * gain_abs
+                m.d.sync += [remainder.eq(a[nb:]), low.eq(a[:nb]), quotient.eq(0), step.eq(nb - 1)]
+                m.next = "divide"
             with m.State("divide"):
-                with m.If(remainder >= divisor):
-                    m.d.sync += [remainder.eq(remainder - divisor), quotient.eq((quotient << 1) | 1)]
-                with m.Else():
-                    m.d.sync += quotient.eq(quotient << 1)
-                m.d.sync += [divisor.eq(divisor >> 1), step.eq(step - 1)]
+                widened = Cat(low[-1], remainder)   # remainder*2 + the dividend's next bit
+                diff = Signal(len(widened) + 1)
+                m.d.comb += diff.eq(widened - root)
+                take = ~diff[-1]
+                m.d.sync += [remainder.eq(Mux(take, diff, widened)), quotient.eq(Cat(take, quotient)),
+                             low.eq(low << 1), step.eq(step - 1)]
                 with m.If(step == 0):
-                    m.next = "out"
+                    m.next = "floor"
+            with m.State("floor"):  # floor: -q - 1 = ~q for a negative product that leaves a remainder
+                q = Signal(signed(nb + 1))
+                m.d.comb += q.eq(quotient)
+                m.d.sync += floored.eq(Mux(negative, Mux(remainder == 0, -q, ~q), q))
+                m.next = "finish"
+            with m.State("finish"):
+                m.d.sync += out.eq(floored + bias)
+                m.next = "out"
             with m.State("out"):
                 m.d.comb += self.o.valid.eq(1)
                 with m.If(self.o.ready):
