@@ -50,15 +50,16 @@ class SoftmaxLevels(wiring.Component):
     words holds the row):
 
     1. one score a cycle: store it, keep the row maximum ``M``;
-    2. one score a cycle, pipelined (buffer read, table read): ``e_j =
-       table[min(M - s_j, L - 1)]`` overwrites the score, ``Z += e_j``
-       (``n + 2`` cycles);
+    2. one score a cycle, pipelined (buffer read, ``M - s_j``, table read):
+       ``e_j = table[min(M - s_j, L - 1)]`` overwrites the score, ``Z += e_j``
+       (``n + 3`` cycles);
     3. per column: one level a cycle, ``e_j * 2**frac >= A_l * Z`` (one
        ``threshold_bits x (exp_bits + log2 T)`` product: a DSP block pair on
        the UP5K), the bit counted into its group's code; then ``o`` holds
-       the codes until taken (``levels + 2`` cycles a column).
+       the codes until taken (``levels + 3`` cycles a column: the product
+       is registered before its compare).
 
-    Cycles per row with a ready sink: ``n + (n + 2) + n * (levels + 2)``.
+    Cycles per row with a ready sink: ``n + (n + 3) + n * (levels + 3)``.
     """
 
     def __init__(self, score_bits: int, max_len: int, table_len: int, counts: tuple[int, ...],
@@ -86,7 +87,7 @@ class SoftmaxLevels(wiring.Component):
 
     def row_cycles(self, n: int) -> int:
         """Cycles for a row of ``n`` scores, from its first score to its last codes taken, with no stalls."""
-        return n + (n + 2) + n * (self.levels + 2)
+        return n + (n + 3) + n * (self.levels + 3)
 
     def elaborate(self, platform: object) -> Module:
         m = Module()
@@ -104,12 +105,25 @@ class SoftmaxLevels(wiring.Component):
         z = Signal(unsigned(self.z_bits), reset_less=True)
         # the exp pipeline
         rd_j = Signal(index, reset_less=True)
-        valid1, valid2 = Signal(), Signal()
-        j1, j2 = Signal(index, reset_less=True), Signal(index, reset_less=True)
+        valid1, valid_k, valid2 = Signal(), Signal(), Signal()
+        j1, j_k, j2 = (Signal(index, name=name, reset_less=True) for name in ("j1", "j_k", "j2"))
+        k = Signal(unsigned(self.score_bits + 1), reset_less=True)  # max - s >= 0
         # the compares
         level = Signal(range(self.levels + 1), reset_less=True)
         codes = Signal(data.ArrayLayout(unsigned(self.code_bits), len(self.counts)), reset_less=True)
         m.d.comb += self.o.payload.eq(codes)
+        # the compare, a cycle after its product (registered: the DSP block's output into a carry chain is too slow)
+        product = Signal(unsigned(self.threshold_bits + self.z_bits), reset_less=True)
+        product_level = Signal.like(level)
+        product_valid = Signal()
+        m.d.sync += product_valid.eq(0)
+        with m.If(product_valid):
+            bit = (rd.data[:self.exp_bits] << self.frac_bits) >= product
+            start = 0
+            for g, count in enumerate(self.counts):
+                with m.If((product_level >= start) & (product_level < start + count)):
+                    m.d.sync += codes[g].eq(codes[g] + bit)
+                start += count
 
         with m.FSM():
             with m.State("max"):
@@ -119,13 +133,14 @@ class SoftmaxLevels(wiring.Component):
                     with m.If(first):
                         m.d.sync += base.eq(i.base)
                     with m.If(i.last):
-                        m.d.sync += [n_last.eq(j), rd_j.eq(0), valid1.eq(0), valid2.eq(0), z.eq(0)]
+                        m.d.sync += [n_last.eq(j), rd_j.eq(0), valid1.eq(0), valid_k.eq(0), valid2.eq(0), z.eq(0)]
                         m.next = "exp"
             with m.State("exp"):
-                # read score rd_j; a cycle later look it up; a cycle later add and store its exp
+                # read score rd_j; a cycle later k = max - s; a cycle later look it up; a cycle later add and store its exp
                 m.d.comb += rd.addr.eq(rd_j)
-                m.d.sync += [valid1.eq(rd_j <= n_last), j1.eq(rd_j), rd_j.eq(rd_j + 1), valid2.eq(valid1), j2.eq(j1)]
-                k = top - rd.data[:self.score_bits].as_signed()
+                m.d.sync += [valid1.eq(rd_j <= n_last), j1.eq(rd_j), rd_j.eq(rd_j + 1),
+                             k.eq(top - rd.data[:self.score_bits].as_signed()), valid_k.eq(valid1), j_k.eq(j1),
+                             valid2.eq(valid_k), j2.eq(j_k)]
                 m.d.comb += self.table.addr.eq(Mux(k >= self.table_len - 1, self.table_len - 1, k))
                 m.d.comb += [wr.addr.eq(j2), wr.data.eq(self.table.data), wr.en.eq(valid2)]
                 with m.If(valid2):
@@ -137,20 +152,17 @@ class SoftmaxLevels(wiring.Component):
                 m.d.comb += [rd.addr.eq(j), self.thresh.addr.eq(addr)]
                 m.d.sync += [addr.eq(addr + 1), level.eq(0), codes.eq(0)]
                 m.next = "compare"
-            with m.State("compare"):  # threshold `level` on the port; read the next
+            with m.State("compare"):  # threshold `level` on the port: its product with Z; read the next
                 m.d.comb += [rd.addr.eq(j), self.thresh.addr.eq(addr)]
-                e = rd.data[:self.exp_bits]
-                bit = (e << self.frac_bits) >= self.thresh.data * z
-                start = 0
-                for g, count in enumerate(self.counts):
-                    with m.If((level >= start) & (level < start + count)):
-                        m.d.sync += codes[g].eq(codes[g] + bit)
-                    start += count
-                m.d.sync += level.eq(level + 1)
+                m.d.sync += [product.eq(self.thresh.data * z), product_level.eq(level), product_valid.eq(1),
+                             level.eq(level + 1)]
                 with m.If(level == self.levels - 1):  # addr stays at the next column's first threshold
-                    m.next = "out"
+                    m.next = "drain"
                 with m.Else():
                     m.d.sync += addr.eq(addr + 1)
+            with m.State("drain"):  # the last level's compare
+                m.d.comb += rd.addr.eq(j)
+                m.next = "out"
             with m.State("out"):
                 m.d.comb += self.o.valid.eq(1)
                 with m.If(self.o.ready):
