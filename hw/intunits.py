@@ -31,7 +31,7 @@ from hw.boards import board
 from hw.boards.icebreaker import ICEBreakerClock
 from hw.build import ONE_HOT_FSMS, ROOT, SYNTH_OPTS, TOOLS, run_toolchain, use_pypi_tools, yosys_cells
 from hw.layernorm import LayerNorm
-from hw.multithreshold import MultiThreshold
+from hw.multithreshold import MultiThreshold, PipelinedMultiThreshold
 from hw.requantize import Requantize
 from hw.softmax import SoftmaxLevels
 
@@ -47,6 +47,7 @@ def digits_units() -> dict[str, Callable[[], wiring.Component]]:
     return {
         # a sign/ternary (2 levels) on an accumulator, fc2's input: the most channels
         "multithreshold": lambda: MultiThreshold(ACC_BITS, DIGITS["hidden"], 2, 4),
+        "multithreshold_pipelined": lambda: PipelinedMultiThreshold(ACC_BITS, DIGITS["hidden"], 2, 4),
         # R = sat16(R + rq(Y, m, s) + b): bias within +-2**24 (the program's schema)
         "requantize": lambda: Requantize(ACC_BITS, 16, 26, 16),
         "argmax": lambda: Argmax(32, DIGITS["classes"]),

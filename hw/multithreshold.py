@@ -9,7 +9,7 @@ downward thresholds ``lo``) is one of these.
 from __future__ import annotations
 
 import numpy as np
-from amaranth.hdl import Module, Signal, signed, unsigned
+from amaranth.hdl import Cat, Module, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import ReadPort
 from amaranth.lib.wiring import In, Out
@@ -106,4 +106,68 @@ class MultiThreshold(wiring.Component):
                 m.d.comb += self.o.valid.eq(1)
                 with m.If(self.o.ready):
                     m.next = "idle"
+        return m
+
+
+def row_layout(in_bits: int, levels: int) -> data.StructLayout:
+    """One memory word of :class:`PipelinedMultiThreshold`: a channel's K ``hi`` and K ``lo`` thresholds."""
+    return data.StructLayout({"hi": data.ArrayLayout(signed(in_bits + 1), levels),
+                              "lo": data.ArrayLayout(signed(in_bits + 1), levels)})
+
+
+def threshold_rows(hi: np.ndarray, lo: np.ndarray, in_bits: int) -> list[dict[str, list[int]]]:
+    """The memory of :class:`PipelinedMultiThreshold`: word ``c`` holds channel ``c``'s levels, clamped as :func:`threshold_words`."""
+    words = threshold_words(hi, lo, in_bits)
+    levels = np.asarray(hi).shape[1]
+    return [{"hi": [w["hi"] for w in words[c:c + levels]], "lo": [w["lo"] for w in words[c:c + levels]]}
+            for c in range(0, len(words), levels)]
+
+
+class PipelinedMultiThreshold(wiring.Component):
+    """:class:`MultiThreshold` with every level compared at once: one value a cycle.
+
+    The same ports and codes, but the thresholds memory has one word per
+    channel (:func:`row_layout`, :func:`threshold_rows`: all K ``hi`` and
+    ``lo``), so it is ``2 K (in_bits + 1)`` bits wide, and the unit has 2K
+    comparators and their count. Three stages: the accept presents the
+    channel's address (the read port's ``en`` follows the pipeline, so a
+    stalled word stays on the port); a cycle later the 2K compares,
+    registered; then ``base +`` their count, registered. Latency 3 cycles,
+    one value a cycle; ``o`` back-pressures every stage.
+    """
+
+    def __init__(self, in_bits: int, channels: int, levels: int, code_bits: int) -> None:
+        self.in_bits = _check_int(in_bits, "in_bits", 2, 48)
+        self.channels = _check_int(channels, "channels", 1, 1 << 16)
+        self.levels = _check_int(levels, "levels", 1, 64)
+        self.code_bits = _check_int(code_bits, "code_bits", 2, 32)
+        if (2 * levels).bit_length() + 1 > code_bits:
+            raise ValueError(f"code_bits must hold the count 0..{2 * levels} of {levels} levels as a signed value: "
+                             f"at least {(2 * levels).bit_length() + 1}, got {code_bits}")
+        self.addr_bits = ceil_log2(channels)
+        super().__init__({
+            "i": In(stream.Signature(data.StructLayout({
+                "value": signed(in_bits), "channel": unsigned(max(1, ceil_log2(channels)))}))),
+            "base": In(signed(code_bits)),
+            "thresh": In(ReadPort.Signature(addr_width=self.addr_bits, shape=row_layout(in_bits, levels))),
+            "o": Out(stream.Signature(signed(code_bits))),
+        })
+
+    latency = 3
+
+    def elaborate(self, platform: object) -> Module:
+        m = Module()
+        valid = [Signal(name=f"valid{stage}") for stage in range(1, self.latency + 1)]
+        advance = ~valid[-1] | self.o.ready
+        value = Signal(signed(self.in_bits), reset_less=True)
+        hits = Signal(2 * self.levels, reset_less=True)
+        out = Signal(signed(self.code_bits), reset_less=True)
+        m.d.comb += [self.i.ready.eq(advance), self.o.valid.eq(valid[-1]), self.o.payload.eq(out),
+                     self.thresh.addr.eq(self.i.payload.channel), self.thresh.en.eq(advance)]
+        word = self.thresh.data
+        compares = [value >= word.hi[k] for k in range(self.levels)] + [value <= word.lo[k] for k in range(self.levels)]
+        with m.If(advance):
+            m.d.sync += [valid[0].eq(self.i.valid), valid[1].eq(valid[0]), valid[2].eq(valid[1]),
+                         value.eq(self.i.payload.value), hits.eq(Cat(*compares)),
+                         out.eq(self.base + sum(hits[k] for k in range(2 * self.levels)))]
         return m

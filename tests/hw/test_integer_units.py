@@ -17,7 +17,7 @@ from amaranth.lib.memory import Memory
 from hw.argmax import Argmax
 from hw.config import ceil_log2
 from hw.layernorm import LayerNorm
-from hw.multithreshold import MultiThreshold, threshold_layout, threshold_words
+from hw.multithreshold import MultiThreshold, PipelinedMultiThreshold, row_layout, threshold_layout, threshold_rows, threshold_words
 from hw.requantize import Requantize
 from hw.softmax import SoftmaxLevels, level_words
 from hw.streamsim import run_batches, run_stream
@@ -60,12 +60,13 @@ def test_layer_norms(traced):
     assert np.abs(want).max() < 1 << (intvit.NORM_BITS - 1)  # the contract's bound: the int16 output
 
 
+@pytest.mark.parametrize("unit", [MultiThreshold, PipelinedMultiThreshold])
 @pytest.mark.parametrize("name, source, width", [
     ("blocks.0.attn.qkv.in", "blocks.0.norm1", lambda prog: intvit.NORM_BITS),
     ("blocks.0.attn.q", "blocks.0.attn.qkv", lambda prog: prog.model.layers["blocks.0.attn.qkv"].accumulator_bits),
     ("blocks.0.mlp.fc2.in", "blocks.0.mlp.fc1", lambda prog: prog.model.layers["blocks.0.mlp.fc1"].accumulator_bits),
 ])
-def test_multithresholds(traced, name, source, width):
+def test_multithresholds(traced, name, source, width, unit):
     """A sign on a LayerNorm output, a sign on the qkv accumulator and the GELU fold on fc1's.
 
     (This random program's GELU fold has no downward threshold in range:
@@ -76,10 +77,14 @@ def test_multithresholds(traced, name, source, width):
     y = values[source].reshape(-1, values[source].shape[-1])[:, :hi.shape[0]][:3]  # three tokens, q's columns of qkv
     want = values[name].reshape(-1, hi.shape[0])[:3]
     in_bits = width(prog)
-    dut = MultiThreshold(in_bits, hi.shape[0], hi.shape[1], 4)
+    dut = unit(in_bits, hi.shape[0], hi.shape[1], 4)
     m = Module()
     m.submodules.dut = dut
-    m.submodules.mem = mem = Memory(shape=threshold_layout(in_bits), depth=hi.size, init=threshold_words(hi, lo, in_bits))
+    if unit is MultiThreshold:
+        mem = Memory(shape=threshold_layout(in_bits), depth=hi.size, init=threshold_words(hi, lo, in_bits))
+    else:
+        mem = Memory(shape=row_layout(in_bits, hi.shape[1]), depth=hi.shape[0], init=threshold_rows(hi, lo, in_bits))
+    m.submodules.mem = mem
     wiring.connect(m, mem.read_port(), dut.thresh)
 
     async def setup(ctx):
