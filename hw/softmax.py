@@ -74,7 +74,7 @@ class SoftmaxLevels(wiring.Component):
         self.frac_bits = _check_int(frac_bits, "frac_bits", 0, 24)
         self.exp_bits = _check_int(exp_bits, "exp_bits", 1, 24)
         self.threshold_bits = _check_int(threshold_bits, "threshold_bits", 1, 26)
-        self.thresh_addr_bits = _check_int(thresh_addr_bits, "thresh_addr_bits", 1, 24)
+        self.thresh_addr_bits = _check_int(thresh_addr_bits, "thresh_addr_bits", 0, 24)
         self.z_bits = exp_bits + max_len.bit_length()  # Z <= T * (2**exp_bits - 1)
         self.code_bits = max(self.counts).bit_length()
         super().__init__({

@@ -68,6 +68,14 @@ def test_boundaries_far_scores_and_extreme_thresholds():
         assert np.array_equal(got, _golden(scores, levels, counts)), counts
 
 
+def test_rows_of_one_and_a_one_word_level_memory():
+    """T = 1: e = table[0] = Z, so a level passes exactly when A <= 2**16; one level word (a 0-bit address)."""
+    for a, bit in ((1 << 16, 1), ((1 << 16) + 1, 0)):
+        scores, levels = np.array([[[-7]]]), np.array([[[[a]]]])
+        got, _, _ = _run(scores, levels, (1,))
+        assert got.tolist() == [[[[bit]]]] and np.array_equal(got, _golden(scores, levels, (1,)))
+
+
 @settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.integers(0, 2**32 - 1))
 def test_random_against_golden_with_back_pressure(seed):
@@ -92,7 +100,7 @@ def test_level_words_layout():
 @pytest.mark.parametrize("kwargs, name", [
     (dict(score_bits=1), "score_bits"), (dict(max_len=0), "max_len"), (dict(table_len=1), "table_len"),
     (dict(counts=()), "counts"), (dict(counts=(0,)), "counts"), (dict(frac_bits=25), "frac_bits"),
-    (dict(exp_bits=0), "exp_bits"), (dict(threshold_bits=27), "threshold_bits"), (dict(thresh_addr_bits=0), "thresh_addr_bits"),
+    (dict(exp_bits=0), "exp_bits"), (dict(threshold_bits=27), "threshold_bits"), (dict(thresh_addr_bits=25), "thresh_addr_bits"),
 ])
 def test_rejects_bad_parameters(kwargs, name):
     args = dict(score_bits=24, max_len=8, table_len=711, counts=(1, 1, 1)) | kwargs
