@@ -127,11 +127,11 @@ class LayerNorm(wiring.Component):
                                  square_in.eq(i.x * i.x), square_first.eq(first), square_valid.eq(1)]
                     with m.If(count == d - 1):
                         m.next = "magnitude"
-            with m.State("magnitude"):
+            with m.State("magnitude"):  # the last x*x is added to Q in this cycle
                 m.d.sync += [s_abs.eq(Mux(total < 0, -total, total)), s_bits_left.eq(Mux(total < 0, -total, total)),
                              s_square.eq(0), step.eq(self.s_bits - 1)]
                 m.next = "square"
-            with m.State("square"):  # the last x*x is added in this state's first cycle
+            with m.State("square"):
                 m.d.sync += [s_square.eq((s_square << 1) + Mux(s_bits_left[-1], s_abs, 0)),
                              s_bits_left.eq(s_bits_left << 1), step.eq(step - 1)]
                 with m.If(step == 0):
