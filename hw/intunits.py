@@ -1,11 +1,12 @@
 """The integer units at the digits model's widths, and what each costs on the iCEBreaker.
 
-``python -m hw.intunits [--units NAME ...] [--out DIR] [--no-pnr]`` builds
-each unit of :func:`digits_units` twice with the PyPI toolchain of
+``python -m hw.intunits [--units NAME ...] [--out DIR] [--boards [BOARD ...]]``
+builds each unit of :func:`digits_units` with the PyPI toolchain of
 :mod:`hw.build`: alone through ``synth_ice40`` (the cells of the unit
 itself: LUT4, flip-flops, carries, SB_MAC16, block RAM), then in a
-:class:`UnitHarness` placed and routed for the iCEBreaker at the board's
-clock (the Fmax of its paths).  It prints one JSON object per unit and
+:class:`UnitHarness` placed and routed for each board (default the
+iCEBreaker; ``--boards`` with none: synthesis only) at the board's clock
+(the Fmax of its paths).  It prints one JSON object per unit and
 writes them to ``DIR/intunits.json``.  The numbers in
 ``docs/integer-gateware.md`` come from here.
 """
@@ -29,6 +30,7 @@ from amaranth.lib.wiring import In
 from hw.argmax import Argmax
 from hw.boards import board
 from hw.boards.icebreaker import ICEBreakerClock
+from hw.boards.ulx3s import ULX3SClock
 from hw.build import ONE_HOT_FSMS, ROOT, SYNTH_OPTS, TOOLS, run_toolchain, use_pypi_tools, yosys_cells
 from hw.layernorm import LayerNorm
 from hw.multithreshold import MultiThreshold, PipelinedMultiThreshold
@@ -57,8 +59,8 @@ def digits_units() -> dict[str, Callable[[], wiring.Component]]:
     }
 
 
-class UnitHarness(ICEBreakerClock):
-    """One unit on the iCEBreaker's PLL clock, for place and route only.
+class UnitHarness:
+    """One unit on a board's PLL clock, for place and route only (mixed with the board's :class:`ClockedTop`).
 
     A 64-bit LFSR drives every input of the unit; each read port reads a
     block RAM that the LFSR also writes (so it stays a RAM); every output is
@@ -109,6 +111,18 @@ class UnitHarness(ICEBreakerClock):
         return m
 
 
+class ICEBreakerHarness(UnitHarness, ICEBreakerClock):
+    """:class:`UnitHarness` on the iCEBreaker (UP5K)."""
+
+
+class ULX3SHarness(UnitHarness, ULX3SClock):
+    """:class:`UnitHarness` on the ULX3S (ECP5-85F)."""
+
+
+#: The harness of each board, by the board's name (:data:`hw.boards.BOARDS`).
+HARNESSES = {"icebreaker": ICEBreakerHarness, "ulx3s": ULX3SHarness}
+
+
 def unit_cells(make_unit: Callable[[], wiring.Component], work: Path) -> dict[str, int]:
     """The unit's cells after ``synth_ice40`` alone (the board build's options and FSM encoding)."""
     use_pypi_tools()
@@ -126,17 +140,18 @@ def unit_cells(make_unit: Callable[[], wiring.Component], work: Path) -> dict[st
     }
 
 
-def measure(name: str, make_unit: Callable[[], wiring.Component], out: Path, pnr: bool = True) -> dict:
-    """:func:`unit_cells` and, with ``pnr``, the harness's placed resources and Fmax on the iCEBreaker."""
+def measure(name: str, make_unit: Callable[[], wiring.Component], out: Path,
+            boards: tuple[str, ...] = ("icebreaker",)) -> dict:
+    """:func:`unit_cells`, and each board's harness placed and routed at the board's clock: resources and Fmax."""
     work = out / name
     work.mkdir(parents=True, exist_ok=True)
     result: dict = {"unit": name, "cells": unit_cells(make_unit, work)}
-    if pnr:
-        b = board("icebreaker")
-        top = UnitHarness(make_unit, b.freq_hz)
-        resources, clock, seconds = run_toolchain(top.platform(), top, b.family, work / "harness")
-        result["harness"] = {"resources": {k: v["used"] for k, v in resources.items()}, "clock": clock,
-                             "seconds": round(seconds)}
+    for board_name in boards:
+        b = board(board_name)
+        top = HARNESSES[board_name](make_unit, b.freq_hz)
+        resources, clock, seconds = run_toolchain(top.platform(), top, b.family, work / board_name)
+        result[board_name] = {"resources": {k: v["used"] for k, v in resources.items()}, "clock": clock,
+                              "seconds": round(seconds)}
     return result
 
 
@@ -145,12 +160,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hw.intunits", description=__doc__.split("\n\n")[0])
     parser.add_argument("--units", nargs="+", choices=sorted(units), default=list(units))
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "intunits")
-    parser.add_argument("--no-pnr", action="store_true", help="synthesis only (seconds, not minutes)")
+    parser.add_argument("--boards", nargs="*", choices=sorted(HARNESSES), default=["icebreaker"],
+                        help="boards to place and route on (default: icebreaker; none: synthesis only)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     results = []
     for name in args.units:
-        results.append(measure(name, units[name], args.out, not args.no_pnr))
+        results.append(measure(name, units[name], args.out, tuple(args.boards)))
         print(json.dumps(results[-1]), flush=True)
     (args.out / "intunits.json").write_text(json.dumps(results, indent=1) + "\n")
     return 0

@@ -4,17 +4,18 @@
 import pytest
 
 from hw.boards import board
-from hw.intunits import UnitHarness, digits_units, unit_cells
+from hw.intunits import HARNESSES, digits_units, unit_cells
 
 
+@pytest.mark.parametrize("board_name, pll", [("icebreaker", "SB_PLL40_PAD"), ("ulx3s", "EHXPLLL")])
 @pytest.mark.parametrize("name", sorted(digits_units()))
-def test_harness_elaborates_for_the_icebreaker(name):
+def test_harness_elaborates_for_each_board(name, board_name, pll):
     """The build plan (RTLIL and the pin constraints) of each unit's harness, without running the tools."""
-    b = board("icebreaker")
-    top = UnitHarness(digits_units()[name], b.freq_hz)
+    b = board(board_name)
+    top = HARNESSES[board_name](digits_units()[name], b.freq_hz)
     plan = top.platform().build(top, name="top", do_build=False)
     rtlil = plan.files["top.il"]
-    assert "unit" in rtlil and "SB_PLL40_PAD" in rtlil
+    assert "unit" in rtlil and pll in rtlil
 
 
 def test_unit_cells_of_argmax(tmp_path):
