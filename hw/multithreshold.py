@@ -129,11 +129,12 @@ class PipelinedMultiThreshold(wiring.Component):
     The same ports and codes, but the thresholds memory has one word per
     channel (:func:`row_layout`, :func:`threshold_rows`: all K ``hi`` and
     ``lo``), so it is ``2 K (in_bits + 1)`` bits wide, and the unit has 2K
-    comparators and their count. Three stages: the accept presents the
+    comparators and their count. Four stages: the accept presents the
     channel's address (the read port's ``en`` follows the pipeline, so a
-    stalled word stays on the port); a cycle later the 2K compares,
-    registered; then ``base +`` their count, registered. Latency 3 cycles,
-    one value a cycle; ``o`` back-pressures every stage.
+    stalled word stays on the port); the word, registered (block RAM output
+    is slow on the ECP5); the 2K compares, registered; ``base +`` their
+    count, registered. Latency 4 cycles, one value a cycle; ``o``
+    back-pressures every stage.
     """
 
     def __init__(self, in_bits: int, channels: int, levels: int, code_bits: int) -> None:
@@ -153,21 +154,23 @@ class PipelinedMultiThreshold(wiring.Component):
             "o": Out(stream.Signature(signed(code_bits))),
         })
 
-    latency = 3
+    latency = 4
 
     def elaborate(self, platform: object) -> Module:
         m = Module()
         valid = [Signal(name=f"valid{stage}") for stage in range(1, self.latency + 1)]
         advance = ~valid[-1] | self.o.ready
-        value = Signal(signed(self.in_bits), reset_less=True)
+        value = [Signal(signed(self.in_bits), name=f"value{stage}", reset_less=True) for stage in (1, 2)]
+        word = Signal.like(self.thresh.data, reset_less=True)  # registered: the ECP5's block RAM output is slow
         hits = Signal(2 * self.levels, reset_less=True)
         out = Signal(signed(self.code_bits), reset_less=True)
         m.d.comb += [self.i.ready.eq(advance), self.o.valid.eq(valid[-1]), self.o.payload.eq(out),
                      self.thresh.addr.eq(self.i.payload.channel), self.thresh.en.eq(advance)]
-        word = self.thresh.data
-        compares = [value >= word.hi[k] for k in range(self.levels)] + [value <= word.lo[k] for k in range(self.levels)]
+        compares = ([value[1] >= word.hi[k] for k in range(self.levels)] +
+                    [value[1] <= word.lo[k] for k in range(self.levels)])
         with m.If(advance):
-            m.d.sync += [valid[0].eq(self.i.valid), valid[1].eq(valid[0]), valid[2].eq(valid[1]),
-                         value.eq(self.i.payload.value), hits.eq(Cat(*compares)),
+            m.d.sync += [valid[k].eq(valid[k - 1]) for k in range(1, self.latency)]
+            m.d.sync += [valid[0].eq(self.i.valid), value[0].eq(self.i.payload.value),
+                         word.eq(self.thresh.data), value[1].eq(value[0]), hits.eq(Cat(*compares)),
                          out.eq(self.base + sum(hits[k] for k in range(2 * self.levels)))]
         return m
