@@ -55,11 +55,12 @@ class MultiThreshold(wiring.Component):
     encoding's lowest code). The thresholds are read through ``thresh``, a
     synchronous memory read port of :func:`threshold_layout` words, word
     ``channel*K + k`` (:func:`threshold_words`). Per input: the accept cycle
-    presents the first address; each of the next K cycles compares one
-    level's ``hi`` and ``lo`` (two comparators) while the next word is read;
-    then ``o`` holds the code until it is taken. Latency K + 1 cycles from
-    the accept to ``o.valid``; one input every K + 2 cycles with a ready
-    sink. The code wraps modulo ``2**code_bits``: the contract's codes (the
+    presents the first address; the next registers the first word (block
+    RAM output is slow on the ECP5); each of the next K cycles compares one
+    level's ``hi`` and ``lo`` (two comparators) while the next word is read
+    and registered; then ``o`` holds the code until it is taken. Latency
+    K + 2 cycles from the accept to ``o.valid``; one input every K + 3
+    cycles with a ready sink. The code wraps modulo ``2**code_bits``: the contract's codes (the
     encoding's range) fit by choice of ``code_bits``.
     """
 
@@ -87,7 +88,7 @@ class MultiThreshold(wiring.Component):
         addr = Signal(self.addr_bits, reset_less=True)
         k = Signal(range(levels + 1), reset_less=True)
         count = Signal(range(2 * levels + 1), reset_less=True)
-        word = self.thresh.data
+        word = Signal.like(self.thresh.data, reset_less=True)  # registered: the ECP5's block RAM output is slow
         hits = (value >= word.hi).as_unsigned() + (value <= word.lo).as_unsigned()
         m.d.comb += self.o.payload.eq(self.base + count)
         with m.FSM():
@@ -96,10 +97,14 @@ class MultiThreshold(wiring.Component):
                 with m.If(self.i.valid):
                     m.d.sync += [value.eq(self.i.payload.value), addr.eq(self.i.payload.channel * levels + 1),
                                  k.eq(0), count.eq(0)]
-                    m.next = "compare"
-            with m.State("compare"):  # word k is on the port; read word k + 1
+                    m.next = "read"
+            with m.State("read"):  # word 0 on the port: register it, read word 1
                 m.d.comb += self.thresh.addr.eq(addr)
-                m.d.sync += [count.eq(count + hits), k.eq(k + 1), addr.eq(addr + 1)]
+                m.d.sync += [word.eq(self.thresh.data), addr.eq(addr + 1)]
+                m.next = "compare"
+            with m.State("compare"):  # word k registered, word k + 1 on the port; read word k + 2
+                m.d.comb += self.thresh.addr.eq(addr)
+                m.d.sync += [count.eq(count + hits), word.eq(self.thresh.data), k.eq(k + 1), addr.eq(addr + 1)]
                 with m.If(k == levels - 1):
                     m.next = "out"
             with m.State("out"):

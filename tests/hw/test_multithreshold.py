@@ -83,10 +83,10 @@ def test_random_against_golden_with_back_pressure(unit, seed):
     assert np.array_equal(got, _golden(values, chans, base, hi, lo))
 
 
-@pytest.mark.parametrize("unit, per_value, fill", [(MultiThreshold, 5 + 2, 3),
+@pytest.mark.parametrize("unit, per_value, fill", [(MultiThreshold, 5 + 3, 3),
                                                    (PipelinedMultiThreshold, 1, PipelinedMultiThreshold.latency)])
 def test_throughput_without_stalls(unit, per_value, fill):
-    """One input every K + 2 cycles when both sides are always ready (pipelined: one a cycle)."""
+    """One input every K + 3 cycles when both sides are always ready (pipelined: one a cycle)."""
     levels, n = 5, 30
     hi = np.arange(levels)[None, :].repeat(2, 0)
     got, cycles = _run(8, hi, hi - 100, 0, np.arange(n) % 7, np.arange(n) % 2, unit=unit)
