@@ -33,14 +33,15 @@ class LayerNorm(wiring.Component):
     1. statistics, one value a cycle: ``S = sum x`` and ``Q = sum x**2`` (one
        ``in_bits`` square a cycle, a DSP block, registered before its add);
     2. ``|S|``, then ``S**2`` by shift and add, one bit of ``|S|`` a cycle
-       (no multiplier), then ``d*Q - S**2`` and ``V = d*(d*Q - S**2) + eps``,
+       (no multiplier; the add is ``|S|``'s width), then ``d*Q - S**2`` and ``V = d*(d*Q - S**2) + eps``,
        which is ``sum (d*x - S)**2 + eps`` exactly (a cycle each);
     3. ``sigma = isqrt(V)`` digit by digit, the shift-in form of
        :func:`model.intops.isqrt`'s restoring root (the same floor): two
        bits of ``V`` in and one root bit out a cycle, one subtraction of
        ``v_bits / 2 + 3`` bits whose borrow decides;
     4. per value: ``u = d*x - S``; ``|u|``, ``|gain|`` and the product's
-       sign; ``|u| * |gain|`` (DSP blocks; no negation after them); the
+       sign; ``|u| * |gain|`` as two registered partial products (a DSP
+       block each), then their sum (no negation after them); the
        long division by ``sigma``, one dividend bit in and one quotient bit
        out a cycle (``norm_bits`` of them: ``|u| <= sigma`` bounds the
        quotient by ``|gain|``, so the remainder starts as the product's
@@ -49,9 +50,9 @@ class LayerNorm(wiring.Component):
 
     Every step is its own cycle so that each carry chain fits a 40 MHz
     cycle of the UP5K (``python -m hw.intunits``). Cycles per token with a
-    ready sink: ``d + 1 + s_bits + 2 + v_bits / 2 + d * (norm_bits + 6)``,
+    ready sink: ``d + 1 + s_bits + 2 + v_bits / 2 + d * (norm_bits + 7)``,
     with ``s_bits`` and ``v_bits`` the widths of ``|S|`` and ``V``
-    (:attr:`cycles_per_token`): 1,523 for the digits model (d = 64).
+    (:attr:`cycles_per_token`): 1,587 for the digits model (d = 64).
     """
 
     def __init__(self, dim: int, in_bits: int = 16, norm_bits: int = 16, eps_bits: int = 40) -> None:
@@ -79,7 +80,7 @@ class LayerNorm(wiring.Component):
     @property
     def cycles_per_token(self) -> int:
         """Cycles from a token's first value to its last output being taken, with no stalls."""
-        return self.dim + 1 + self.s_bits + 2 + self.root_bits + self.dim * (self.norm_bits + 6)
+        return self.dim + 1 + self.s_bits + 2 + self.root_bits + self.dim * (self.norm_bits + 7)
 
     def elaborate(self, platform: object) -> Module:
         m = Module()
@@ -91,10 +92,11 @@ class LayerNorm(wiring.Component):
         # x*x is registered before it is added (the DSP block's output straight into a carry chain is too slow)
         square_in = Signal(unsigned(2 * self.in_bits), reset_less=True)
         square_first, square_valid = Signal(reset_less=True), Signal()
-        # S**2 by shift and add (Horner over the bits of |S|, most significant first)
+        # S**2 by shift and add, least significant bit of |S| first: the running product's high half gets
+        # |S| added when the bit is set, then the whole product shifts right (one |S|-wide add a cycle)
         s_abs = Signal(unsigned(self.s_bits), reset_less=True)
-        s_bits_left = Signal(unsigned(self.s_bits), reset_less=True)
-        s_square = Signal(unsigned(2 * self.s_bits), reset_less=True)
+        s_low = Signal(unsigned(self.s_bits), reset_less=True)       # |S|'s bits still to come, then the product's low half
+        s_high = Signal(unsigned(self.s_bits + 1), reset_less=True)  # the product's high half
         spread = Signal(unsigned(self.q_bits + d.bit_length()), reset_less=True)  # d*Q - S**2
         step = Signal(range(max(self.s_bits, rb, nb) + 1), reset_less=True)
         # the square root, digit by digit: two bits of V in, one bit of the root out, a step
@@ -107,6 +109,8 @@ class LayerNorm(wiring.Component):
         bias = Signal(signed(nb), reset_less=True)
         u_abs = Signal(unsigned(self.u_bits - 1), reset_less=True)
         gain_abs = Signal(unsigned(nb), reset_less=True)
+        product_lo = Signal(unsigned(16 + nb), reset_less=True)
+        product_hi = Signal(unsigned(max(1, self.u_bits - 1 - 16) + nb), reset_less=True)
         remainder = Signal(unsigned(rb + 1), reset_less=True)  # < sigma
         low = Signal(unsigned(nb), reset_less=True)            # the dividend's bits still to come in
         quotient = Signal(unsigned(nb), reset_less=True)
@@ -128,16 +132,16 @@ class LayerNorm(wiring.Component):
                     with m.If(count == d - 1):
                         m.next = "magnitude"
             with m.State("magnitude"):  # the last x*x is added to Q in this cycle
-                m.d.sync += [s_abs.eq(Mux(total < 0, -total, total)), s_bits_left.eq(Mux(total < 0, -total, total)),
-                             s_square.eq(0), step.eq(self.s_bits - 1)]
+                m.d.sync += [s_abs.eq(Mux(total < 0, -total, total)), s_low.eq(Mux(total < 0, -total, total)),
+                             s_high.eq(0), step.eq(self.s_bits - 1)]
                 m.next = "square"
             with m.State("square"):
-                m.d.sync += [s_square.eq((s_square << 1) + Mux(s_bits_left[-1], s_abs, 0)),
-                             s_bits_left.eq(s_bits_left << 1), step.eq(step - 1)]
+                added = s_high + Mux(s_low[0], s_abs, 0)
+                m.d.sync += [s_low.eq(Cat(s_low[1:], added[0])), s_high.eq(added[1:]), step.eq(step - 1)]
                 with m.If(step == 0):
                     m.next = "spread"
             with m.State("spread"):
-                m.d.sync += spread.eq(d * squares - s_square)
+                m.d.sync += spread.eq(d * squares - Cat(s_low, s_high))
                 m.next = "variance"
             with m.State("variance"):  # V = d*(d*Q - S**2) + eps = sum (d*x - S)**2 + eps
                 m.d.sync += [v.eq(d * spread + self.eps), rest.eq(0), root.eq(0), step.eq(rb - 1)]
@@ -161,8 +165,11 @@ class LayerNorm(wiring.Component):
                 m.d.sync += [u_abs.eq(Mux(u < 0, -u, u)), gain_abs.eq(Mux(gain < 0, -gain, gain)),
                              negative.eq((u < 0) ^ (gain < 0))]
                 m.next = "product"
-            with m.State("product"):  # |u*gain| >> nb < sigma, since |u*gain| / sigma <= |gain| < 2**nb
-                a = u_abs * gain_abs
+            with m.State("product"):  # two partial products, each one DSP block, registered
+                m.d.sync += [product_lo.eq(u_abs[:16] * gain_abs), product_hi.eq(u_abs[16:] * gain_abs)]
+                m.next = "dividend"
+            with m.State("dividend"):  # |u*gain| >> nb < sigma, since |u*gain| / sigma <= |gain| < 2**nb
+                a = (product_hi << 16) + product_lo
                 m.d.sync += [remainder.eq(a[nb:]), low.eq(a[:nb]), quotient.eq(0), step.eq(nb - 1)]
                 m.next = "divide"
             with m.State("divide"):
