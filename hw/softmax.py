@@ -53,13 +53,13 @@ class SoftmaxLevels(wiring.Component):
     2. one score a cycle, pipelined (buffer read, ``M - s_j``, table read):
        ``e_j = table[min(M - s_j, L - 1)]`` overwrites the score, ``Z += e_j``
        (``n + 3`` cycles);
-    3. per column: one level a cycle, ``e_j * 2**frac >= A_l * Z`` (one
-       ``threshold_bits x (exp_bits + log2 T)`` product: a DSP block pair on
-       the UP5K), the bit counted into its group's code; then ``o`` holds
-       the codes until taken (``levels + 3`` cycles a column: the product
-       is registered before its compare).
+    3. per column: one level a cycle, ``e_j * 2**frac >= A_l * Z``, in a
+       pipeline (``A`` registered; its products with ``Z``'s low 16 and high
+       bits, a DSP block each; their sum; the compare), the bit counted into
+       its group's code; then ``o`` holds the codes until taken
+       (``levels + 5`` cycles a column: the pipeline drains).
 
-    Cycles per row with a ready sink: ``n + (n + 3) + n * (levels + 3)``.
+    Cycles per row with a ready sink: ``n + (n + 3) + n * (levels + 5)``.
     """
 
     def __init__(self, score_bits: int, max_len: int, table_len: int, counts: tuple[int, ...],
@@ -87,7 +87,7 @@ class SoftmaxLevels(wiring.Component):
 
     def row_cycles(self, n: int) -> int:
         """Cycles for a row of ``n`` scores, from its first score to its last codes taken, with no stalls."""
-        return n + (n + 3) + n * (self.levels + 3)
+        return n + (n + 3) + n * (self.levels + 5)
 
     def elaborate(self, platform: object) -> Module:
         m = Module()
@@ -110,18 +110,29 @@ class SoftmaxLevels(wiring.Component):
         k = Signal(unsigned(self.score_bits + 1), reset_less=True)  # max - s >= 0
         # the compares
         level = Signal(range(self.levels + 1), reset_less=True)
+        drain = Signal(range(4), reset_less=True)
         codes = Signal(data.ArrayLayout(unsigned(self.code_bits), len(self.counts)), reset_less=True)
         m.d.comb += self.o.payload.eq(codes)
-        # the compare, a cycle after its product (registered: the DSP block's output into a carry chain is too slow)
+        # the compares, a pipeline behind the threshold reads (each step registered: the ECP5's block RAM and
+        # DSP outputs are slow): A; its partial products with Z's low 16 and high bits (a DSP block each); their
+        # sum; the compare with e * 2**frac, counted into the level's group
+        z_split = min(16, self.z_bits)
+        a = Signal(unsigned(self.threshold_bits), reset_less=True)
+        part_lo = Signal(unsigned(self.threshold_bits + z_split), reset_less=True)
+        part_hi = Signal(unsigned(self.threshold_bits + max(1, self.z_bits - z_split)), reset_less=True)
         product = Signal(unsigned(self.threshold_bits + self.z_bits), reset_less=True)
-        product_level = Signal.like(level)
-        product_valid = Signal()
-        m.d.sync += product_valid.eq(0)
-        with m.If(product_valid):
-            bit = (rd.data[:self.exp_bits] << self.frac_bits) >= product
+        e = Signal(unsigned(self.exp_bits), reset_less=True)
+        stage_level = [Signal.like(level, name=f"level_{k}", reset_less=True) for k in range(3)]
+        stage_valid = [Signal(name=f"valid_{k}") for k in range(3)]
+        m.d.sync += [e.eq(rd.data[:self.exp_bits]),  # the column's exp: rd.addr stays at j while it compares
+                     part_lo.eq(a * z[:z_split]), part_hi.eq(a * z[z_split:]), product.eq((part_hi << z_split) + part_lo),
+                     stage_level[1].eq(stage_level[0]), stage_level[2].eq(stage_level[1]),
+                     stage_valid[0].eq(0), stage_valid[1].eq(stage_valid[0]), stage_valid[2].eq(stage_valid[1])]
+        with m.If(stage_valid[2]):
+            bit = (e << self.frac_bits) >= product
             start = 0
             for g, count in enumerate(self.counts):
-                with m.If((product_level >= start) & (product_level < start + count)):
+                with m.If((stage_level[2] >= start) & (stage_level[2] < start + count)):
                     m.d.sync += codes[g].eq(codes[g] + bit)
                 start += count
 
@@ -152,17 +163,19 @@ class SoftmaxLevels(wiring.Component):
                 m.d.comb += [rd.addr.eq(j), self.thresh.addr.eq(addr)]
                 m.d.sync += [addr.eq(addr + 1), level.eq(0), codes.eq(0)]
                 m.next = "compare"
-            with m.State("compare"):  # threshold `level` on the port: its product with Z; read the next
+            with m.State("compare"):  # threshold `level` on the port: into the pipeline; read the next
                 m.d.comb += [rd.addr.eq(j), self.thresh.addr.eq(addr)]
-                m.d.sync += [product.eq(self.thresh.data * z), product_level.eq(level), product_valid.eq(1),
-                             level.eq(level + 1)]
+                m.d.sync += [a.eq(self.thresh.data), stage_level[0].eq(level), stage_valid[0].eq(1),
+                             level.eq(level + 1), drain.eq(3)]
                 with m.If(level == self.levels - 1):  # addr stays at the next column's first threshold
                     m.next = "drain"
                 with m.Else():
                     m.d.sync += addr.eq(addr + 1)
-            with m.State("drain"):  # the last level's compare
+            with m.State("drain"):  # the last levels' products and compares
                 m.d.comb += rd.addr.eq(j)
-                m.next = "out"
+                m.d.sync += drain.eq(drain - 1)
+                with m.If(drain == 1):
+                    m.next = "out"
             with m.State("out"):
                 m.d.comb += self.o.valid.eq(1)
                 with m.If(self.o.ready):
