@@ -124,15 +124,17 @@ class DeviceBackend(Backend):
         x, y = self._slot(x_slot), self._slot(y_slot)
         coefs, thr = golden.check_layer(x.given, y.given, coefs, threshold_arrays(thresholds))
         rows, firsts = self._layout(y_slot, y)
-        base = self._region(y_slot, len(rows))
+        base = None
         try:
+            base = self._region(y_slot, len(rows))
             plans = [(start, compile_chunks(self.config, [take_rows(g, start, stop) for g in x.groups], y.groups,
                                             coefs, thr, [base + f for f in firsts]))
                      for start, stop in self._x_ranges(x.groups)]
         except DoesNotFit as exc:
             if not self.host_fallback:
                 raise
-            self._release(y_slot, base, len(rows))
+            if base is not None:
+                self._release(y_slot, base, len(rows))
             self.host_layers.setdefault(x_slot.removesuffix(".x"), str(exc))
             result = golden.layer_output(x.groups, y.groups, coefs)
             self._result = result if thr is None else golden.apply_threshold(result, *thr)
@@ -197,7 +199,7 @@ class DeviceBackend(Backend):
         if region is not None and region[1] == rows:
             return region[0]
         if rows > self.config.y_depth:
-            raise ValueError(f"slot {slot!r} needs {rows} bank rows, more than the y buffer's y_depth={self.config.y_depth}")
+            raise DoesNotFit(f"slot {slot!r} needs {rows} bank rows, more than the y buffer's y_depth={self.config.y_depth}")
         if self._next_row + rows > self.config.y_depth:
             # full of other slots: forget them all; each goes up again when next used
             self.y_flushes += 1

@@ -15,6 +15,7 @@ from host.protocol import CMD_SYNC, FrameDecoder, Link, RefusedError, Status, Tr
 from hw.bridge import READ_OPS
 from hw.config import DEFAULT
 from hw.isa import Op
+from hw.program import DoesNotFit
 from model.golden import Operand
 from sim.reference import AcceleratorModel
 from tests.host.test_emulator import bad_loads, bad_runs, layer_operands
@@ -135,13 +136,21 @@ def test_only_layers_that_do_not_fit_run_on_the_host(monkeypatch):
     assert dev.host_layers == {}
 
 
-def test_a_slot_larger_than_the_y_buffer_is_named():
+def test_a_slot_larger_than_the_y_buffer_does_not_fit():
+    """Weights that no y buffer region can hold: a layer the configuration cannot hold, run on the host and named."""
     rng = np.random.default_rng(2)
-    dev, _ = _backends(ModelLink())
-    dev.load("x", [_op(rng, 2, 16, "bipolar")])
-    dev.load("big.w", [_op(rng, 4 * 600, 16, "bipolar")])
-    with pytest.raises(ValueError, match=r"slot 'big.w' needs 600 bank rows.*y_depth=512"):
-        dev.run("x", "big.w", np.array([[1]]))
+    dev, emu = _backends(ModelLink())
+    x, w = [_op(rng, 2, 16, "bipolar")], [_op(rng, 4 * 600, 16, "bipolar")]
+    for b in (dev, emu):
+        b.load("big.x", x)
+        b.load("big.w", w)
+    assert np.array_equal(dev.layer("big.x", "big.w", np.array([[1]])), emu.layer("big.x", "big.w", np.array([[1]])))
+    assert re.search(r"slot 'big.w' needs 600 bank rows.*y_depth=512", dev.host_layers["big"])
+    strict = DeviceBackend(Transport(ModelLink(), timeout=0.01), CONFIG, host_fallback=False)
+    strict.load("big.x", x)
+    strict.load("big.w", w)
+    with pytest.raises(DoesNotFit, match=r"slot 'big.w' needs 600 bank rows.*y_depth=512"):
+        strict.run("big.x", "big.w", np.array([[1]]))
 
 
 def test_weights_beyond_the_y_buffer_are_uploaded_again_when_used():
