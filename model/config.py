@@ -5,7 +5,7 @@ A config file has three sections (see ``configs/digits.yaml``)::
     data:  {dataset, path, scale, test_fraction, samples_per_class,
             val_per_class, shift, flip}
     model: {image_size, in_channels, patch_size, dim, depth, heads, mlp_ratio,
-            cls_token, dist_token, drop_path}
+            cls_token, distillation_token, drop_path}
     train: {epochs, stage1_fraction, batch_size, lr, weight_decay,
             quant_lr, warmup_epochs, eval_every}
 
@@ -66,7 +66,7 @@ class ModelConfig:
     heads: int = 4
     mlp_ratio: float = 2.0
     cls_token: bool = True
-    dist_token: bool = True
+    distillation_token: bool = True
     drop_path: float = 0.1
     num_classes: int = 10
 
@@ -85,8 +85,8 @@ class ModelConfig:
         return (self.image_size // self.patch_size) ** 2
 
     @property
-    def num_tokens(self) -> int:
-        return self.num_patches + int(self.cls_token) + int(self.dist_token)
+    def tokens(self) -> int:
+        return self.num_patches + int(self.cls_token) + int(self.distillation_token)
 
     @property
     def mlp_hidden(self) -> int:
@@ -118,7 +118,7 @@ class Config:
 
 SECTIONS = ("data", "model", "train")
 #: Keys of the model section renamed to the model file's names, old -> new.
-RENAMED = {"img_size": "image_size", "in_chans": "in_channels", "patch": "patch_size"}
+RENAMED = {"img_size": "image_size", "in_chans": "in_channels", "patch": "patch_size", "dist_token": "distillation_token"}
 _KINDS = {"int": int, "float": (int, float), "bool": bool, "str": str}
 
 

@@ -46,7 +46,7 @@ def architecture(model: ViT) -> Architecture:
     cfg = model.cfg
     return Architecture(
         image_size=cfg.image_size, in_channels=cfg.in_channels, patch_size=cfg.patch_size, dim=cfg.dim, depth=cfg.depth,
-        heads=cfg.heads, mlp_hidden=cfg.mlp_hidden, num_classes=cfg.num_classes, distillation_token=bool(cfg.dist_token),
+        heads=cfg.heads, mlp_hidden=cfg.mlp_hidden, num_classes=cfg.num_classes, distillation_token=bool(cfg.distillation_token),
         mlp_clip=GELU_CLIP if model.kind != "fp" else None, ln_eps=float(model.norm.eps),
     )
 

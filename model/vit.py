@@ -138,10 +138,10 @@ class Attention(nn.Module):
         self.k_quant = _act(kind, c, grad)
         if kind == "gsb":
             self.v_quant = VGroupQuant(c, grad)
-            self.a_quant = AttnQuant(cfg.heads, cfg.num_tokens, grad)
+            self.a_quant = AttnQuant(cfg.heads, cfg.tokens, grad)
         elif kind == "bin1":
             self.v_quant = SignQuant(c, grad, scale="mean")
-            self.a_quant = AttnQuant(cfg.heads, cfg.num_tokens, grad, levels=1, scale="mean")
+            self.a_quant = AttnQuant(cfg.heads, cfg.tokens, grad, levels=1, scale="mean")
         else:
             self.v_quant = nn.Identity()
             self.a_quant = nn.Identity()
@@ -226,13 +226,13 @@ class ViT(nn.Module):
         p = cfg.patch_size
         self.patch_embed = Int8Linear(cfg.in_channels * p * p, cfg.dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
-        self.dist_token = nn.Parameter(torch.zeros(1, 1, cfg.dim)) if cfg.dist_token else None
-        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_tokens, cfg.dim))
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, cfg.dim)) if cfg.distillation_token else None
+        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.tokens, cfg.dim))
         rates = [cfg.drop_path * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
         self.blocks = nn.ModuleList([Block(cfg, kind, grad, r) for r in rates])
         self.norm = nn.LayerNorm(cfg.dim)
         self.head = Int8Linear(cfg.dim, cfg.num_classes)
-        self.head_dist = Int8Linear(cfg.dim, cfg.num_classes) if cfg.dist_token else None
+        self.head_dist = Int8Linear(cfg.dim, cfg.num_classes) if cfg.distillation_token else None
         for t in (self.cls_token, self.pos_embed) + ((self.dist_token,) if self.dist_token is not None else ()):
             nn.init.trunc_normal_(t, std=0.02)
         for m in self.modules():

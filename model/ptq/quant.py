@@ -176,7 +176,7 @@ def build_layers(
                                         bias, cb)
         elif isinstance(s, MatmulSpec):
             out_scale = 1.0 / math.sqrt(hd) if part == "attn.qk" else 1.0
-            n = hd if part == "attn.qk" else cfg.num_tokens
+            n = hd if part == "attn.qk" else cfg.tokens
             cb = fit_coef_bits(s.x, s.y, n, out_scale, acc_bits)
             layers[name] = EngineMatmul(s.x.quantizer(), s.y.quantizer(), out_scale, cb)
         else:

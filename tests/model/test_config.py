@@ -15,7 +15,7 @@ def test_shipped_configs_load(path):
     if path.endswith("rgb32.yaml"):
         assert cfg.model.num_patches == 64 and cfg.model.in_channels == 3 and cfg.data.dataset == "folder"
     else:
-        assert cfg.model.num_patches == 16 and cfg.model.num_tokens == 18
+        assert cfg.model.num_patches == 16 and cfg.model.tokens == 18
         assert cfg.data.dataset in ("digits", "fashion_mnist")
 
 
@@ -69,17 +69,20 @@ def test_config_files_need_every_section_as_a_mapping(tmp_path):
 def test_an_old_key_names_its_new_name(tmp_path):
     """The architecture's keys are the model file's names; a config file with the old ones is refused, not guessed."""
     path = tmp_path / "old.yaml"
-    path.write_text("data: {}\nmodel: {img_size: 8, in_chans: 1, patch: 2}\ntrain: {}\n")
+    path.write_text("data: {}\nmodel: {img_size: 8, in_chans: 1, patch: 2, dist_token: true}\ntrain: {}\n")
     with pytest.raises(ValueError) as info:
         load_config(str(path))
     message = str(info.value)
     assert message.startswith(f"{path}: renamed config key(s)")
-    for old, new in (("img_size", "image_size"), ("in_chans", "in_channels"), ("patch", "patch_size")):
+    for old, new in (("img_size", "image_size"), ("in_chans", "in_channels"), ("patch", "patch_size"),
+                     ("dist_token", "distillation_token")):
         assert f"'model.{old}' is now 'model.{new}'" in message
 
 
 def test_a_checkpoints_config_gets_the_new_names():
-    old = {"data": {"dataset": "digits"}, "model": {"img_size": 8, "in_chans": 1, "patch": 2, "dim": 16}, "train": {}}
+    old = {"data": {"dataset": "digits"}, "model": {"img_size": 8, "in_chans": 1, "patch": 2, "dim": 16, "dist_token": False},
+           "train": {}}
     cfg = from_dict(upgrade_checkpoint_config(old))
     assert (cfg.model.image_size, cfg.model.in_channels, cfg.model.patch_size, cfg.model.dim) == (8, 1, 2, 16)
+    assert cfg.model.distillation_token is False
     assert old["model"]["img_size"] == 8  # the stored dict is left alone

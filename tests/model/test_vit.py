@@ -81,9 +81,9 @@ def test_binary_linears_are_integer_plane_products():
     m = _trained_quant_model()
     spec = deploy_spec(m)
     blk, d = m.blocks[0], spec["blocks"][0]
-    x = torch.randn(4, CFG.num_tokens, CFG.dim)
+    x = torch.randn(4, CFG.tokens, CFG.dim)
     for name, lin, xin in (("qkv", blk.attn.qkv, x), ("fc1", blk.mlp.fc1, x),
-                           ("fc2", blk.mlp.fc2, torch.rand(4, CFG.num_tokens, CFG.mlp_hidden) * 2)):
+                           ("fc2", blk.mlp.fc2, torch.rand(4, CFG.tokens, CFG.mlp_hidden) * 2)):
         p = d[name]
         grp = p["input"]["groups"]
         codes = _codes(xin + p["input"]["offset"], grp)
@@ -103,7 +103,7 @@ def test_attention_value_product_as_group_planes():
     m = _trained_quant_model()
     d = deploy_spec(m)["blocks"][0]
     attn = m.blocks[0].attn
-    n, c, h = CFG.num_tokens, CFG.dim, CFG.heads
+    n, c, h = CFG.tokens, CFG.dim, CFG.heads
     v = torch.randn(1, n, c)
     p = torch.softmax(torch.randn(1, h, n, n), -1)
     with torch.no_grad():

@@ -28,7 +28,7 @@ from model.vit import ViT
 torch.set_num_threads(1)
 
 CFG = ModelConfig(image_size=8, in_channels=1, patch_size=2, dim=32, depth=2, heads=2, mlp_ratio=2.0, cls_token=True,
-                  dist_token=True, drop_path=0.0, num_classes=10)
+                  distillation_token=True, drop_path=0.0, num_classes=10)
 
 
 def small_model(seed: int = 0) -> ViT:
