@@ -7,7 +7,8 @@ A config file has three sections (see ``configs/digits.yaml``)::
     model: {image_size, in_channels, patch_size, dim, depth, heads, mlp_ratio,
             cls_token, distillation_token, drop_path}
     train: {epochs, stage1_fraction, batch_size, lr, weight_decay,
-            quant_lr, warmup_epochs, eval_every}
+            quant_lr, warmup_epochs, eval_every, stage1_scope, kd,
+            kd_temperature}
 
 Unknown keys raise, so a typo never silently falls back to a default; a
 config file must have all three sections; every value is checked for its type
@@ -104,6 +105,9 @@ class TrainConfig:
     weight_decay: float = 0.05
     warmup_epochs: int = 3
     eval_every: int = 1
+    stage1_scope: str = "mlp_weights"  # what stage 1 quantizes: mlp_weights | weights | weights_inputs
+    kd: str = "hard"                   # distillation of the dist head: hard (argmax) | soft (KL at kd_temperature)
+    kd_temperature: float = 1.0        # soft KD only
 
 
 @dataclass
@@ -140,6 +144,9 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "epochs": _at_least(1), "fp_epochs": _at_least(1), "stage1_fraction": _in(0, 1), "batch_size": _at_least(1),
     "lr": ((lambda v: v > 0), "> 0"), "quant_lr": ((lambda v: v > 0), "> 0"), "weight_decay": _at_least(0),
     "warmup_epochs": _at_least(0), "eval_every": _at_least(1),
+    "stage1_scope": ((lambda v: v in ("mlp_weights", "weights", "weights_inputs")),
+                     "one of mlp_weights, weights, weights_inputs"),
+    "kd": ((lambda v: v in ("hard", "soft")), "one of hard, soft"), "kd_temperature": ((lambda v: v > 0), "> 0"),
 }
 
 

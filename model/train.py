@@ -167,6 +167,22 @@ def make_optimizer(model: ViT, lr: float, wd: float) -> torch.optim.Optimizer:
     return torch.optim.AdamW([{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}], lr=lr)
 
 
+def distillation_loss(z: torch.Tensor, teacher_logits: torch.Tensor, kd: str = "hard",
+                      temperature: float = 1.0) -> torch.Tensor:
+    """The distillation head's loss against the teacher's logits (training only).
+
+    ``hard`` (DeiT, the default): ``CE(z, argmax teacher)``.  ``soft`` (Hinton):
+    ``T^2 KL(softmax(teacher/T) || softmax(z/T))``, batch mean.
+    """
+    if kd == "hard":
+        return F.cross_entropy(z, teacher_logits.argmax(-1))
+    if kd == "soft":
+        t = temperature
+        return F.kl_div(F.log_softmax(z / t, -1), F.log_softmax(teacher_logits / t, -1), reduction="batchmean",
+                        log_target=True) * t * t
+    raise ValueError(f"kd must be 'hard' or 'soft', got {kd!r}")
+
+
 def stage_plan(cfg: Config, method: str, epochs: int | None) -> list[tuple[int, int]]:
     """``[(stage, epochs), ...]``: fp is one stage 0; quantized methods stages 1 and 2."""
     if method == "fp":
@@ -278,7 +294,7 @@ def train(
     model.to(procs.device)
     if resume and os.path.exists(last_path):
         ck = load_checkpoint(last_path)
-        model.set_stage(plan[ck["state"]["stage_idx"]][0])
+        model.set_stage(plan[ck["state"]["stage_idx"]][0], cfg.train.stage1_scope)
         model.load_state_dict(ck["model"])
         state = ck["state"]
         gen.set_state(ck["gen"])
@@ -304,9 +320,9 @@ def train(
             if si > 0 and si != state.get("loaded_stage", -1):
                 procs.barrier()
                 prev = load_checkpoint(os.path.join(out, f"stage{plan[si - 1][0]}_best.pt"))
-                model.set_stage(plan[si - 1][0])
+                model.set_stage(plan[si - 1][0], cfg.train.stage1_scope)
                 model.load_state_dict(prev["model"])
-            model.set_stage(stage)
+            model.set_stage(stage, cfg.train.stage1_scope)
             opt = make_optimizer(model, cfg.train.lr, cfg.train.weight_decay)
             state.update(stage_idx=si, epoch=0, best_val=-1.0, step=0)
         # a stage fixes which parameters train: one DDP wrapper per stage; stage 1 leaves the
@@ -334,8 +350,9 @@ def train(
                     loss = F.cross_entropy(z, y)
                 elif teacher is not None:
                     with torch.no_grad():
-                        ty = teacher.predict(x).argmax(-1)
-                    loss = 0.5 * F.cross_entropy(z, y) + 0.5 * F.cross_entropy(zd, ty)
+                        tz = teacher.predict(x)
+                    loss = 0.5 * F.cross_entropy(z, y) + 0.5 * distillation_loss(zd, tz, cfg.train.kd,
+                                                                                  cfg.train.kd_temperature)
                 else:
                     loss = 0.5 * F.cross_entropy(z, y) + 0.5 * F.cross_entropy(zd, y)
                 loss = loss * weight
@@ -378,7 +395,7 @@ def train(
     final_stage = plan[-1][0] if max_steps is None else plan[state["stage_idx"]][0]
     procs.barrier()
     best = load_checkpoint(os.path.join(out, f"stage{final_stage}_best.pt"))
-    model.set_stage(final_stage)
+    model.set_stage(final_stage, cfg.train.stage1_scope)
     model.load_state_dict(best["model"])
     model.eval()
     metrics = {

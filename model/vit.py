@@ -52,6 +52,8 @@ if TYPE_CHECKING:
 
 METHODS = ("fp", "gsb", "gsb_nokd", "gsb_ste", "gsb_ramp", "bin1")
 KD_METHODS = ("gsb", "gsb_ste", "gsb_ramp", "bin1")
+#: what stage 1 of the quantized recipe quantizes (:meth:`ViT.set_stage`)
+STAGE1_SCOPES = ("mlp_weights", "weights", "weights_inputs")
 GELU_CLIP = 10.0
 
 
@@ -296,23 +298,39 @@ class ViT(nn.Module):
 
         return compile_program(export_model(self.eval(), preprocessing), calibration)
 
-    def set_stage(self, stage: int) -> None:
-        """0: full precision; 1: MLP weights binary only; 2: everything quantized."""
+    def set_stage(self, stage: int, stage1_scope: str = "mlp_weights") -> None:
+        """0: full precision; 1: the part ``stage1_scope`` names quantized; 2: everything quantized.
+
+        ``stage1_scope`` (:data:`STAGE1_SCOPES`, training only): ``mlp_weights``
+        (fc1/fc2 weights binary, the default recipe), ``weights`` (every binary
+        layer's weights: qkv, proj, fc1, fc2), ``weights_inputs`` (those weights
+        and their input binarizers; Q, K, V, the attention map and the 8-bit
+        patch embedding and heads wait for stage 2).
+        """
         if stage not in (0, 1, 2):
             raise ValueError(f"stage must be 0, 1 or 2, got {stage}")
+        if stage1_scope not in STAGE1_SCOPES:
+            raise ValueError(f"stage1_scope must be one of {STAGE1_SCOPES}, got {stage1_scope!r}")
         if self.kind == "fp" and stage:
             raise ValueError("an fp model has no quantized stage")
         self.stage.fill_(stage)
+        attn_weights = stage >= 2 or (stage == 1 and stage1_scope != "mlp_weights")
+        inputs = stage >= 2 or (stage == 1 and stage1_scope == "weights_inputs")
+        linears = []
         for blk in self.blocks:
             for lin in (blk.mlp.fc1, blk.mlp.fc2):
                 lin.binary.fill_(stage >= 1)
             for lin in (blk.attn.qkv, blk.attn.proj):
-                lin.binary.fill_(stage >= 2)
+                lin.binary.fill_(attn_weights)
+            linears += [blk.attn.qkv, blk.attn.proj, blk.mlp.fc1, blk.mlp.fc2]
         for m in self.modules():
             if isinstance(m, FakeQuant):
                 m.enabled.fill_(stage >= 2)
             if isinstance(m, Int8Linear):
                 m.int8.fill_(stage >= 2)
+        for lin in linears:
+            if isinstance(lin.act, FakeQuant):
+                lin.act.enabled.fill_(inputs)
 
 
 @torch.no_grad()

@@ -45,6 +45,9 @@ def test_unknown_keys_and_bad_shapes_raise():
     ("train", "lr", -1e-3, r"'train.lr': must be > 0"),
     ("train", "epochs", None, r"'train.epochs': must be int, got None"),
     ("train", "stage1_fraction", 1.5, r"'train.stage1_fraction': must be in \[0, 1\]"),
+    ("train", "stage1_scope", "attention", r"'train.stage1_scope': must be one of mlp_weights, weights"),
+    ("train", "kd", "ranking", r"'train.kd': must be one of hard, soft"),
+    ("train", "kd_temperature", 0.0, r"'train.kd_temperature': must be > 0"),
 ])
 def test_bad_values_are_refused_naming_the_key(section, key, value, message):
     with pytest.raises(ValueError, match=message):
@@ -86,3 +89,11 @@ def test_a_checkpoints_config_gets_the_new_names():
     assert (cfg.model.image_size, cfg.model.in_channels, cfg.model.patch_size, cfg.model.dim) == (8, 1, 2, 16)
     assert cfg.model.distillation_token is False
     assert old["model"]["img_size"] == 8  # the stored dict is left alone
+
+
+def test_issue16_options_default_to_the_recipe():
+    """stage1_scope / kd / kd_temperature: absent keys give today's recipe (MLP weights first, hard KD)."""
+    t = load_config("configs/digits.yaml").train
+    assert (t.stage1_scope, t.kd, t.kd_temperature) == ("mlp_weights", "hard", 1.0)
+    t = from_dict({"train": {"stage1_scope": "weights_inputs", "kd": "soft", "kd_temperature": 4}}).train
+    assert (t.stage1_scope, t.kd, t.kd_temperature) == ("weights_inputs", "soft", 4)

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from model.config import from_dict
-from model.train import load_checkpoint, load_model, main, stage_plan, train
+from model.train import distillation_loss, load_checkpoint, load_model, main, stage_plan, train
+from model.vit import build_model
 
 TINY = {
     "data": {"dataset": "digits", "samples_per_class": 10, "val_per_class": 5, "shift": 1},
@@ -85,6 +86,45 @@ def test_stage_plan():
     cfg = from_dict({**TINY, "train": {**TINY["train"], "epochs": 10, "stage1_fraction": 0.3}})
     assert stage_plan(cfg, "gsb", None) == [(1, 3), (2, 7)]
     assert stage_plan(cfg, "fp", None) == [(0, 6)]
+
+
+def test_distillation_loss_hard_and_soft():
+    z = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.0]])
+    t = torch.tensor([[0.0, 3.0, 0.0], [1.0, 0.0, 0.0]])
+    assert torch.allclose(distillation_loss(z, t), torch.nn.functional.cross_entropy(z, torch.tensor([1, 0])))
+    for temp in (1.0, 4.0):  # by hand: T^2 * mean over the batch of sum p_t (log p_t - log p_z)
+        pt, pz = torch.softmax(t / temp, -1), torch.softmax(z / temp, -1)
+        want = temp ** 2 * (pt * (pt.log() - pz.log())).sum(-1).mean()
+        assert torch.allclose(distillation_loss(z, t, "soft", temp), want)
+    assert float(distillation_loss(t, t, "soft", 2.0)) == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="kd must be"):
+        distillation_loss(z, t, "ranking")
+
+
+def test_stage1_scope_chooses_what_stage1_quantizes():
+    cfg = from_dict(TINY).model
+    m = build_model(cfg, "gsb")
+    blk = m.blocks[0]
+    lins = {"qkv": blk.attn.qkv, "proj": blk.attn.proj, "fc1": blk.mlp.fc1, "fc2": blk.mlp.fc2}
+    others = [blk.attn.q_quant, blk.attn.k_quant, blk.attn.v_quant, blk.attn.a_quant]
+
+    def state():
+        return ({k: bool(v.binary) for k, v in lins.items()}, {k: bool(v.act.enabled) for k, v in lins.items()},
+                [bool(q.enabled) for q in others], bool(m.head.int8))
+    m.set_stage(1)  # default: today's recipe, MLP weights only
+    assert state() == ({"qkv": False, "proj": False, "fc1": True, "fc2": True}, dict.fromkeys(lins, False),
+                       [False] * 4, False)
+    m.set_stage(1, "weights")
+    assert state() == (dict.fromkeys(lins, True), dict.fromkeys(lins, False), [False] * 4, False)
+    m.set_stage(1, "weights_inputs")
+    assert state() == (dict.fromkeys(lins, True), dict.fromkeys(lins, True), [False] * 4, False)
+    for scope in ("mlp_weights", "weights", "weights_inputs"):
+        m.set_stage(2, scope)
+        assert state() == (dict.fromkeys(lins, True), dict.fromkeys(lins, True), [True] * 4, True)
+        m.set_stage(0, scope)
+        assert state() == (dict.fromkeys(lins, False), dict.fromkeys(lins, False), [False] * 4, False)
+    with pytest.raises(ValueError, match="stage1_scope"):
+        m.set_stage(1, "attention")
 
 
 @pytest.mark.parametrize("method,cut", [("fp", 8), ("gsb", 4), ("gsb", 8)])  # 4 steps per epoch
