@@ -8,11 +8,21 @@ heads), one token at a time.
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.config import _check_int
+
+
+def _trial_subtract(m: Module, widened: Value, subtrahend: Value) -> tuple[Signal, Value]:
+    """``widened - subtrahend`` on one carry chain, and whether it did not borrow (its top bit clear).
+
+    One step of a restoring square root or division: keep the difference when it did not borrow.
+    """
+    diff = Signal(len(widened) + 1)
+    m.d.comb += diff.eq(widened - subtrahend)
+    return diff, ~diff[-1]
 
 
 class LayerNorm(wiring.Component):
@@ -149,9 +159,7 @@ class LayerNorm(wiring.Component):
             with m.State("sqrt"):
                 widened = Cat(v[-2:], rest)          # rest*4 + V's next two bits
                 trial = Cat(Const(1, 2), root)      # root*4 + 1: (2*root + 1)**2 - (2*root)**2
-                diff = Signal(len(widened) + 1)    # one carry chain: its top bit is the borrow
-                m.d.comb += diff.eq(widened - trial)
-                take = ~diff[-1]
+                diff, take = _trial_subtract(m, widened, trial)
                 m.d.sync += [rest.eq(Mux(take, diff, widened)), root.eq(Cat(take, root)),
                              v.eq(v << 2), step.eq(step - 1)]
                 with m.If(step == 0):
@@ -174,9 +182,7 @@ class LayerNorm(wiring.Component):
                 m.next = "divide"
             with m.State("divide"):
                 widened = Cat(low[-1], remainder)   # remainder*2 + the dividend's next bit
-                diff = Signal(len(widened) + 1)
-                m.d.comb += diff.eq(widened - root)
-                take = ~diff[-1]
+                diff, take = _trial_subtract(m, widened, root)
                 m.d.sync += [remainder.eq(Mux(take, diff, widened)), quotient.eq(Cat(take, quotient)),
                              low.eq(low << 1), step.eq(step - 1)]
                 with m.If(step == 0):
