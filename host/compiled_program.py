@@ -1,0 +1,324 @@
+"""A model's integer program compiled for the CPU: the emulator as an inference engine.
+
+:class:`host.integer_runtime.IntegerRuntime` runs :func:`model.intvit.forward`
+step by step on a Backend: every product is packed into the contract's
+planes, checked and sent, the way a device needs it.  On a CPU that costs
+more than the arithmetic.  :class:`CompiledProgram` runs the same program,
+with the same integers, the way the whole-model gateware would: weights
+packed once, every activation's codes made by a threshold kernel and packed
+in the same pass into the layout of the product that reads them (tokens by
+channels for a linear layer, per head for ``Q K^T``, transposed per head for
+``A V``), products, softmax levels and residual adds in the numba kernels of
+:mod:`host.fused`, a whole batch of images per kernel call.  No float
+anywhere: every step is an integer kernel, :attr:`CompiledProgram.float_steps`
+stays 0.
+
+Products whose operands are all single-plane encodings (every binary layer
+of a GSB model) are XNOR/AND popcounts of packed words; products with a
+multi-bit encoding (the 8-bit patch embedding and heads, PTQ programs) are
+integer dot products of their codes.  ``tests/host/test_compiled_program.py``
+checks the logits against :func:`model.intvit.forward` on the reference
+engine, step names and counts included, and a batch against one image at a
+time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from host import fused, intkernels
+from host.integer_runtime import INT8
+from model import intops, intvit
+from model.deploy import patchify
+from model.golden import Encoding, pack_bits
+from model.layers import EngineLinear
+
+_KINDS = {"bipolar": fused.BIPOLAR, "unipolar": fused.UNIPOLAR, "ternary": fused.TERNARY}
+
+#: a threshold kernel bound to its constants: ``run(y, operand)``
+_Run = Callable[[np.ndarray, np.ndarray], object]
+
+
+def _mode(x: Encoding, y: Encoding) -> int:
+    """The :mod:`host.fused` product mode of a pair of single-plane encodings."""
+    if x.name == y.name == "bipolar":
+        return fused.BIPOLAR_PAIR
+    if x.name == y.name == "unipolar":
+        return fused.UNIPOLAR_PAIR
+    return fused.SIGNED_PAIR
+
+
+@dataclass(frozen=True)
+class _Product:
+    """An engine product of the program: the encodings of its two sides and its coefficients.
+
+    ``planes`` when every encoding on both sides is a single plane: the
+    product is then popcounts of packed words (with ``modes`` per group
+    pair), else integer dot products of the codes (:mod:`host.fused`).
+    """
+
+    x: tuple[Encoding, ...]
+    y: tuple[Encoding, ...]
+    coefs: np.ndarray
+    planes: bool
+    modes: np.ndarray
+
+    @classmethod
+    def of(cls, x: list[Encoding], y: list[Encoding], coefs: np.ndarray) -> _Product:
+        planes = all(e.name in _KINDS for e in (*x, *y))
+        modes = np.array([[_mode(a, b) if planes else 0 for b in y] for a in x], np.int64)
+        return cls(tuple(x), tuple(y), np.ascontiguousarray(coefs, np.int64), planes, modes)
+
+    def operand(self, side: str, lead: tuple[int, ...], n: int, trail: tuple[int, ...] = ()) -> np.ndarray:
+        """An empty operand for ``side`` ("x" or "y") of length ``n``.
+
+        ``(*lead, groups, 2, words, *trail)`` planes or ``(*lead, groups, n, *trail)`` codes.
+        """
+        groups = len(self.x if side == "x" else self.y)
+        if self.planes:
+            return np.empty((*lead, groups, 2, -(-n // 64), *trail), np.uint64)
+        return np.empty((*lead, groups, n, *trail), np.int64)
+
+    def bound(self, n: int) -> int:
+        """The largest ``|Y|`` the product can give on length ``n``."""
+        return sum(abs(int(self.coefs[g, h])) * n * x.max_abs * y.max_abs
+                   for g, x in enumerate(self.x) for h, y in enumerate(self.y))
+
+
+def _input_view(operand: np.ndarray) -> np.ndarray:
+    """A linear layer's input ``(images, tokens, groups, ...)`` as a threshold kernel writes it: ``(tokens, groups, ..., 1, images)``."""
+    order = (1, 3, *range(4, operand.ndim + 1), 2, 0)
+    return operand[:, :, None].transpose(order)
+
+
+def _pack_weights(codes: np.ndarray, encodings: tuple[Encoding, ...]) -> np.ndarray:
+    """Weight codes (out, groups, n) as planes transposed, (groups, 2, words, out)."""
+    planes = []
+    for g, enc in enumerate(encodings):
+        values = codes[:, g]
+        sign = np.ones_like(values, bool) if enc.name == "unipolar" else values > 0
+        mask = np.ones_like(values, bool) if enc.name == "bipolar" else values != 0
+        planes.append(np.stack([pack_bits(sign, 64), pack_bits(mask, 64)]))
+    return np.ascontiguousarray(np.stack(planes).transpose(0, 1, 3, 2))
+
+
+class CompiledProgram:
+    """Runs an :class:`~model.intvit.IntegerProgram` on the CPU: :func:`model.intvit.forward`'s integers, batched.
+
+    ``steps`` counts the program's steps run (as :class:`model.intvit.Trace`
+    counts them; ``step_names`` lists the last forward's), ``float_steps``
+    those with a float result (none: every step is an integer kernel).
+    """
+
+    def __init__(self, prog: intvit.IntegerProgram):
+        self.prog = prog
+        self.steps = 0
+        self.float_steps = 0
+        self.step_names: list[str] = []
+        arch = self.arch = prog.model.architecture
+        self._products: dict[str, _Product] = {}
+        self._weights: dict[str, np.ndarray] = {}
+        for name in intvit.linear_names(arch, prog.head_names):
+            x_enc, weights, coefs = prog.engine_layer(name)
+            layer = prog.model.layers.get(name)
+            y_enc = [w.operand.encoding for w in layer.weights] if isinstance(layer, EngineLinear) else [INT8]
+            product = self._products[name] = _Product.of(x_enc, y_enc, coefs)
+            codes = np.stack([np.asarray(w, np.int64) for w in weights], axis=1)  # (out, groups, in)
+            self._weights[name] = (_pack_weights(codes, product.y) if product.planes
+                                   else np.ascontiguousarray(codes.transpose(1, 2, 0)))
+        for i in range(arch.depth):
+            for part in ("qk", "av"):
+                self._products[f"blocks.{i}.attn.{part}"] = _Product.of(*prog.engine_layer(f"blocks.{i}.attn.{part}"))
+        self._plans: dict[tuple, list[_Run]] = {}
+
+    # ------------------------------------------------------------------ steps
+
+    def _step(self, name: str) -> None:
+        self.steps += 1
+        self.step_names.append(name)
+
+    def _threshold(self, names: list[str], product: _Product, side: str, y: np.ndarray, y_bound: Callable[[], int],
+                   out: np.ndarray, transposed: bool = False, col0: int = 0) -> None:
+        """Codes of threshold sets ``names`` (one a group) into operand ``out`` of ``product``'s ``side``.
+
+        ``y`` holds rows (B*T, C), the sets' channels from ``col0``, or is an
+        ``A V`` output (T, head_dim, H, B); ``|y| <= y_bound()``.  The
+        kernels and their constants are chosen once per call site
+        (:meth:`_threshold_plan`).
+        """
+        key = (tuple(names), transposed, y.ndim)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = self._threshold_plan(names, product, side, y_bound(), transposed, col0, y.ndim)
+        for run in plan:
+            run(y, out)
+        for name in names:
+            self._step(name)
+
+    def _threshold_plan(self, names: list[str], product: _Product, side: str, y_bound: int, transposed: bool, col0: int,
+                        ndim: int) -> list[_Run]:
+        """The kernels of one threshold call site.
+
+        A planes operand of monotone sets is packed from compares
+        (:func:`host.fused.compare_bounds`; transposed groups all in one
+        pass), everything else from the codes by the general kernels, which
+        refuse codes outside their encoding.
+        """
+        encodings = product.x if side == "x" else product.y
+        kinds = [_KINDS.get(e.name, 0) for e in encodings]
+        a, tokens = self.prog.arrays, self.arch.tokens
+        sets = [(self.prog.params[f"{n}.base"], a[f"{n}.hi"], a[f"{n}.lo"]) for n in names]
+        channels = sets[0][1].shape[0]
+        bounds = [fused.compare_bounds(base, hi, lo, y_bound, kind) if product.planes else None
+                  for (base, hi, lo), kind in zip(sets, kinds)]
+        rows = (col0, channels, tokens)
+        if transposed and all(b is not None for b in bounds):
+            above, below, kind_array = np.stack([b[0] for b in bounds]), np.stack([b[1] for b in bounds]), np.array(kinds)
+            return [lambda y, out: fused.compare_columns(y, *rows, above, below, kind_array, out)]
+        plan: list[_Run] = []
+        for group, (name, (base, hi, lo), kind, bound) in enumerate(zip(names, sets, kinds, bounds)):
+            if bound is not None and not transposed:
+                if ndim == 4:
+                    plan.append(lambda y, out, b=bound, k=kind, g=group: fused.compare_tokens(y, *b, k, g, out))
+                else:
+                    plan.append(lambda y, out, b=bound, k=kind, g=group: fused.compare_rows(y, *rows, *b, k, g, out))
+                continue
+            hi_t, lo_t = np.ascontiguousarray(hi.T), np.ascontiguousarray(lo.T)
+
+            def general(y: np.ndarray, out: np.ndarray, name=name, base=base, hi_t=hi_t, lo_t=lo_t, kind=kind, group=group):
+                view = (y[:, col0:col0 + channels].reshape(-1, tokens, 1, channels) if y.ndim == 2
+                        else y.transpose(3, 0, 2, 1))
+                if not product.planes:
+                    return fused.threshold_codes(view, base, hi_t, lo_t, group, transposed, out)
+                bad = fused.threshold_planes(view, base, hi_t, lo_t, kind, group, transposed, out)
+                if bad:
+                    raise ValueError(f"{name}: {bad} codes lie outside encoding {encodings[group]}")
+
+            plan.append(general)
+        return plan
+
+    def _linear(self, name: str, threshold: str, y: np.ndarray, y_bound: Callable[[], int]) -> np.ndarray:
+        """Layer ``name`` on the codes of ``threshold`` applied to ``y`` (see :meth:`_threshold`): its output (B*T, out)."""
+        product, weights = self._products[name], self._weights[name]
+        n = self.prog.arrays[f"{threshold}.hi"].shape[0]
+        rows = y.shape[0] if y.ndim == 2 else y.shape[0] * y.shape[3]
+        x = product.operand("x", (rows // self.arch.tokens, self.arch.tokens), n)
+        self._threshold([threshold], product, "x", y, y_bound, _input_view(x))
+        x = x.reshape(rows, *x.shape[2:])
+        out = np.empty((rows, weights.shape[-1]), np.int64)
+        if product.planes:
+            fused.linear_planes(x, weights, product.coefs, product.modes, n, out)
+        else:
+            fused.linear_codes(x, weights, product.coefs, out)
+        self._step(name)
+        return out
+
+    def _code_product(self, name: str, xs: np.ndarray) -> np.ndarray:
+        """A linear layer on codes taken as they are (the patch embedding's pixels, the heads' LayerNorm): (rows, out)."""
+        weights = self._weights[name]
+        out = np.empty((len(xs), weights.shape[-1]), np.int64)
+        fused.linear_codes(np.ascontiguousarray(xs, np.int64)[:, None, :], weights, self._products[name].coefs, out)
+        self._step(name)
+        return out
+
+    def _matmul(self, name: str, x: np.ndarray, y: np.ndarray, n: int, out: np.ndarray) -> None:
+        """Product ``name`` of operands (rows, ..., H, B) into ``out`` (rows_x, rows_y, H, B), batch innermost."""
+        product = self._products[name]
+        x, y, out = (a.reshape(*a.shape[:-2], -1) for a in (x, y, out))  # heads and images: one axis
+        if product.planes:
+            fused.matmul_planes(x, y, product.coefs, product.modes, n, out)
+        else:
+            fused.matmul_codes(x, y, product.coefs, out)
+        self._step(name)
+
+    def _layer_norm(self, name: str, r: np.ndarray, step: str) -> np.ndarray:
+        a = self.prog.arrays
+        h = intkernels.layer_norm(r, a[f"{name}.gain"], a[f"{name}.bias"], self.prog.params[f"{name}.eps"])
+        self._step(step)
+        return h
+
+    def _norm_bound(self, name: str) -> int:
+        """The largest ``|out|`` LayerNorm ``name`` can give: ``|u| <= sigma``, so ``|gain| + |bias| + 1``."""
+        a = self.prog.arrays
+        return int(np.abs(a[f"{name}.gain"]).max(initial=0) + np.abs(a[f"{name}.bias"]).max(initial=0)) + 1
+
+    def _requantize(self, name: str, y: np.ndarray) -> np.ndarray:
+        return intops.requantize(y, self.prog.params[f"{name}.multiplier"], self.prog.params[f"{name}.shift"])
+
+    def _residual(self, name: str, r: np.ndarray, y: np.ndarray, step: str) -> None:
+        p = self.prog.params
+        low, high = intops.signed_range(p["residual_bits"])
+        fused.residual_add(r, y, p[f"{name}.multiplier"], p[f"{name}.shift"], self.prog.arrays[f"{name}.bias"], low, high)
+        self._step(step)
+
+    def _attention(self, pre: str, qkv: np.ndarray) -> np.ndarray:
+        """Block ``pre``'s attention from its qkv output (B*T, 3d): ``A V`` as (T, head_dim, H, B)."""
+        p, a = self.prog.params, self.prog.arrays
+        t, heads, hd, d = self.arch.tokens, self.arch.heads, self.arch.head_dim, self.arch.dim
+        images = len(qkv) // t
+        qk, av = self._products[f"{pre}.attn.qk"], self._products[f"{pre}.attn.av"]
+        trail = (heads, images)
+        bound = lambda: self._products[f"{pre}.attn.qkv"].bound(d)  # noqa: E731
+        q, k, v = qk.operand("x", (t,), hd, trail), qk.operand("y", (t,), hd, trail), av.operand("y", (hd,), t, trail)
+        self._threshold([f"{pre}.attn.q"], qk, "x", qkv, bound, q)
+        self._threshold([f"{pre}.attn.k"], qk, "y", qkv, bound, k, col0=d)
+        self._threshold([f"{pre}.attn.v{g}" for g in range(p[f"{pre}.attn.v_groups"])], av, "y", qkv, bound, v,
+                        transposed=True, col0=2 * d)
+        scores = np.empty((t, t, heads, images), np.int64)
+        self._matmul(f"{pre}.attn.qk", q, k, hd, scores)
+        self._step(f"{pre}.attn.scores")  # requantized inside the softmax kernel
+        attn = av.operand("x", (t,), t, trail)
+        args = (scores, p[f"{pre}.attn.scores.multiplier"], p[f"{pre}.attn.scores.shift"], a["exp_table"],
+                a[f"{pre}.attn.levels"], p["attn_frac"])
+        if av.planes:
+            fused.attention_planes(*args, attn)
+        else:
+            counts = intvit.level_counts(self.prog.model.layers[f"{pre}.attn.av"])
+            fused.attention_codes(*args, np.repeat(np.arange(len(counts)), counts), attn)
+        self._step(f"{pre}.attn.codes")
+        o = np.empty((t, hd, heads, images), np.int64)
+        self._matmul(f"{pre}.attn.av", attn, v, t, o)
+        return o
+
+    # ---------------------------------------------------------------- forward
+
+    def logits(self, raw: np.ndarray) -> np.ndarray:
+        """Integer logits (B, classes) of raw pixel images (B, C, H, W): :func:`model.intvit.forward`'s."""
+        prog, p, a, arch = self.prog, self.prog.params, self.prog.arrays, self.arch
+        self.step_names = []
+        raw = intvit.check_pixels(prog, raw)
+        b, t, d = len(raw), arch.tokens, arch.dim
+        patches = patchify(raw, arch.patch_size)
+        flat = patches.reshape(-1, patches.shape[-1])
+        embed = a["patch_embed.bias"]
+        for ch, cols in enumerate(intvit.channel_columns(arch)):
+            embed = embed + self._requantize(f"patch_embed.c{ch}", self._code_product(f"patch_embed.c{ch}", flat[:, cols]))
+        r = np.broadcast_to(a["tokens"], (b, t, d)).copy()
+        r[:, t - arch.num_patches:] += embed.reshape(b, arch.num_patches, d)
+        r = np.ascontiguousarray(intops.saturate(r, p["residual_bits"]).reshape(b * t, d))
+        self._step("embed")
+        for i in range(arch.depth):
+            pre = f"blocks.{i}"
+            h = self._layer_norm(f"{pre}.norm1", r, f"{pre}.norm1")
+            qkv = self._linear(f"{pre}.attn.qkv", f"{pre}.attn.qkv.in", h, lambda: self._norm_bound(f"{pre}.norm1"))
+            o = self._attention(pre, qkv)
+            y = self._linear(f"{pre}.attn.proj", f"{pre}.attn.proj.in", o, lambda: self._products[f"{pre}.attn.av"].bound(t))
+            self._residual(f"{pre}.attn.proj.out", r, y, f"{pre}.attn.residual")
+            h = self._layer_norm(f"{pre}.norm2", r, f"{pre}.norm2")
+            y = self._linear(f"{pre}.mlp.fc1", f"{pre}.mlp.fc1.in", h, lambda: self._norm_bound(f"{pre}.norm2"))
+            y = self._linear(f"{pre}.mlp.fc2", f"{pre}.mlp.fc2.in", y, lambda: self._products[f"{pre}.mlp.fc1"].bound(d))
+            self._residual(f"{pre}.mlp.fc2.out", r, y, f"{pre}.mlp.residual")
+        r = r.reshape(b, t, d)
+        logits = np.zeros((b, arch.num_classes), np.int64)
+        for token, name in enumerate(prog.head_names):
+            h = self._layer_norm("norm", r[:, token], f"{name}.norm")
+            logits = logits + self._requantize(name, self._code_product(name, h)) + a[f"{name}.bias"]
+        self._step("logits")
+        return logits
+
+    def predict(self, raw: np.ndarray) -> np.ndarray:
+        """Class indices (B,) of raw pixel images: the lowest index of the largest integer logit."""
+        return intops.argmax(self.logits(raw))

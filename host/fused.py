@@ -1,0 +1,511 @@
+"""Compiled kernels of the whole integer program on a CPU (:mod:`host.compiled_program`).
+
+:mod:`host.kernels` computes one engine product at a time behind the
+Backend interface: operands come packed in the contract's planes, are
+checked, re-read and combined in Python for every call.  This module holds
+the kernels that :class:`host.compiled_program.CompiledProgram` chains to
+run a whole batch of images: codes made by a threshold (or softmax) kernel
+and packed in the same pass, products, requantizers and residual adds,
+all in numba, no Python between elements.
+
+**Operands.**  A product operand is one of two forms:
+
+* *planes*, ``uint64``: every group of a single-plane encoding (bipolar,
+  unipolar, ternary) as a sign word (bit = value > 0; a unipolar plane's is
+  every valid position) and a mask word (bit = value != 0; a bipolar
+  plane's is every valid position); bit ``i`` of word ``w`` is element
+  ``64 w + i``, tails zero;
+* *codes*, ``int64``: the integers themselves, for products with a
+  multi-bit encoding (int<b>, uint<b>) on either side.
+
+A product of planes sums, per group pair ``(g, h)`` with coefficient
+``c_gh``, ``D = C - 2 P`` over the words, ``C = popcount(m_x & m_y)`` and
+``P = popcount(m_x & m_y & (s_x ^ s_y))`` (:mod:`model.golden`'s
+primitive), with the two cases the hardware also has: both bipolar,
+``D = n - 2 popcount(s_x ^ s_y)``; both unipolar, ``D = popcount(m_x & m_y)``.
+A product of codes is the integer dot product.  Both are the exact integers
+of :func:`model.golden.layer_output`.
+
+**Layouts.**  A linear layer's input is ``(rows, groups, 2, words)`` (or
+``(rows, groups, n)``) with its weights transposed, ``(groups, 2, words,
+out)``, so the innermost loop runs over the output columns.  The attention
+products are short (T tokens by a head's channels), so their operands keep
+the batch innermost: ``(rows, groups, 2, words, heads, images)``, every
+loop a vector loop over the images of the batch.  Activations enter a
+threshold kernel as ``(images, tokens, heads, head_dim)`` views of any
+strides; a linear layer's input is the one-head case of the same kernel.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from host.kernels import _ctpop
+
+#: product modes of a group pair (``modes`` arrays)
+BIPOLAR_PAIR, UNIPOLAR_PAIR, SIGNED_PAIR = 0, 1, 2
+#: plane kinds of a group (``kind`` arguments)
+BIPOLAR, UNIPOLAR, TERNARY = 0, 1, 2
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _row_codes(y, b, t, base, hi_t, lo_t, values, codes):
+    """``codes[c] = base + #{k: y >= hi_t[k, c]} + #{k: y <= lo_t[k, c]}`` of row ``(b, t)`` of ``y`` (B, T, H, hd).
+
+    The row is copied first: ``y`` may be any view, the compares then run
+    as vector loops over contiguous channels.
+    """
+    heads, head_dim = y.shape[2], y.shape[3]
+    for h in range(heads):
+        for cc in range(head_dim):
+            values[h * head_dim + cc] = y[b, t, h, cc]
+    for c in range(codes.shape[0]):
+        codes[c] = base
+    for k in range(hi_t.shape[0]):
+        for c in range(codes.shape[0]):
+            codes[c] += np.int64(values[c] >= hi_t[k, c]) + np.int64(values[c] <= lo_t[k, c])
+
+
+@njit(nogil=True, cache=True)
+def threshold_planes(y, base, hi_t, lo_t, kind, group, transposed, out):
+    """Multi-threshold codes of ``y`` (B, T, H, hd), packed into planes ``out`` (rows, groups, 2, words, heads, B).
+
+    The codes are :func:`model.intops.multithreshold`'s (``hi_t``, ``lo_t``
+    (K, H*hd)); group ``group`` of ``out`` gets them as planes of ``kind``.
+    The channels split evenly among ``out``'s heads (one head: a linear
+    layer's input, whatever the heads of ``y``): row ``t`` with bits over
+    the head's channels, or (``transposed``, the ``V`` of ``A V``) row ``c``
+    with bits over the tokens.  Returns the number of codes outside the
+    kind's values (the caller refuses them).
+    """
+    images, tokens = y.shape[0], y.shape[1]
+    channels = y.shape[2] * y.shape[3]
+    heads = out.shape[4]
+    per_head = channels // heads
+    values = np.empty(channels, np.int64)
+    codes = np.empty(channels, np.int64)
+    signs = np.zeros(channels, np.uint64)
+    masks = np.zeros(channels, np.uint64)
+    # a code's bits: sign = v > 0 (always 1 for unipolar), mask = v != 0 (always 1 for bipolar)
+    sign_always, mask_always = np.uint64(kind == UNIPOLAR), np.uint64(kind == BIPOLAR)
+    low, zero_bad = np.int64(-1) + np.int64(kind == UNIPOLAR), np.int64(kind == BIPOLAR)  # the kind's values
+    bad = 0
+    for b in range(images):
+        for t in range(tokens):
+            _row_codes(y, b, t, base, hi_t, lo_t, values, codes)
+            for c in range(channels):
+                v = codes[c]
+                bad += np.int64(v > 1) + np.int64(v < low) + (np.int64(v == 0) & zero_bad)
+            if transposed:  # one bit of each channel's row; a word is stored when full
+                bit = np.uint64(t % 64)
+                for c in range(channels):
+                    signs[c] |= (np.uint64(codes[c] > 0) | sign_always) << bit
+                    masks[c] |= (np.uint64(codes[c] != 0) | mask_always) << bit
+                if t % 64 == 63 or t == tokens - 1:
+                    for h in range(heads):
+                        for cc in range(per_head):
+                            c = h * per_head + cc
+                            out[cc, group, 0, t // 64, h, b] = signs[c]
+                            out[cc, group, 1, t // 64, h, b] = masks[c]
+                            signs[c] = 0
+                            masks[c] = 0
+                continue
+            for h in range(heads):
+                for w in range(out.shape[3]):
+                    sign = np.uint64(0)
+                    mask = np.uint64(0)
+                    first = h * per_head + 64 * w
+                    for i in range(min(64, per_head - 64 * w)):
+                        sign |= (np.uint64(codes[first + i] > 0) | sign_always) << np.uint64(i)
+                        mask |= (np.uint64(codes[first + i] != 0) | mask_always) << np.uint64(i)
+                    out[t, group, 0, w, h, b] = sign
+                    out[t, group, 1, w, h, b] = mask
+    return bad
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _valid_word(n, w):
+    """The valid positions of word ``w`` of an ``n``-long row."""
+    used = min(64, n - 64 * w)
+    return np.uint64(0xFFFFFFFFFFFFFFFF) if used >= 64 else (np.uint64(1) << np.uint64(used)) - np.uint64(1)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _bits_at(words, start, count):
+    """Bits ``start .. start + count - 1`` (count <= 64) of a row of words, as one word."""
+    w, offset = start // 64, np.uint64(start % 64)
+    v = words[w] >> offset
+    if offset and w + 1 < words.shape[0]:
+        v |= words[w + 1] << (np.uint64(64) - offset)
+    return v & _valid_word(count, 0)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _compare_words(src, above, below, channels, kind, signs, masks):
+    """Sign and mask words of one row ``src`` (padded to whole words) of a monotone threshold set; see :func:`compare_rows`."""
+    sign_always, mask_always = np.uint64(kind == UNIPOLAR), np.uint64(kind == BIPOLAR)
+    for w in range(signs.shape[0]):
+        sign = np.uint64(0)
+        mask = np.uint64(0)
+        for i in range(64):
+            v = src[64 * w + i]
+            up = np.uint64(v >= above[64 * w + i])
+            sign |= up << np.uint64(i)
+            mask |= (up | np.uint64(v < below[64 * w + i])) << np.uint64(i)
+        valid = _valid_word(channels, w)
+        signs[w] = sign | (valid * sign_always)
+        masks[w] = mask | (valid * mask_always)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _store_heads(signs, masks, b, t, channels, group, out):
+    """A row's words split among ``out``'s heads: row ``t`` of image ``b``, bits over each head's channels."""
+    heads, words = out.shape[4], out.shape[3]
+    per_head = channels // heads
+    if heads == 1:
+        for w in range(words):
+            out[t, group, 0, w, 0, b] = signs[w]
+            out[t, group, 1, w, 0, b] = masks[w]
+        return
+    if 64 % per_head == 0:  # whole heads a word (16 or 32 channels): shifts
+        per_word = 64 // per_head
+        keep = _valid_word(per_head, 0)
+        for h in range(heads):
+            shift = np.uint64((h % per_word) * per_head)
+            out[t, group, 0, 0, h, b] = (signs[h // per_word] >> shift) & keep
+            out[t, group, 1, 0, h, b] = (masks[h // per_word] >> shift) & keep
+        return
+    for h in range(heads):
+        for w in range(words):
+            count = min(64, per_head - 64 * w)
+            out[t, group, 0, w, h, b] = _bits_at(signs, h * per_head + 64 * w, count)
+            out[t, group, 1, w, h, b] = _bits_at(masks, h * per_head + 64 * w, count)
+
+
+@njit(nogil=True, cache=True)
+def compare_rows(y, col0, channels, tokens, above, below, kind, group, out):
+    """:func:`threshold_planes` of a monotone threshold set whose ``lo`` never counts, by compares.
+
+    Such a code is ``base + #{k: y >= hi_k}``, so its plane bits are
+    ``sign = y >= above`` (code > 0) and ``mask = y < below or y >= above``
+    (code != 0); ``above`` and ``below`` come from :func:`compare_bounds`,
+    padded to whole words where they never pass, so the bit loops have a
+    fixed length and vectorize.  ``y`` holds rows (B*T, C), the set's
+    ``channels`` from ``col0``; the bits go to row ``t`` of ``out``.
+    """
+    src = np.zeros(above.shape[0], np.int64)
+    signs = np.empty(above.shape[0] // 64, np.uint64)
+    masks = np.empty(above.shape[0] // 64, np.uint64)
+    direct = channels == above.shape[0]  # a row of whole words: read in place
+    for t in range(tokens):  # the images innermost: the stores of consecutive rows are neighbours
+        for b in range(y.shape[0] // tokens):
+            r = b * tokens + t
+            if direct:
+                row = y[r, col0:col0 + channels]
+            else:
+                for c in range(channels):
+                    src[c] = y[r, col0 + c]
+                row = src[:]
+            _compare_words(row, above, below, channels, kind, signs, masks)
+            _store_heads(signs, masks, b, t, channels, group, out)
+
+
+@njit(nogil=True, cache=True)
+def compare_tokens(y, above, below, kind, group, out):
+    """:func:`compare_rows` of an ``A V`` output ``y`` (T, head_dim, H, B), the batch innermost.
+
+    Each token's block is transposed to rows of channels ``h * head_dim + cc`` first.
+    """
+    tokens, head_dim, heads, images = y.shape
+    channels = heads * head_dim
+    block = np.zeros((images, above.shape[0]), np.int64)
+    signs = np.empty(above.shape[0] // 64, np.uint64)
+    masks = np.empty(above.shape[0] // 64, np.uint64)
+    for t in range(tokens):
+        for cc in range(head_dim):
+            for h in range(heads):
+                for b in range(images):
+                    block[b, h * head_dim + cc] = y[t, cc, h, b]
+        for b in range(images):
+            _compare_words(block[b], above, below, channels, kind, signs, masks)
+            _store_heads(signs, masks, b, t, channels, group, out)
+
+
+@njit(nogil=True, cache=True)
+def compare_columns(y, col0, channels, tokens, above, below, kinds, out):
+    """:func:`compare_rows` with the bits over the tokens (the ``V`` of ``A V``), every group at once.
+
+    Group ``g`` has ``above[g]``, ``below[g]`` and plane kind ``kinds[g]``;
+    channel ``c`` of head ``h`` becomes row ``c`` of ``out``'s head ``h``,
+    token ``t`` its bit ``t``.  The words fill per image, channels
+    innermost, and go out once full, images innermost.
+    """
+    groups, images = kinds.shape[0], y.shape[0] // tokens
+    heads = out.shape[4]
+    per_head = channels // heads
+    signs = np.zeros((images, groups, channels), np.uint64)
+    masks = np.zeros((images, groups, channels), np.uint64)
+    for t in range(tokens):
+        bit = np.uint64(t % 64)
+        for b in range(images):
+            row = y[b * tokens + t, col0:col0 + channels]
+            for g in range(groups):
+                sign_always, mask_always = np.uint64(kinds[g] == UNIPOLAR), np.uint64(kinds[g] == BIPOLAR)
+                for c in range(channels):
+                    v = row[c]
+                    up = np.uint64(v >= above[g, c])
+                    signs[b, g, c] |= (up | sign_always) << bit
+                    masks[b, g, c] |= (up | np.uint64(v < below[g, c]) | mask_always) << bit
+        if t % 64 == 63 or t == tokens - 1:
+            for g in range(groups):
+                for h in range(heads):
+                    for cc in range(per_head):
+                        for b in range(images):
+                            out[cc, g, 0, t // 64, h, b] = signs[b, g, h * per_head + cc]
+                            out[cc, g, 1, t // 64, h, b] = masks[b, g, h * per_head + cc]
+            signs[:] = 0
+            masks[:] = 0
+
+
+def compare_bounds(base: int, hi: np.ndarray, lo: np.ndarray, y_bound: int, kind: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(above, below)`` of :func:`compare_rows` for thresholds ``hi``, ``lo`` (channels, K) on ``|y| <= y_bound``, or None.
+
+    None unless the set is monotone there (every channel's ``hi`` sorted,
+    every ``lo`` below ``-y_bound``: never counted) and every code it can
+    give is a value of plane ``kind`` (so nothing is left to refuse); the
+    general kernels compute the others.  The arrays are padded to whole 64-entry words:
+    ``above = int64 max`` (never reached: values stay below 2**62),
+    ``below = int64 min``.
+    """
+    channels, k = hi.shape
+    if (k and np.any(np.diff(hi, axis=1) < 0)) or (lo.size and lo.max() >= -y_bound):
+        return None
+    top, bottom = np.iinfo(np.int64).max, np.iinfo(np.int64).min
+    padded = 64 * -(-channels // 64)
+
+    def column(j: int) -> np.ndarray:
+        return hi[:, j] if 0 <= j < k else np.full(channels, top if j >= k else bottom, np.int64)
+
+    above, below = np.full(padded, top, np.int64), np.full(padded, bottom, np.int64)
+    above[:channels], below[:channels] = column(-base), column(-base - 1)
+    low = 0 if kind == UNIPOLAR else -1
+    if base < low or base + k > 1 or (kind == BIPOLAR and np.any(below < above)):  # a code outside the kind's values
+        return None
+    return above, below
+
+
+@njit(nogil=True, cache=True)
+def threshold_codes(y, base, hi_t, lo_t, group, transposed, out):
+    """:func:`threshold_planes`'s codes unpacked, into ``out`` (rows, groups, n, heads, B)."""
+    images, tokens = y.shape[0], y.shape[1]
+    channels = y.shape[2] * y.shape[3]
+    heads = out.shape[3]
+    per_head = channels // heads
+    values = np.empty(channels, np.int64)
+    codes = np.empty(channels, np.int64)
+    for b in range(images):
+        for t in range(tokens):
+            _row_codes(y, b, t, base, hi_t, lo_t, values, codes)
+            for h in range(heads):
+                for cc in range(per_head):
+                    if transposed:
+                        out[cc, group, t, h, b] = codes[h * per_head + cc]
+                    else:
+                        out[t, group, cc, h, b] = codes[h * per_head + cc]
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _softmax_exps(scores, h, i, multiplier, shift, table, e, z):
+    """Row ``i`` of head ``h`` of ``scores`` (T, T, H, B): requantized, then ``e[j, b]`` the exps, ``z[b]`` their sum."""
+    last = table.shape[0] - 1
+    half = np.int64(1) << (shift - 1) if shift > 0 else np.int64(0)
+    cols, images = scores.shape[1], scores.shape[3]
+    for b in range(images):
+        z[b] = (scores[i, 0, h, b] * multiplier + half) >> shift  # the row's largest score, first
+    for j in range(1, cols):
+        for b in range(images):
+            z[b] = max(z[b], (scores[i, j, h, b] * multiplier + half) >> shift)
+    for j in range(cols):
+        for b in range(images):
+            e[j, b] = table[min(z[b] - ((scores[i, j, h, b] * multiplier + half) >> shift), last)]
+    for b in range(images):
+        z[b] = 0
+    for j in range(cols):
+        for b in range(images):
+            z[b] += e[j, b]
+
+
+@njit(nogil=True, cache=True)
+def attention_planes(scores, multiplier, shift, table, thresholds, frac_bits, out):
+    """The attention map of ``Q K^T`` (T, T, H, B) as unipolar planes ``out`` (T, levels, 2, words, H, B).
+
+    Per row: requantize (round half up), the integer softmax's exps ``e`` and
+    their sum ``Z``, then level ``g``'s bit ``e << frac_bits >= A_g * Z``
+    (:func:`model.intops.attention_codes` with one level a group).
+    """
+    rows, cols, heads, images = scores.shape
+    e = np.empty((cols, images), np.int64)
+    z = np.empty(images, np.int64)
+    word = np.empty(images, np.uint64)
+    for h in range(heads):
+        for i in range(rows):
+            _softmax_exps(scores, h, i, multiplier, shift, table, e, z)
+            for g in range(thresholds.shape[0]):
+                for w in range(out.shape[3]):
+                    valid = np.uint64(0)
+                    for b in range(images):
+                        word[b] = 0
+                    for j in range(64 * w, min(cols, 64 * w + 64)):
+                        a = thresholds[g, h, i, j]
+                        valid |= np.uint64(1) << np.uint64(j % 64)
+                        for b in range(images):
+                            word[b] |= np.uint64((e[j, b] << frac_bits) >= a * z[b]) << np.uint64(j % 64)
+                    for b in range(images):
+                        out[i, g, 0, w, h, b] = valid
+                        out[i, g, 1, w, h, b] = word[b]
+
+
+@njit(nogil=True, cache=True)
+def attention_codes(scores, multiplier, shift, table, thresholds, frac_bits, group_of_level, out):
+    """:func:`attention_planes` as codes ``out`` (T, groups, T, H, B): group ``g`` counts its levels passed."""
+    rows, cols, heads, images = scores.shape
+    e = np.empty((cols, images), np.int64)
+    z = np.empty(images, np.int64)
+    for h in range(heads):
+        for i in range(rows):
+            _softmax_exps(scores, h, i, multiplier, shift, table, e, z)
+            for g in range(out.shape[1]):
+                for j in range(cols):
+                    for b in range(images):
+                        out[i, g, j, h, b] = 0
+            for level in range(thresholds.shape[0]):
+                g = group_of_level[level]
+                for j in range(cols):
+                    a = thresholds[level, h, i, j]
+                    for b in range(images):
+                        out[i, g, j, h, b] += np.int64((e[j, b] << frac_bits) >= a * z[b])
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _pair_terms(coefs, modes, n):
+    """``(weight, offset)`` of every group pair: ``D = offset + weight * count`` summed over words, times the coefficient.
+
+    A bipolar pair counts ``s ^ s`` (``D = n - 2 count``), a unipolar pair
+    ``m & m`` (``D = count``), any other ``C - 2P`` (``D = count``).
+    """
+    weight = np.empty(coefs.shape, np.int64)
+    offset = np.int64(0)
+    for g in range(coefs.shape[0]):
+        for k in range(coefs.shape[1]):
+            bipolar = modes[g, k] == BIPOLAR_PAIR
+            weight[g, k] = coefs[g, k] * (-2 if bipolar else 1)
+            offset += coefs[g, k] * n if bipolar else 0
+    return weight, offset
+
+
+@njit(nogil=True, cache=True)
+def linear_planes(x, w_t, coefs, modes, n, out):
+    """``out[i, j] = sum_gh coefs[g, h] D_gh(x[i], w[j])``: x (rows, Gx, 2, words), w_t (Gy, 2, words, out).
+
+    One pass over the output row per group pair and word (:func:`_pair_terms`).
+    """
+    cols = w_t.shape[3]
+    weight, offset = _pair_terms(coefs, modes, n)
+    for i in range(x.shape[0]):
+        o = out[i]
+        for j in range(cols):
+            o[j] = offset
+        for g in range(x.shape[1]):
+            for h in range(w_t.shape[0]):
+                mode, c = modes[g, h], weight[g, h]
+                for w in range(x.shape[3]):
+                    sx, mx = x[i, g, 0, w], x[i, g, 1, w]
+                    sy, my = w_t[h, 0, w], w_t[h, 1, w]
+                    if mode == BIPOLAR_PAIR:
+                        for j in range(cols):
+                            o[j] += c * _ctpop(sx ^ sy[j])
+                    elif mode == UNIPOLAR_PAIR:
+                        for j in range(cols):
+                            o[j] += c * _ctpop(mx & my[j])
+                    else:
+                        for j in range(cols):
+                            m = mx & my[j]
+                            o[j] += c * (_ctpop(m) - 2 * _ctpop(m & (sx ^ sy[j])))
+
+
+@njit(nogil=True, cache=True)
+def linear_codes(x, w_t, coefs, out):
+    """``out[i, j] = sum_gh coefs[g, h] sum_t x[i, g, t] w_t[h, t, j]``: x (rows, Gx, n), w_t (Gy, n, out)."""
+    cols = w_t.shape[2]
+    for i in range(x.shape[0]):
+        o = out[i]
+        for j in range(cols):
+            o[j] = 0
+        for g in range(x.shape[1]):
+            for h in range(w_t.shape[0]):
+                c = coefs[g, h]
+                for t in range(x.shape[2]):
+                    v = c * x[i, g, t]
+                    row = w_t[h, t]
+                    for j in range(cols):
+                        o[j] += v * row[j]
+
+
+@njit(nogil=True, cache=True)
+def matmul_planes(x, y, coefs, modes, n, out):
+    """``out[i, j, l] = sum_gk coefs[g, k] D_gk(x[i, ..., l], y[j, ..., l])``, batch innermost.
+
+    ``x`` (rows_x, Gx, 2, words, L), ``y`` (rows_y, Gy, 2, words, L),
+    ``out`` (rows_x, rows_y, L): ``L`` is heads x images.  One pass over
+    the items per group pair and word (:func:`_pair_terms`).
+    """
+    items = x.shape[4]
+    weight, offset = _pair_terms(coefs, modes, n)
+    for i in range(x.shape[0]):
+        for j in range(y.shape[0]):
+            o = out[i, j]
+            for l in range(items):
+                o[l] = offset
+            for g in range(x.shape[1]):
+                for k in range(y.shape[1]):
+                    mode, c = modes[g, k], weight[g, k]
+                    for w in range(x.shape[3]):
+                        sx, mx, sy, my = x[i, g, 0, w], x[i, g, 1, w], y[j, k, 0, w], y[j, k, 1, w]
+                        if mode == BIPOLAR_PAIR:
+                            for l in range(items):
+                                o[l] += c * _ctpop(sx[l] ^ sy[l])
+                        elif mode == UNIPOLAR_PAIR:
+                            for l in range(items):
+                                o[l] += c * _ctpop(mx[l] & my[l])
+                        else:
+                            for l in range(items):
+                                m = mx[l] & my[l]
+                                o[l] += c * (_ctpop(m) - 2 * _ctpop(m & (sx[l] ^ sy[l])))
+
+
+@njit(nogil=True, cache=True)
+def matmul_codes(x, y, coefs, out):
+    """:func:`matmul_planes` of codes: ``x`` (rows_x, Gx, n, L), ``y`` (rows_y, Gy, n, L)."""
+    items = x.shape[3]
+    for i in range(x.shape[0]):
+        for j in range(y.shape[0]):
+            o = out[i, j]
+            for l in range(items):
+                o[l] = 0
+            for g in range(x.shape[1]):
+                for k in range(y.shape[1]):
+                    c = coefs[g, k]
+                    for t in range(x.shape[2]):
+                        for l in range(items):
+                            o[l] += c * x[i, g, t, l] * y[j, k, t, l]
+
+
+@njit(nogil=True, cache=True)
+def residual_add(r, y, multiplier, shift, bias, low, high):
+    """``r = clip(r + requantize(y, multiplier, shift) + bias, low, high)`` in place; ``r``, ``y`` (rows, d)."""
+    half = np.int64(1) << (shift - 1) if shift > 0 else np.int64(0)
+    for i in range(r.shape[0]):
+        for c in range(r.shape[1]):
+            v = r[i, c] + ((y[i, c] * multiplier + half) >> shift) + bias[c]
+            r[i, c] = min(max(v, low), high)
