@@ -97,3 +97,25 @@ def random_integer_model(arch: Architecture = TINY, seed: int = 0, word_bits: in
                                          (0.1 * rng.normal(size=out_f)).astype(np.float32))
     calibration = rng.integers(0, 17, size=(32, arch.in_channels, arch.image_size, arch.image_size))
     return attach(model, compile_program(model, calibration))
+
+
+def _int_quantizer(bits: int, step: float, signed: bool = True) -> Quantizer:
+    enc = Encoding("int" if signed else "uint", bits)
+    return Quantizer((QuantGroup(enc.name, enc, step, {"step": step}),))
+
+
+def random_multibit_program(seed: int = 8, arch: Architecture = TINY):
+    """:func:`random_integer_model` with PTQ-style quantizers, compiled: int4 inputs, Q, K and V, a uint3 attention map."""
+    from model.intvit import compile_program
+
+    model = random_integer_model(arch, seed=seed)
+    model.integer = None
+    for i in range(arch.depth):
+        p = f"blocks.{i}"
+        for name in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"):
+            old = model.layers[f"{p}.{name}"]
+            model.layers[f"{p}.{name}"] = EngineLinear(_int_quantizer(4, 0.25), old.weights, old.bias)
+        model.layers[f"{p}.attn.qk"] = EngineMatmul(_int_quantizer(4, 0.3), _int_quantizer(4, 0.3), 0.25)
+        model.layers[f"{p}.attn.av"] = EngineMatmul(_int_quantizer(3, 1 / 14, signed=False), _int_quantizer(4, 0.2))
+    calibration = np.random.default_rng(seed + 1).integers(0, 17, size=(16, arch.in_channels, arch.image_size, arch.image_size))
+    return compile_program(model, calibration)

@@ -12,7 +12,7 @@ from model import intvit
 from model.golden import Encoding
 from model.modelfile import IntegerSection
 from model.quantizers import QuantGroup
-from model.random_model import TINY, random_integer_model, random_model
+from model.random_model import TINY, random_integer_model, random_model, random_multibit_program
 from model.vit import deploy_integer
 
 
@@ -186,29 +186,9 @@ def test_attach_refuses_a_foreign_program(program):
 # ---------------------------------------------------------------- multi-bit quantizers (the PTQ family)
 
 
-def _int_quantizer(bits: int, step: float, signed: bool = True):
-    from model.quantizers import Quantizer
-
-    enc = Encoding("int" if signed else "uint", bits)
-    return Quantizer((QuantGroup(enc.name, enc, step, {"step": step}),))
-
-
 @pytest.fixture(scope="module")
 def multibit_program() -> intvit.IntegerProgram:
-    """The random model with PTQ-style quantizers: int4 inputs, Q, K and V, a uint3 attention map."""
-    from model.layers import EngineLinear, EngineMatmul
-
-    model = random_integer_model(seed=8)
-    model.integer = None
-    for i in range(TINY.depth):
-        p = f"blocks.{i}"
-        for name in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"):
-            old = model.layers[f"{p}.{name}"]
-            model.layers[f"{p}.{name}"] = EngineLinear(_int_quantizer(4, 0.25), old.weights, old.bias)
-        model.layers[f"{p}.attn.qk"] = EngineMatmul(_int_quantizer(4, 0.3), _int_quantizer(4, 0.3), 0.25)
-        model.layers[f"{p}.attn.av"] = EngineMatmul(_int_quantizer(3, 1 / 14, signed=False), _int_quantizer(4, 0.2))
-    calibration = np.random.default_rng(9).integers(0, 17, size=(16, 1, 8, 8))
-    return intvit.compile_program(model, calibration)
+    return random_multibit_program(seed=8)
 
 
 def test_multibit_program_runs_equal_on_numpy_torch_and_the_emulator(multibit_program, images):
