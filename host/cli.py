@@ -22,6 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from host.backend import Backend
+from host.compiled_program import CompiledProgram
 from host.device import DeviceBackend
 from host.emulator import EmulatorBackend
 from host.integer_runtime import IntegerRuntime
@@ -105,6 +106,9 @@ def infer(model: modelfile.Model, images: np.ndarray, labels: np.ndarray | None,
     The model's integer program runs when it has one and ``float_host`` is
     false (the summary's ``mode`` is ``integer``, and ``float_steps`` counts
     the steps that gave a float result: 0); otherwise the float-host graph.
+    On the emulator the program runs compiled for the CPU
+    (:class:`host.compiled_program.CompiledProgram`, the same integers as
+    every product on the EmulatorBackend, and the same cycle count).
     ``accuracy`` is None when there are no ``labels``.
 
     The emulator runs ``batch`` images at once (default
@@ -125,7 +129,10 @@ def infer(model: modelfile.Model, images: np.ndarray, labels: np.ndarray | None,
         raise ValueError(f"batch must be a positive int, got {batch!r}")
     name, backend = backend, make_backend(backend, port, baud, config, clock_mhz)
     integer = model.integer is not None and not float_host
-    runtime = IntegerRuntime(intvit.program(model), backend) if integer else Runtime(model, backend)
+    if integer and isinstance(backend, EmulatorBackend):  # the program compiled for the CPU, same integers
+        runtime = CompiledProgram(intvit.program(model), lanes=backend.lanes)
+    else:
+        runtime = IntegerRuntime(intvit.program(model), backend) if integer else Runtime(model, backend)
     device = backend if isinstance(backend, DeviceBackend) else None
     batch = 1 if device or name != "emulator" else batch or EMULATOR_BATCH
     predictions, latencies, sent, received, batch_times = [], [], [], [], []
@@ -142,7 +149,7 @@ def infer(model: modelfile.Model, images: np.ndarray, labels: np.ndarray | None,
                 received.append(device.bytes_received - before[1])
             bar.update(len(chunk))
     predictions = np.array(predictions)
-    cycles = backend.cycles() / max(1, len(images))
+    cycles = (runtime if isinstance(runtime, CompiledProgram) else backend).cycles() / max(1, len(images))
     summary = {
         "backend": name,
         "mode": "integer" if integer else "float-host",

@@ -31,6 +31,8 @@ import numpy as np
 
 from host import fused, intkernels
 from host.integer_runtime import INT8
+from hw.config import DEFAULT
+from hw.cycles import product_cycles
 from model import intops, intvit
 from model.deploy import patchify
 from model.golden import Encoding, pack_bits
@@ -110,11 +112,15 @@ class CompiledProgram:
 
     ``steps`` counts the program's steps run (as :class:`model.intvit.Trace`
     counts them; ``step_names`` lists the last forward's), ``float_steps``
-    those with a float result (none: every step is an integer kernel).
+    those with a float result (none: every step is an integer kernel), and
+    :meth:`cycles` the accelerator's ideal cycles for the products run, on
+    ``lanes`` lanes (what an EmulatorBackend counts, :func:`hw.cycles.ideal_cycles`).
     """
 
-    def __init__(self, prog: intvit.IntegerProgram):
+    def __init__(self, prog: intvit.IntegerProgram, lanes: int = DEFAULT.lanes):
         self.prog = prog
+        self.lanes = lanes
+        self._cycles = 0
         self.steps = 0
         self.float_steps = 0
         self.step_names: list[str] = []
@@ -136,9 +142,16 @@ class CompiledProgram:
 
     # ------------------------------------------------------------------ steps
 
+    def cycles(self) -> int:
+        """The accelerator's ideal cycles of every product run so far."""
+        return self._cycles
+
     def _step(self, name: str) -> None:
         self.steps += 1
         self.step_names.append(name)
+
+    def _count(self, product: _Product, rows_x: int, rows_y: int, n: int, items: int = 1) -> None:
+        self._cycles += items * product_cycles(product.x, product.y, rows_x, rows_y, n, self.prog.model.word_bits, self.lanes)
 
     def _threshold(self, names: list[str], product: _Product, side: str, y: np.ndarray, y_bound: Callable[[], int],
                    out: np.ndarray, transposed: bool = False, col0: int = 0) -> None:
@@ -213,6 +226,7 @@ class CompiledProgram:
             fused.linear_planes(x, weights, product.coefs, product.modes, n, out)
         else:
             fused.linear_codes(x, weights, product.coefs, out)
+        self._count(product, rows, weights.shape[-1], n)
         self._step(name)
         return out
 
@@ -221,12 +235,14 @@ class CompiledProgram:
         weights = self._weights[name]
         out = np.empty((len(xs), weights.shape[-1]), np.int64)
         fused.linear_codes(np.ascontiguousarray(xs, np.int64)[:, None, :], weights, self._products[name].coefs, out)
+        self._count(self._products[name], len(xs), weights.shape[-1], xs.shape[-1])
         self._step(name)
         return out
 
     def _matmul(self, name: str, x: np.ndarray, y: np.ndarray, n: int, out: np.ndarray) -> None:
         """Product ``name`` of operands (rows, ..., H, B) into ``out`` (rows_x, rows_y, H, B), batch innermost."""
         product = self._products[name]
+        self._count(product, x.shape[0], y.shape[0], n, items=x.shape[-2] * x.shape[-1])
         x, y, out = (a.reshape(*a.shape[:-2], -1) for a in (x, y, out))  # heads and images: one axis
         if product.planes:
             fused.matmul_planes(x, y, product.coefs, product.modes, n, out)

@@ -79,6 +79,13 @@ def ideal_cycles(groups_x: Sequence[golden.Operand], groups_y: Sequence[golden.O
     total = 0
     for gx in groups_x:
         for gy in groups_y:
-            pairs = len(gx.planes) * len(gy.planes)
-            total += items(gx.rows, blocks(gy.rows, lanes), pairs, golden.words_for(gx.n, gx.word_bits))
+            total += product_cycles([gx.encoding], [gy.encoding], gx.rows, gy.rows, gx.n, gx.word_bits, lanes)
     return total
+
+
+def product_cycles(x: Sequence[golden.Encoding], y: Sequence[golden.Encoding], rows_x: int, rows_y: int, n: int,
+                   word_bits: int, lanes: int) -> int:
+    """:func:`ideal_cycles` of a product given by its shape: groups of encodings ``x`` and ``y``, length ``n``."""
+    words = golden.words_for(n, word_bits)
+    return sum(items(rows_x, blocks(rows_y, lanes), len(ex.plane_weights) * len(ey.plane_weights), words)
+               for ex in x for ey in y)

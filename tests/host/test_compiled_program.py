@@ -36,6 +36,14 @@ def test_logits_and_steps_equal_the_reference_forward(program):
     assert compiled.step_names == list(trace.values) and compiled.steps == trace.steps and compiled.float_steps == 0
 
 
+def test_it_counts_the_cycles_an_emulator_backend_counts(program):
+    images = _images(17, 3)
+    compiled, backend = CompiledProgram(program, lanes=4), EmulatorBackend(lanes=4)
+    IntegerRuntime(program, backend).logits(images)
+    compiled.logits(images)
+    assert compiled.cycles() == backend.cycles() > 0
+
+
 def test_a_batch_gives_the_integers_of_one_image_at_a_time(program):
     images = _images(13, 6)
     compiled = CompiledProgram(program)
