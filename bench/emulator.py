@@ -5,8 +5,12 @@ class index) through, in the same run, on the same images, batched alike
 (``--batch``, default 64) and on the same number of threads (``--threads``,
 default 1: torch, the packed kernel's pool and BLAS are all limited to it):
 
-* ``emulator_integer``: the GSB model's integer program on the
-  EmulatorBackend (fast kernel), :class:`host.integer_runtime.IntegerRuntime`;
+* ``emulator_integer``: the GSB model's integer program compiled for the
+  CPU, :class:`host.compiled_program.CompiledProgram` (what ``python -m host
+  infer`` runs on the emulator);
+* ``emulator_integer_backend``: the same program with every product packed
+  and sent through the EmulatorBackend (fast kernel),
+  :class:`host.integer_runtime.IntegerRuntime`, the path a device takes;
 * ``emulator_float_host``: the same model file's float-host graph on the
   EmulatorBackend, :class:`host.runtime.Runtime`;
 * ``torch_fp``: the torch full-precision ViT of the same architecture
@@ -44,6 +48,8 @@ from collections.abc import Callable
 import numpy as np
 
 GSB_CHECKPOINT = Path("runs/results/digits/spc100/seed0/gsb/best.pt")
+#: the emulator's engines, each compared with torch_fp
+ENGINES = ("emulator_integer", "emulator_integer_backend", "emulator_float_host")
 
 
 def gsb_model(checkpoint: Path, progress: bool):
@@ -102,6 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     from bench.bgemm import machine_info
     from host import kernels
     from host.cli import test_images
+    from host.compiled_program import CompiledProgram
     from host.emulator import EmulatorBackend
     from host.integer_runtime import IntegerRuntime
     from host.runtime import Runtime
@@ -116,6 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     fp, fp_what = fp_model(checkpoint)
     images, labels = test_images(model.preprocessing.dataset)
     batches = [images[i:i + args.batch] for i in range(0, len(images), args.batch)]
+    compiled = CompiledProgram(intvit.program(model))
     integer = IntegerRuntime(intvit.program(model), EmulatorBackend("fast"))
     float_host = Runtime(model, EmulatorBackend("fast"))
 
@@ -125,7 +133,8 @@ def main(argv: list[str] | None = None) -> None:
                 fp.predict(torch.from_numpy(model.preprocessing.apply(b))).argmax(-1).numpy() for b in batches])
 
     engines = {
-        "emulator_integer": lambda: np.concatenate([integer.predict(b) for b in batches]),
+        "emulator_integer": lambda: np.concatenate([compiled.predict(b) for b in batches]),
+        "emulator_integer_backend": lambda: np.concatenate([integer.predict(b) for b in batches]),
         "emulator_float_host": lambda: np.concatenate([float_host.predict(b) for b in batches]),
         "torch_fp": torch_fp,
     }
@@ -145,20 +154,22 @@ def main(argv: list[str] | None = None) -> None:
             **r,
         }
     ratios = {f"{name}_vs_torch_fp": results[name]["images_per_s"] / results["torch_fp"]["images_per_s"]
-              for name in ("emulator_integer", "emulator_float_host")}
+              for name in ENGINES}
     ratios.update({f"{name}_vs_torch_fp_cpu_time": results[name]["images_per_cpu_s"] / results["torch_fp"]["images_per_cpu_s"]
-                   for name in ("emulator_integer", "emulator_float_host")})
+                   for name in ENGINES})
 
     print(f"{len(images)} images, batch {args.batch}, {args.threads} thread(s), median of {args.repeats} rounds; "
           f"load average {info['load_average_at_start'][0]:.2f} at start, {info['load_average_at_end'][0]:.2f} at end")
-    print(f"{'engine':<22}{'images/s':>10}{'vs torch_fp':>13}{'images/cpu-s':>14}{'vs torch_fp':>13}{'accuracy':>10}{'load (min..max)':>18}")
+    print(f"{'engine':<26}{'images/s':>10}{'vs torch_fp':>13}{'images/cpu-s':>14}{'vs torch_fp':>13}{'accuracy':>10}{'load (min..max)':>18}")
     for name, r in results.items():
         loads = r["load_before"] + r["load_after"]
         ratio = r["images_per_s"] / results["torch_fp"]["images_per_s"]
         cpu_ratio = r["images_per_cpu_s"] / results["torch_fp"]["images_per_cpu_s"]
-        print(f"{name:<22}{r['images_per_s']:>10.1f}{ratio:>13.3f}{r['images_per_cpu_s']:>14.1f}{cpu_ratio:>13.3f}"
+        print(f"{name:<26}{r['images_per_s']:>10.1f}{ratio:>13.3f}{r['images_per_cpu_s']:>14.1f}{cpu_ratio:>13.3f}"
               f"{100 * r['accuracy']:>9.2f}%{min(loads):>10.2f}..{max(loads):.2f}")
+    agree = bool(np.array_equal(predictions["emulator_integer"], predictions["emulator_integer_backend"]))
     print(f"torch_fp: {fp_what}")
+    print(f"compiled program and EmulatorBackend predict the same class on every image: {agree}")
     report = {
         "what": "images/s from raw pixels to class index, same images, batch and threads, same run; median of rounds",
         "images": len(images),
@@ -170,6 +181,7 @@ def main(argv: list[str] | None = None) -> None:
         "machine": {**info, "torch": torch.__version__},
         "results": results,
         "ratios": ratios,
+        "compiled_equals_backend": agree,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
