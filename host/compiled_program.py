@@ -89,6 +89,10 @@ class _Product:
         return sum(abs(int(self.coefs[g, h])) * n * x.max_abs * y.max_abs
                    for g, x in enumerate(self.x) for h, y in enumerate(self.y))
 
+    def out_dtype(self, n: int) -> type[np.signedinteger]:
+        """int32 when every output on length ``n`` fits it (half the bytes for the next step to read), else int64."""
+        return np.int32 if self.bound(n) < 2**31 else np.int64
+
 
 def _input_view(operand: np.ndarray) -> np.ndarray:
     """A linear layer's input ``(images, tokens, groups, ...)`` as a threshold kernel writes it: ``(tokens, groups, ..., 1, images)``."""
@@ -221,7 +225,7 @@ class CompiledProgram:
         x = product.operand("x", (rows // self.arch.tokens, self.arch.tokens), n)
         self._threshold([threshold], product, "x", y, y_bound, _input_view(x))
         x = x.reshape(rows, *x.shape[2:])
-        out = np.empty((rows, weights.shape[-1]), np.int64)
+        out = np.empty((rows, weights.shape[-1]), product.out_dtype(n))
         if product.planes:
             fused.linear_planes(x, weights, product.coefs, product.modes, n, out)
         else:
@@ -283,7 +287,7 @@ class CompiledProgram:
         self._threshold([f"{pre}.attn.k"], qk, "y", qkv, bound, k, col0=d)
         self._threshold([f"{pre}.attn.v{g}" for g in range(p[f"{pre}.attn.v_groups"])], av, "y", qkv, bound, v,
                         transposed=True, col0=2 * d)
-        scores = np.empty((t, t, heads, images), np.int64)
+        scores = np.empty((t, t, heads, images), qk.out_dtype(hd))
         self._matmul(f"{pre}.attn.qk", q, k, hd, scores)
         self._step(f"{pre}.attn.scores")  # requantized inside the softmax kernel
         attn = av.operand("x", (t,), t, trail)
@@ -295,7 +299,7 @@ class CompiledProgram:
             counts = intvit.level_counts(self.prog.model.layers[f"{pre}.attn.av"])
             fused.attention_codes(*args, np.repeat(np.arange(len(counts)), counts), attn)
         self._step(f"{pre}.attn.codes")
-        o = np.empty((t, hd, heads, images), np.int64)
+        o = np.empty((t, hd, heads, images), av.out_dtype(t))
         self._matmul(f"{pre}.attn.av", attn, v, t, o)
         return o
 

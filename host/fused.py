@@ -194,7 +194,7 @@ def compare_rows(y, col0, channels, tokens, above, below, kind, group, out):
     fixed length and vectorize.  ``y`` holds rows (B*T, C), the set's
     ``channels`` from ``col0``; the bits go to row ``t`` of ``out``.
     """
-    src = np.zeros(above.shape[0], np.int64)
+    src = np.zeros(above.shape[0], y.dtype)
     signs = np.empty(above.shape[0] // 64, np.uint64)
     masks = np.empty(above.shape[0] // 64, np.uint64)
     direct = channels == above.shape[0]  # a row of whole words: read in place
@@ -404,34 +404,46 @@ def _pair_terms(coefs, modes, n):
     return weight, offset
 
 
+@njit(nogil=True, cache=True, inline="always")
+def _count(mode, sx, mx, sy, my):
+    """One word's count of a plane pair: ``s ^ s`` (bipolar), ``m & m`` (unipolar), else ``C - 2P``."""
+    if mode == BIPOLAR_PAIR:
+        return _ctpop(sx ^ sy)
+    if mode == UNIPOLAR_PAIR:
+        return _ctpop(mx & my)
+    m = mx & my
+    return _ctpop(m) - 2 * _ctpop(m & (sx ^ sy))
+
+
 @njit(nogil=True, cache=True)
 def linear_planes(x, w_t, coefs, modes, n, out):
     """``out[i, j] = sum_gh coefs[g, h] D_gh(x[i], w[j])``: x (rows, Gx, 2, words), w_t (Gy, 2, words, out).
 
-    One pass over the output row per group pair and word (:func:`_pair_terms`).
+    Two rows a pass, so that every weight word loaded serves both (an odd
+    last row is computed twice); the first group pair and word set the
+    outputs, the others add to them (:func:`_pair_terms`).
     """
-    cols = w_t.shape[3]
+    rows, cols = x.shape[0], w_t.shape[3]
     weight, offset = _pair_terms(coefs, modes, n)
-    for i in range(x.shape[0]):
-        o = out[i]
-        for j in range(cols):
-            o[j] = offset
+    for i0 in range(0, rows, 2):
+        i1 = min(i0 + 1, rows - 1)
+        o0, o1 = out[i0], out[i1]
+        first = True
         for g in range(x.shape[1]):
             for h in range(w_t.shape[0]):
                 mode, c = modes[g, h], weight[g, h]
                 for w in range(x.shape[3]):
-                    sx, mx = x[i, g, 0, w], x[i, g, 1, w]
+                    sx0, mx0, sx1, mx1 = x[i0, g, 0, w], x[i0, g, 1, w], x[i1, g, 0, w], x[i1, g, 1, w]
                     sy, my = w_t[h, 0, w], w_t[h, 1, w]
-                    if mode == BIPOLAR_PAIR:
+                    if first:
                         for j in range(cols):
-                            o[j] += c * _ctpop(sx ^ sy[j])
-                    elif mode == UNIPOLAR_PAIR:
-                        for j in range(cols):
-                            o[j] += c * _ctpop(mx & my[j])
+                            o0[j] = offset + c * _count(mode, sx0, mx0, sy[j], my[j])
+                            o1[j] = offset + c * _count(mode, sx1, mx1, sy[j], my[j])
+                        first = False
                     else:
                         for j in range(cols):
-                            m = mx & my[j]
-                            o[j] += c * (_ctpop(m) - 2 * _ctpop(m & (sx ^ sy[j])))
+                            o0[j] += c * _count(mode, sx0, mx0, sy[j], my[j])
+                            o1[j] += c * _count(mode, sx1, mx1, sy[j], my[j])
 
 
 @njit(nogil=True, cache=True)
