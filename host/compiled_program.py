@@ -55,43 +55,38 @@ def _mode(x: Encoding, y: Encoding) -> int:
 
 @dataclass(frozen=True)
 class _Product:
-    """An engine product of the program: the encodings of its two sides and its coefficients.
+    """An engine product of the program: the encodings of its two sides, its coefficients and length ``n``.
 
     ``planes`` when every encoding on both sides is a single plane: the
     product is then popcounts of packed words (with ``modes`` per group
     pair), else integer dot products of the codes (:mod:`host.fused`).
+    Its outputs are ``dtype``: int32 when every one fits (half the bytes
+    for the next step to read), else int64.
     """
 
     x: tuple[Encoding, ...]
     y: tuple[Encoding, ...]
     coefs: np.ndarray
+    n: int
     planes: bool
     modes: np.ndarray
+    bound: int  #: the largest |Y| it can give
+    dtype: type[np.signedinteger]
 
     @classmethod
-    def of(cls, x: list[Encoding], y: list[Encoding], coefs: np.ndarray) -> _Product:
+    def of(cls, x: list[Encoding], y: list[Encoding], coefs: np.ndarray, n: int) -> _Product:
         planes = all(e.name in _KINDS for e in (*x, *y))
         modes = np.array([[_mode(a, b) if planes else 0 for b in y] for a in x], np.int64)
-        return cls(tuple(x), tuple(y), np.ascontiguousarray(coefs, np.int64), planes, modes)
+        bound = sum(abs(int(coefs[g, h])) * n * ex.max_abs * ey.max_abs for g, ex in enumerate(x) for h, ey in enumerate(y))
+        return cls(tuple(x), tuple(y), np.ascontiguousarray(coefs, np.int64), n, planes, modes, bound,
+                   np.int32 if bound < 2**31 else np.int64)
 
-    def operand(self, side: str, lead: tuple[int, ...], n: int, trail: tuple[int, ...] = ()) -> np.ndarray:
-        """An empty operand for ``side`` ("x" or "y") of length ``n``.
-
-        ``(*lead, groups, 2, words, *trail)`` planes or ``(*lead, groups, n, *trail)`` codes.
-        """
+    def operand(self, side: str, lead: tuple[int, ...], trail: tuple[int, ...] = ()) -> np.ndarray:
+        """An empty operand for ``side`` ("x" or "y"): ``(*lead, groups, 2, words, *trail)`` planes or ``(*lead, groups, n, *trail)`` codes."""
         groups = len(self.x if side == "x" else self.y)
         if self.planes:
-            return np.empty((*lead, groups, 2, -(-n // 64), *trail), np.uint64)
-        return np.empty((*lead, groups, n, *trail), np.int64)
-
-    def bound(self, n: int) -> int:
-        """The largest ``|Y|`` the product can give on length ``n``."""
-        return sum(abs(int(self.coefs[g, h])) * n * x.max_abs * y.max_abs
-                   for g, x in enumerate(self.x) for h, y in enumerate(self.y))
-
-    def out_dtype(self, n: int) -> type[np.signedinteger]:
-        """int32 when every output on length ``n`` fits it (half the bytes for the next step to read), else int64."""
-        return np.int32 if self.bound(n) < 2**31 else np.int64
+            return np.empty((*lead, groups, 2, -(-self.n // 64), *trail), np.uint64)
+        return np.empty((*lead, groups, self.n, *trail), np.int64)
 
 
 def _input_view(operand: np.ndarray) -> np.ndarray:
@@ -135,14 +130,20 @@ class CompiledProgram:
             x_enc, weights, coefs = prog.engine_layer(name)
             layer = prog.model.layers.get(name)
             y_enc = [w.operand.encoding for w in layer.weights] if isinstance(layer, EngineLinear) else [INT8]
-            product = self._products[name] = _Product.of(x_enc, y_enc, coefs)
             codes = np.stack([np.asarray(w, np.int64) for w in weights], axis=1)  # (out, groups, in)
+            product = self._products[name] = _Product.of(x_enc, y_enc, coefs, codes.shape[2])
             self._weights[name] = (_pack_weights(codes, product.y) if product.planes
                                    else np.ascontiguousarray(codes.transpose(1, 2, 0)))
         for i in range(arch.depth):
-            for part in ("qk", "av"):
-                self._products[f"blocks.{i}.attn.{part}"] = _Product.of(*prog.engine_layer(f"blocks.{i}.attn.{part}"))
+            for part, n in (("qk", arch.head_dim), ("av", arch.tokens)):
+                self._products[f"blocks.{i}.attn.{part}"] = _Product.of(*prog.engine_layer(f"blocks.{i}.attn.{part}"), n)
+        a = prog.arrays
+        #: the largest |out| of each LayerNorm: |u| <= sigma, so |gain| + |bias| + 1
+        self._norm_bounds = {name[:-len(".eps")]: int(np.abs(a[f"{name[:-4]}.gain"]).max(initial=0)
+                                                      + np.abs(a[f"{name[:-4]}.bias"]).max(initial=0)) + 1
+                             for name in prog.params if name.endswith(".eps")}
         self._plans: dict[tuple, list[_Run]] = {}
+        self._cycle_counts: dict[tuple, int] = {}
 
     # ------------------------------------------------------------------ steps
 
@@ -154,36 +155,53 @@ class CompiledProgram:
         self.steps += 1
         self.step_names.append(name)
 
-    def _count(self, product: _Product, rows_x: int, rows_y: int, n: int, items: int = 1) -> None:
-        self._cycles += items * product_cycles(product.x, product.y, rows_x, rows_y, n, self.prog.model.word_bits, self.lanes)
+    def _count(self, product: _Product, rows_x: int, rows_y: int, items: int = 1) -> None:
+        """Add the ideal cycles of ``items`` products of ``rows_x`` by ``rows_y`` (worked out once a shape)."""
+        key = (id(product), rows_x, rows_y)
+        if key not in self._cycle_counts:
+            self._cycle_counts[key] = product_cycles(product.x, product.y, rows_x, rows_y, product.n,
+                                                     self.prog.model.word_bits, self.lanes)
+        self._cycles += items * self._cycle_counts[key]
 
-    def _threshold(self, names: list[str], product: _Product, side: str, y: np.ndarray, y_bound: Callable[[], int],
-                   out: np.ndarray, transposed: bool = False, col0: int = 0) -> None:
+    def _threshold(self, names: list[str], product: _Product, side: str, y: np.ndarray, y_bound: int,
+                   out: np.ndarray, transposed: bool = False, col0: int = 0, norm: str | None = None) -> None:
         """Codes of threshold sets ``names`` (one a group) into operand ``out`` of ``product``'s ``side``.
 
         ``y`` holds rows (B*T, C), the sets' channels from ``col0``, or is an
-        ``A V`` output (T, head_dim, H, B); ``|y| <= y_bound()``.  The
-        kernels and their constants are chosen once per call site
-        (:meth:`_threshold_plan`).
+        ``A V`` output (T, head_dim, H, B); ``|y| <= y_bound``.  With
+        ``norm``, ``y`` is the residual stream and the input is its
+        LayerNorm ``norm`` (a step of its own).  The kernels and their
+        constants are chosen once per call site (:meth:`_threshold_plan`).
         """
-        key = (tuple(names), transposed, y.ndim)
+        key = (tuple(names), transposed, y.ndim, norm)
         plan = self._plans.get(key)
         if plan is None:
-            plan = self._plans[key] = self._threshold_plan(names, product, side, y_bound(), transposed, col0, y.ndim)
+            plan = self._plans[key] = self._threshold_plan(names, product, side, y_bound, transposed, col0, y.ndim, norm)
         for run in plan:
             run(y, out)
         for name in names:
             self._step(name)
 
     def _threshold_plan(self, names: list[str], product: _Product, side: str, y_bound: int, transposed: bool, col0: int,
-                        ndim: int) -> list[_Run]:
+                        ndim: int, norm: str | None = None) -> list[_Run]:
         """The kernels of one threshold call site.
 
         A planes operand of monotone sets is packed from compares
         (:func:`host.fused.compare_bounds`; transposed groups all in one
-        pass), everything else from the codes by the general kernels, which
-        refuse codes outside their encoding.
+        pass; a LayerNorm's input normalized row by row on the way,
+        :func:`host.fused.norm_compare`), everything else from the codes by
+        the general kernels, which refuse codes outside their encoding.
         """
+        if norm is not None:
+            gain, bias, eps = self.prog.arrays[f"{norm}.gain"], self.prog.arrays[f"{norm}.bias"], self.prog.params[f"{norm}.eps"]
+            base, hi, lo = (self.prog.params[f"{names[0]}.base"], self.prog.arrays[f"{names[0]}.hi"], self.prog.arrays[f"{names[0]}.lo"])
+            kind = _KINDS.get((product.x if side == "x" else product.y)[0].name, 0)
+            bound = fused.compare_bounds(base, hi, lo, y_bound, kind) if product.planes else None
+            if bound is not None and len(names) == 1 and not transposed and np.abs(gain).max(initial=0) < 1 << 50:
+                tokens = self.arch.tokens
+                return [lambda y, out: fused.norm_compare(y, gain, bias, eps, tokens, *bound, kind, 0, out)]
+            inner = self._threshold_plan(names, product, side, y_bound, transposed, col0, ndim)
+            return [lambda y, out: [run(intkernels.layer_norm(y, gain, bias, eps), out) for run in inner]]
         encodings = product.x if side == "x" else product.y
         kinds = [_KINDS.get(e.name, 0) for e in encodings]
         a, tokens = self.prog.arrays, self.arch.tokens
@@ -217,20 +235,25 @@ class CompiledProgram:
             plan.append(general)
         return plan
 
-    def _linear(self, name: str, threshold: str, y: np.ndarray, y_bound: Callable[[], int]) -> np.ndarray:
-        """Layer ``name`` on the codes of ``threshold`` applied to ``y`` (see :meth:`_threshold`): its output (B*T, out)."""
+    def _linear(self, name: str, threshold: str, y: np.ndarray, y_bound: int, norm: str | None = None) -> np.ndarray:
+        """Layer ``name`` on the codes of ``threshold`` applied to ``y`` (see :meth:`_threshold`): its output (B*T, out).
+
+        With ``norm``, ``y`` is the residual stream, normalized first (step ``norm``).
+        """
         product, weights = self._products[name], self._weights[name]
-        n = self.prog.arrays[f"{threshold}.hi"].shape[0]
+        n = product.n
         rows = y.shape[0] if y.ndim == 2 else y.shape[0] * y.shape[3]
-        x = product.operand("x", (rows // self.arch.tokens, self.arch.tokens), n)
-        self._threshold([threshold], product, "x", y, y_bound, _input_view(x))
+        x = product.operand("x", (rows // self.arch.tokens, self.arch.tokens))
+        if norm is not None:
+            self._step(norm)
+        self._threshold([threshold], product, "x", y, y_bound, _input_view(x), norm=norm)
         x = x.reshape(rows, *x.shape[2:])
-        out = np.empty((rows, weights.shape[-1]), product.out_dtype(n))
+        out = np.empty((rows, weights.shape[-1]), product.dtype)
         if product.planes:
             fused.linear_planes(x, weights, product.coefs, product.modes, n, out)
         else:
             fused.linear_codes(x, weights, product.coefs, out)
-        self._count(product, rows, weights.shape[-1], n)
+        self._count(product, rows, weights.shape[-1])
         self._step(name)
         return out
 
@@ -239,17 +262,17 @@ class CompiledProgram:
         weights = self._weights[name]
         out = np.empty((len(xs), weights.shape[-1]), np.int64)
         fused.linear_codes(np.ascontiguousarray(xs, np.int64)[:, None, :], weights, self._products[name].coefs, out)
-        self._count(self._products[name], len(xs), weights.shape[-1], xs.shape[-1])
+        self._count(self._products[name], len(xs), weights.shape[-1])
         self._step(name)
         return out
 
-    def _matmul(self, name: str, x: np.ndarray, y: np.ndarray, n: int, out: np.ndarray) -> None:
+    def _matmul(self, name: str, x: np.ndarray, y: np.ndarray, out: np.ndarray) -> None:
         """Product ``name`` of operands (rows, ..., H, B) into ``out`` (rows_x, rows_y, H, B), batch innermost."""
         product = self._products[name]
-        self._count(product, x.shape[0], y.shape[0], n, items=x.shape[-2] * x.shape[-1])
+        self._count(product, x.shape[0], y.shape[0], items=x.shape[-2] * x.shape[-1])
         x, y, out = (a.reshape(*a.shape[:-2], -1) for a in (x, y, out))  # heads and images: one axis
         if product.planes:
-            fused.matmul_planes(x, y, product.coefs, product.modes, n, out)
+            fused.matmul_planes(x, y, product.coefs, product.modes, product.n, out)
         else:
             fused.matmul_codes(x, y, product.coefs, out)
         self._step(name)
@@ -259,11 +282,6 @@ class CompiledProgram:
         h = intkernels.layer_norm(r, a[f"{name}.gain"], a[f"{name}.bias"], self.prog.params[f"{name}.eps"])
         self._step(step)
         return h
-
-    def _norm_bound(self, name: str) -> int:
-        """The largest ``|out|`` LayerNorm ``name`` can give: ``|u| <= sigma``, so ``|gain| + |bias| + 1``."""
-        a = self.prog.arrays
-        return int(np.abs(a[f"{name}.gain"]).max(initial=0) + np.abs(a[f"{name}.bias"]).max(initial=0)) + 1
 
     def _requantize(self, name: str, y: np.ndarray) -> np.ndarray:
         return intops.requantize(y, self.prog.params[f"{name}.multiplier"], self.prog.params[f"{name}.shift"])
@@ -281,16 +299,16 @@ class CompiledProgram:
         images = len(qkv) // t
         qk, av = self._products[f"{pre}.attn.qk"], self._products[f"{pre}.attn.av"]
         trail = (heads, images)
-        bound = lambda: self._products[f"{pre}.attn.qkv"].bound(d)  # noqa: E731
-        q, k, v = qk.operand("x", (t,), hd, trail), qk.operand("y", (t,), hd, trail), av.operand("y", (hd,), t, trail)
+        bound = self._products[f"{pre}.attn.qkv"].bound
+        q, k, v = qk.operand("x", (t,), trail), qk.operand("y", (t,), trail), av.operand("y", (hd,), trail)
         self._threshold([f"{pre}.attn.q"], qk, "x", qkv, bound, q)
         self._threshold([f"{pre}.attn.k"], qk, "y", qkv, bound, k, col0=d)
         self._threshold([f"{pre}.attn.v{g}" for g in range(p[f"{pre}.attn.v_groups"])], av, "y", qkv, bound, v,
                         transposed=True, col0=2 * d)
-        scores = np.empty((t, t, heads, images), qk.out_dtype(hd))
-        self._matmul(f"{pre}.attn.qk", q, k, hd, scores)
+        scores = np.empty((t, t, heads, images), qk.dtype)
+        self._matmul(f"{pre}.attn.qk", q, k, scores)
         self._step(f"{pre}.attn.scores")  # requantized inside the softmax kernel
-        attn = av.operand("x", (t,), t, trail)
+        attn = av.operand("x", (t,), trail)
         args = (scores, p[f"{pre}.attn.scores.multiplier"], p[f"{pre}.attn.scores.shift"], a["exp_table"],
                 a[f"{pre}.attn.levels"], p["attn_frac"])
         if av.planes:
@@ -299,8 +317,8 @@ class CompiledProgram:
             counts = intvit.level_counts(self.prog.model.layers[f"{pre}.attn.av"])
             fused.attention_codes(*args, np.repeat(np.arange(len(counts)), counts), attn)
         self._step(f"{pre}.attn.codes")
-        o = np.empty((t, hd, heads, images), av.out_dtype(t))
-        self._matmul(f"{pre}.attn.av", attn, v, t, o)
+        o = np.empty((t, hd, heads, images), av.dtype)
+        self._matmul(f"{pre}.attn.av", attn, v, o)
         return o
 
     # ---------------------------------------------------------------- forward
@@ -322,14 +340,12 @@ class CompiledProgram:
         self._step("embed")
         for i in range(arch.depth):
             pre = f"blocks.{i}"
-            h = self._layer_norm(f"{pre}.norm1", r, f"{pre}.norm1")
-            qkv = self._linear(f"{pre}.attn.qkv", f"{pre}.attn.qkv.in", h, lambda: self._norm_bound(f"{pre}.norm1"))
+            qkv = self._linear(f"{pre}.attn.qkv", f"{pre}.attn.qkv.in", r, self._norm_bounds[f"{pre}.norm1"], f"{pre}.norm1")
             o = self._attention(pre, qkv)
-            y = self._linear(f"{pre}.attn.proj", f"{pre}.attn.proj.in", o, lambda: self._products[f"{pre}.attn.av"].bound(t))
+            y = self._linear(f"{pre}.attn.proj", f"{pre}.attn.proj.in", o, self._products[f"{pre}.attn.av"].bound)
             self._residual(f"{pre}.attn.proj.out", r, y, f"{pre}.attn.residual")
-            h = self._layer_norm(f"{pre}.norm2", r, f"{pre}.norm2")
-            y = self._linear(f"{pre}.mlp.fc1", f"{pre}.mlp.fc1.in", h, lambda: self._norm_bound(f"{pre}.norm2"))
-            y = self._linear(f"{pre}.mlp.fc2", f"{pre}.mlp.fc2.in", y, lambda: self._products[f"{pre}.mlp.fc1"].bound(d))
+            y = self._linear(f"{pre}.mlp.fc1", f"{pre}.mlp.fc1.in", r, self._norm_bounds[f"{pre}.norm2"], f"{pre}.norm2")
+            y = self._linear(f"{pre}.mlp.fc2", f"{pre}.mlp.fc2.in", y, self._products[f"{pre}.mlp.fc1"].bound)
             self._residual(f"{pre}.mlp.fc2.out", r, y, f"{pre}.mlp.residual")
         r = r.reshape(b, t, d)
         logits = np.zeros((b, arch.num_classes), np.int64)

@@ -41,6 +41,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from host.intkernels import norm_row
 from host.kernels import _ctpop
 
 #: product modes of a group pair (``modes`` arrays)
@@ -209,6 +210,24 @@ def compare_rows(y, col0, channels, tokens, above, below, kind, group, out):
                 row = src[:]
             _compare_words(row, above, below, channels, kind, signs, masks)
             _store_heads(signs, masks, b, t, channels, group, out)
+
+
+@njit(nogil=True, cache=True)
+def norm_compare(x, gain, bias, eps, tokens, above, below, kind, group, out):
+    """:func:`compare_rows` of the LayerNorm of rows ``x`` (B*T, d) (:func:`host.intkernels.norm_row`), row by row.
+
+    The normalized row lives in a buffer of whole words only: no output
+    array is written and read again.
+    """
+    d = x.shape[1]
+    src = np.zeros(above.shape[0], np.int64)
+    signs = np.empty(above.shape[0] // 64, np.uint64)
+    masks = np.empty(above.shape[0] // 64, np.uint64)
+    for t in range(tokens):
+        for b in range(x.shape[0] // tokens):
+            norm_row(x[b * tokens + t], gain, bias, eps, src)
+            _compare_words(src, above, below, d, kind, signs, masks)
+            _store_heads(signs, masks, b, t, d, group, out)
 
 
 @njit(nogil=True, cache=True)
