@@ -197,9 +197,10 @@ class CompiledProgram:
             base, hi, lo = (self.prog.params[f"{names[0]}.base"], self.prog.arrays[f"{names[0]}.hi"], self.prog.arrays[f"{names[0]}.lo"])
             kind = _KINDS.get((product.x if side == "x" else product.y)[0].name, 0)
             bound = fused.compare_bounds(base, hi, lo, y_bound, kind) if product.planes else None
-            if bound is not None and len(names) == 1 and not transposed and np.abs(gain).max(initial=0) < 1 << 50:
-                tokens = self.arch.tokens
-                return [lambda y, out: fused.norm_compare(y, gain, bias, eps, tokens, *bound, kind, 0, out)]
+            folded = None if bound is None or len(names) != 1 or transposed else fused.norm_bounds(*bound, gain, bias)
+            if folded is not None:
+                tokens, gain = self.arch.tokens, np.ascontiguousarray(gain)
+                return [lambda y, out: fused.norm_compare(y, gain, eps, tokens, *folded, kind, 0, out)]
             inner = self._threshold_plan(names, product, side, y_bound, transposed, col0, ndim)
             return [lambda y, out: [run(intkernels.layer_norm(y, gain, bias, eps), out) for run in inner]]
         encodings = product.x if side == "x" else product.y

@@ -41,7 +41,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from host.intkernels import norm_row
+from host.intkernels import _isqrt
 from host.kernels import _ctpop
 
 #: product modes of a group pair (``modes`` arrays)
@@ -213,21 +213,57 @@ def compare_rows(y, col0, channels, tokens, above, below, kind, group, out):
 
 
 @njit(nogil=True, cache=True)
-def norm_compare(x, gain, bias, eps, tokens, above, below, kind, group, out):
-    """:func:`compare_rows` of the LayerNorm of rows ``x`` (B*T, d) (:func:`host.intkernels.norm_row`), row by row.
+def norm_compare(x, gain, eps, tokens, above, below, kind, group, out):
+    """:func:`compare_rows` of the LayerNorm of rows ``x`` (B*T, d), folded into integer compares.
 
-    The normalized row lives in a buffer of whole words only: no output
-    array is written and read again.
+    With ``u = d x - S``, ``sigma = isqrt(sum u**2 + eps)`` and LayerNorm
+    ``floor(u g / sigma) + bias`` (:func:`model.intops.layer_norm`),
+    ``out >= A`` holds exactly when ``u g >= (A - bias) sigma`` (``sigma >
+    0``, ``A`` an integer), so no division and no float is needed:
+    ``above`` and ``below`` here are the bounds less the bias, clipped to
+    ``±(max|g| + 1)`` (:func:`norm_bounds`); the padding never passes.
     """
     d = x.shape[1]
-    src = np.zeros(above.shape[0], np.int64)
+    lhs = np.zeros(above.shape[0], np.int64)
+    scaled_above = np.empty(above.shape[0], np.int64)
+    scaled_below = np.empty(above.shape[0], np.int64)
     signs = np.empty(above.shape[0] // 64, np.uint64)
     masks = np.empty(above.shape[0] // 64, np.uint64)
     for t in range(tokens):
         for b in range(x.shape[0] // tokens):
-            norm_row(x[b * tokens + t], gain, bias, eps, src)
-            _compare_words(src, above, below, d, kind, signs, masks)
+            row = x[b * tokens + t]
+            total = np.int64(0)
+            for c in range(d):
+                total += row[c]
+            v = np.int64(eps)
+            for c in range(d):
+                u = d * row[c] - total
+                lhs[c] = u * gain[c]
+                v += u * u
+            sigma = _isqrt(v)
+            for c in range(above.shape[0]):
+                scaled_above[c] = above[c] * sigma
+                scaled_below[c] = below[c] * sigma
+            _compare_words(lhs, scaled_above, scaled_below, d, kind, signs, masks)
             _store_heads(signs, masks, b, t, d, group, out)
+
+
+def norm_bounds(above: np.ndarray, below: np.ndarray, gain: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """:func:`compare_bounds` of a LayerNorm's output as :func:`norm_compare` takes them, or None when they could overflow.
+
+    ``|u g / sigma| <= max|g| = G``, so a bound past ``G + 1`` (after the
+    bias) decides nothing more: clipped there, ``(G + 1) sigma`` stays below
+    2**62 while ``G + 1 < 2**31`` (``sigma < 2**31``: the program's bounds
+    keep ``sum u**2 + eps`` below 2**62).
+    """
+    top = int(np.abs(gain).max(initial=0)) + 1
+    if top >= 1 << 31:
+        return None
+    d = len(bias)
+    pad = np.zeros(len(above), np.int64)
+    pad[:d] = bias
+    clip = (lambda v: np.clip(v.astype(object) - pad.astype(object), -top, top).astype(np.int64))  # noqa: E731 - no int64 wrap
+    return clip(above), clip(below)
 
 
 @njit(nogil=True, cache=True)
