@@ -81,12 +81,15 @@ class _Product:
         return cls(tuple(x), tuple(y), np.ascontiguousarray(coefs, np.int64), n, planes, modes, bound,
                    np.int32 if bound < 2**31 else np.int64)
 
-    def operand(self, side: str, lead: tuple[int, ...], trail: tuple[int, ...] = ()) -> np.ndarray:
-        """An empty operand for ``side`` ("x" or "y"): ``(*lead, groups, 2, words, *trail)`` planes or ``(*lead, groups, n, *trail)`` codes."""
+    def operand(self, side: str, lead: tuple[int, ...], trail: tuple[int, ...] = ()) -> tuple[tuple[int, ...], type]:
+        """``(shape, dtype)`` of an operand for ``side`` ("x" or "y").
+
+        ``(*lead, groups, 2, words, *trail)`` uint64 planes or ``(*lead, groups, n, *trail)`` int64 codes.
+        """
         groups = len(self.x if side == "x" else self.y)
         if self.planes:
-            return np.empty((*lead, groups, 2, -(-self.n // 64), *trail), np.uint64)
-        return np.empty((*lead, groups, self.n, *trail), np.int64)
+            return (*lead, groups, 2, -(-self.n // 64), *trail), np.uint64
+        return (*lead, groups, self.n, *trail), np.int64
 
 
 def _input_view(operand: np.ndarray) -> np.ndarray:
@@ -144,8 +147,22 @@ class CompiledProgram:
                              for name in prog.params if name.endswith(".eps")}
         self._plans: dict[tuple, list[_Run]] = {}
         self._cycle_counts: dict[tuple, int] = {}
+        self._buffers: dict[tuple, np.ndarray] = {}
 
     # ------------------------------------------------------------------ steps
+
+    def _scratch(self, name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
+        """A work array for ``name`` (a step's name; every block shares one), reused while its shape holds.
+
+        Each is read before the same step of the next block writes it
+        again, so reuse is safe; it keeps the batch's arrays in the caches
+        and spares the allocator fresh pages for every call.
+        """
+        key = (name.split(".", 2)[2] if name.startswith("blocks.") else name, dtype)
+        buffer = self._buffers.get(key)
+        if buffer is None or buffer.shape != shape:
+            buffer = self._buffers[key] = np.empty(shape, dtype)
+        return buffer
 
     def cycles(self) -> int:
         """The accelerator's ideal cycles of every product run so far."""
@@ -244,12 +261,12 @@ class CompiledProgram:
         product, weights = self._products[name], self._weights[name]
         n = product.n
         rows = y.shape[0] if y.ndim == 2 else y.shape[0] * y.shape[3]
-        x = product.operand("x", (rows // self.arch.tokens, self.arch.tokens))
+        x = self._scratch(f"{name}.x", *product.operand("x", (rows // self.arch.tokens, self.arch.tokens)))
         if norm is not None:
             self._step(norm)
         self._threshold([threshold], product, "x", y, y_bound, _input_view(x), norm=norm)
         x = x.reshape(rows, *x.shape[2:])
-        out = np.empty((rows, weights.shape[-1]), product.dtype)
+        out = self._scratch(name, (rows, weights.shape[-1]), product.dtype)
         if product.planes:
             fused.linear_planes(x, weights, product.coefs, product.modes, n, out)
         else:
@@ -301,15 +318,17 @@ class CompiledProgram:
         qk, av = self._products[f"{pre}.attn.qk"], self._products[f"{pre}.attn.av"]
         trail = (heads, images)
         bound = self._products[f"{pre}.attn.qkv"].bound
-        q, k, v = qk.operand("x", (t,), trail), qk.operand("y", (t,), trail), av.operand("y", (hd,), trail)
+        q = self._scratch(f"{pre}.attn.q", *qk.operand("x", (t,), trail))
+        k = self._scratch(f"{pre}.attn.k", *qk.operand("y", (t,), trail))
+        v = self._scratch(f"{pre}.attn.v", *av.operand("y", (hd,), trail))
         self._threshold([f"{pre}.attn.q"], qk, "x", qkv, bound, q)
         self._threshold([f"{pre}.attn.k"], qk, "y", qkv, bound, k, col0=d)
         self._threshold([f"{pre}.attn.v{g}" for g in range(p[f"{pre}.attn.v_groups"])], av, "y", qkv, bound, v,
                         transposed=True, col0=2 * d)
-        scores = np.empty((t, t, heads, images), qk.dtype)
+        scores = self._scratch(f"{pre}.attn.qk", (t, t, heads, images), qk.dtype)
         self._matmul(f"{pre}.attn.qk", q, k, scores)
         self._step(f"{pre}.attn.scores")  # requantized inside the softmax kernel
-        attn = av.operand("x", (t,), trail)
+        attn = self._scratch(f"{pre}.attn.codes", *av.operand("x", (t,), trail))
         args = (scores, p[f"{pre}.attn.scores.multiplier"], p[f"{pre}.attn.scores.shift"], a["exp_table"],
                 a[f"{pre}.attn.levels"], p["attn_frac"])
         if av.planes:
@@ -318,7 +337,7 @@ class CompiledProgram:
             counts = intvit.level_counts(self.prog.model.layers[f"{pre}.attn.av"])
             fused.attention_codes(*args, np.repeat(np.arange(len(counts)), counts), attn)
         self._step(f"{pre}.attn.codes")
-        o = np.empty((t, hd, heads, images), av.dtype)
+        o = self._scratch(f"{pre}.attn.av", (t, hd, heads, images), av.dtype)
         self._matmul(f"{pre}.attn.av", attn, v, o)
         return o
 

@@ -371,24 +371,32 @@ def threshold_codes(y, base, hi_t, lo_t, group, transposed, out):
 
 
 @njit(nogil=True, cache=True, inline="always")
-def _softmax_exps(scores, h, i, multiplier, shift, table, e, z):
-    """Row ``i`` of head ``h`` of ``scores`` (T, T, H, B): requantized, then ``e[j, b]`` the exps, ``z[b]`` their sum."""
+def _softmax_exps(scores, h, i, multiplier, shift, table, frac_bits, e, z):
+    """Row ``i`` of head ``h`` of ``scores`` (T, T, H, B): ``e[j, b]`` its exps shifted by ``frac_bits``, ``z[b]`` their sum.
+
+    The scores are requantized (round half up) once, into ``e``; the exps
+    come from the table at the distance to the row's largest score.
+    """
     last = table.shape[0] - 1
     half = np.int64(1) << (shift - 1) if shift > 0 else np.int64(0)
     cols, images = scores.shape[1], scores.shape[3]
-    for b in range(images):
-        z[b] = (scores[i, 0, h, b] * multiplier + half) >> shift  # the row's largest score, first
-    for j in range(1, cols):
-        for b in range(images):
-            z[b] = max(z[b], (scores[i, j, h, b] * multiplier + half) >> shift)
     for j in range(cols):
         for b in range(images):
-            e[j, b] = table[min(z[b] - ((scores[i, j, h, b] * multiplier + half) >> shift), last)]
+            e[j, b] = (scores[i, j, h, b] * multiplier + half) >> shift
+    for b in range(images):
+        z[b] = e[0, b]  # the row's largest score, first
+    for j in range(1, cols):
+        for b in range(images):
+            z[b] = max(z[b], e[j, b])
+    for j in range(cols):
+        for b in range(images):
+            e[j, b] = table[min(z[b] - e[j, b], last)]
     for b in range(images):
         z[b] = 0
     for j in range(cols):
         for b in range(images):
             z[b] += e[j, b]
+            e[j, b] <<= frac_bits
 
 
 @njit(nogil=True, cache=True)
@@ -405,7 +413,7 @@ def attention_planes(scores, multiplier, shift, table, thresholds, frac_bits, ou
     word = np.empty(images, np.uint64)
     for h in range(heads):
         for i in range(rows):
-            _softmax_exps(scores, h, i, multiplier, shift, table, e, z)
+            _softmax_exps(scores, h, i, multiplier, shift, table, frac_bits, e, z)
             for g in range(thresholds.shape[0]):
                 for w in range(out.shape[3]):
                     valid = np.uint64(0)
@@ -415,7 +423,7 @@ def attention_planes(scores, multiplier, shift, table, thresholds, frac_bits, ou
                         a = thresholds[g, h, i, j]
                         valid |= np.uint64(1) << np.uint64(j % 64)
                         for b in range(images):
-                            word[b] |= np.uint64((e[j, b] << frac_bits) >= a * z[b]) << np.uint64(j % 64)
+                            word[b] |= np.uint64(e[j, b] >= a * z[b]) << np.uint64(j % 64)
                     for b in range(images):
                         out[i, g, 0, w, h, b] = valid
                         out[i, g, 1, w, h, b] = word[b]
@@ -429,7 +437,7 @@ def attention_codes(scores, multiplier, shift, table, thresholds, frac_bits, gro
     z = np.empty(images, np.int64)
     for h in range(heads):
         for i in range(rows):
-            _softmax_exps(scores, h, i, multiplier, shift, table, e, z)
+            _softmax_exps(scores, h, i, multiplier, shift, table, frac_bits, e, z)
             for g in range(out.shape[1]):
                 for j in range(cols):
                     for b in range(images):
@@ -439,7 +447,7 @@ def attention_codes(scores, multiplier, shift, table, thresholds, frac_bits, gro
                 for j in range(cols):
                     a = thresholds[level, h, i, j]
                     for b in range(images):
-                        out[i, g, j, h, b] += np.int64((e[j, b] << frac_bits) >= a * z[b])
+                        out[i, g, j, h, b] += np.int64(e[j, b] >= a * z[b])
 
 
 @njit(nogil=True, cache=True, inline="always")
