@@ -40,6 +40,8 @@ from model.layers import EngineLinear
 
 _KINDS = {"bipolar": fused.BIPOLAR, "unipolar": fused.UNIPOLAR, "ternary": fused.TERNARY}
 
+#: the batch sizes whose blocks stay recorded (:class:`_Tape`), the oldest dropped first
+_TAPES = 4
 #: a threshold kernel bound to its constants: ``run(y, operand)``
 _Run = Callable[[np.ndarray, np.ndarray], object]
 
@@ -90,6 +92,22 @@ class _Product:
         if self.planes:
             return (*lead, groups, 2, -(-self.n // 64), *trail), np.uint64
         return (*lead, groups, self.n, *trail), np.int64
+
+
+@dataclass
+class _Tape:
+    """The blocks of one forward for a batch size, recorded: every kernel call with its arrays, in order.
+
+    Every array a block touches is a work array of the program or the
+    residual stream ``r`` (a buffer of the tape's own), so a later batch of
+    the same size runs the same calls again on its new data, with no Python
+    between them; ``steps`` and ``cycles`` are what they count.
+    """
+
+    r: np.ndarray
+    calls: list[tuple[Callable, tuple]]
+    steps: list[str]
+    cycles: int
 
 
 def _input_view(operand: np.ndarray) -> np.ndarray:
@@ -148,8 +166,16 @@ class CompiledProgram:
         self._plans: dict[tuple, list[_Run]] = {}
         self._cycle_counts: dict[tuple, int] = {}
         self._buffers: dict[tuple, np.ndarray] = {}
+        self._tapes: dict[int, _Tape] = {}
+        self._recording: list | None = None
 
     # ------------------------------------------------------------------ steps
+
+    def _call(self, kernel: Callable, *args) -> None:
+        """Run ``kernel(*args)``, and write it on the tape being recorded (:meth:`_blocks`)."""
+        if self._recording is not None:
+            self._recording.append((kernel, args))
+        kernel(*args)
 
     def _scratch(self, name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
         """A work array for ``name`` (a step's name; every block shares one), reused while its shape holds.
@@ -195,7 +221,7 @@ class CompiledProgram:
         if plan is None:
             plan = self._plans[key] = self._threshold_plan(names, product, side, y_bound, transposed, col0, y.ndim, norm)
         for run in plan:
-            run(y, out)
+            self._call(run, y, out)
         for name in names:
             self._step(name)
 
@@ -268,9 +294,9 @@ class CompiledProgram:
         x = x.reshape(rows, *x.shape[2:])
         out = self._scratch(name, (rows, weights.shape[-1]), product.dtype)
         if product.planes:
-            fused.linear_planes(x, weights, product.coefs, product.modes, n, out)
+            self._call(fused.linear_planes, x, weights, product.coefs, product.modes, n, out)
         else:
-            fused.linear_codes(x, weights, product.coefs, out)
+            self._call(fused.linear_codes, x, weights, product.coefs, out)
         self._count(product, rows, weights.shape[-1])
         self._step(name)
         return out
@@ -290,9 +316,9 @@ class CompiledProgram:
         self._count(product, x.shape[0], y.shape[0], items=x.shape[-2] * x.shape[-1])
         x, y, out = (a.reshape(*a.shape[:-2], -1) for a in (x, y, out))  # heads and images: one axis
         if product.planes:
-            fused.matmul_planes(x, y, product.coefs, product.modes, product.n, out)
+            self._call(fused.matmul_planes, x, y, product.coefs, product.modes, product.n, out)
         else:
-            fused.matmul_codes(x, y, product.coefs, out)
+            self._call(fused.matmul_codes, x, y, product.coefs, out)
         self._step(name)
 
     def _layer_norm(self, name: str, r: np.ndarray, step: str) -> np.ndarray:
@@ -307,7 +333,8 @@ class CompiledProgram:
     def _residual(self, name: str, r: np.ndarray, y: np.ndarray, step: str) -> None:
         p = self.prog.params
         low, high = intops.signed_range(p["residual_bits"])
-        fused.residual_add(r, y, p[f"{name}.multiplier"], p[f"{name}.shift"], self.prog.arrays[f"{name}.bias"], low, high)
+        self._call(fused.residual_add, r, y, p[f"{name}.multiplier"], p[f"{name}.shift"], self.prog.arrays[f"{name}.bias"],
+                   low, high)
         self._step(step)
 
     def _attention(self, pre: str, qkv: np.ndarray) -> np.ndarray:
@@ -332,16 +359,48 @@ class CompiledProgram:
         args = (scores, p[f"{pre}.attn.scores.multiplier"], p[f"{pre}.attn.scores.shift"], a["exp_table"],
                 a[f"{pre}.attn.levels"], p["attn_frac"])
         if av.planes:
-            fused.attention_planes(*args, attn)
+            self._call(fused.attention_planes, *args, attn)
         else:
             counts = intvit.level_counts(self.prog.model.layers[f"{pre}.attn.av"])
-            fused.attention_codes(*args, np.repeat(np.arange(len(counts)), counts), attn)
+            self._call(fused.attention_codes, *args, np.repeat(np.arange(len(counts)), counts), attn)
         self._step(f"{pre}.attn.codes")
         o = self._scratch(f"{pre}.attn.av", (t, hd, heads, images), av.dtype)
         self._matmul(f"{pre}.attn.av", attn, v, o)
         return o
 
     # ---------------------------------------------------------------- forward
+
+    def _blocks(self, r: np.ndarray) -> np.ndarray:
+        """The transformer blocks on the residual stream ``r`` (B*T, d), in place: a :class:`_Tape`, recorded on the first batch of a size."""
+        tape = self._tapes.get(len(r))
+        if tape is not None:
+            np.copyto(tape.r, r)
+            for kernel, args in tape.calls:
+                kernel(*args)
+            self.steps += len(tape.steps)
+            self.step_names += tape.steps
+            self._cycles += tape.cycles
+            return tape.r
+        if len(self._tapes) >= _TAPES:
+            self._tapes.pop(next(iter(self._tapes)))
+        first_step, cycles, self._recording = len(self.step_names), self._cycles, []
+        try:
+            self._run_blocks(r)
+            self._tapes[len(r)] = _Tape(r, self._recording, self.step_names[first_step:], self._cycles - cycles)
+        finally:
+            self._recording = None
+        return r
+
+    def _run_blocks(self, r: np.ndarray) -> None:
+        for i in range(self.arch.depth):
+            pre = f"blocks.{i}"
+            qkv = self._linear(f"{pre}.attn.qkv", f"{pre}.attn.qkv.in", r, self._norm_bounds[f"{pre}.norm1"], f"{pre}.norm1")
+            o = self._attention(pre, qkv)
+            y = self._linear(f"{pre}.attn.proj", f"{pre}.attn.proj.in", o, self._products[f"{pre}.attn.av"].bound)
+            self._residual(f"{pre}.attn.proj.out", r, y, f"{pre}.attn.residual")
+            y = self._linear(f"{pre}.mlp.fc1", f"{pre}.mlp.fc1.in", r, self._norm_bounds[f"{pre}.norm2"], f"{pre}.norm2")
+            y = self._linear(f"{pre}.mlp.fc2", f"{pre}.mlp.fc2.in", y, self._products[f"{pre}.mlp.fc1"].bound)
+            self._residual(f"{pre}.mlp.fc2.out", r, y, f"{pre}.mlp.residual")
 
     def logits(self, raw: np.ndarray) -> np.ndarray:
         """Integer logits (B, classes) of raw pixel images (B, C, H, W): :func:`model.intvit.forward`'s."""
@@ -358,15 +417,7 @@ class CompiledProgram:
         r[:, t - arch.num_patches:] += embed.reshape(b, arch.num_patches, d)
         r = np.ascontiguousarray(intops.saturate(r, p["residual_bits"]).reshape(b * t, d))
         self._step("embed")
-        for i in range(arch.depth):
-            pre = f"blocks.{i}"
-            qkv = self._linear(f"{pre}.attn.qkv", f"{pre}.attn.qkv.in", r, self._norm_bounds[f"{pre}.norm1"], f"{pre}.norm1")
-            o = self._attention(pre, qkv)
-            y = self._linear(f"{pre}.attn.proj", f"{pre}.attn.proj.in", o, self._products[f"{pre}.attn.av"].bound)
-            self._residual(f"{pre}.attn.proj.out", r, y, f"{pre}.attn.residual")
-            y = self._linear(f"{pre}.mlp.fc1", f"{pre}.mlp.fc1.in", r, self._norm_bounds[f"{pre}.norm2"], f"{pre}.norm2")
-            y = self._linear(f"{pre}.mlp.fc2", f"{pre}.mlp.fc2.in", y, self._products[f"{pre}.mlp.fc1"].bound)
-            self._residual(f"{pre}.mlp.fc2.out", r, y, f"{pre}.mlp.residual")
+        r = self._blocks(r)
         r = r.reshape(b, t, d)
         logits = np.zeros((b, arch.num_classes), np.int64)
         for token, name in enumerate(prog.head_names):

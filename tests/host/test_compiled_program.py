@@ -36,6 +36,18 @@ def test_logits_and_steps_equal_the_reference_forward(program):
     assert compiled.step_names == list(trace.values) and compiled.steps == trace.steps and compiled.float_steps == 0
 
 
+def test_a_recorded_batch_size_runs_again_on_new_images(program):
+    """The second batch of a size replays the first one's kernel calls: new images, their own integers, the same steps."""
+    first, second = _images(18, 4), _images(19, 4)
+    compiled = CompiledProgram(program)
+    compiled.logits(first)
+    cycles = compiled.cycles()
+    logits, trace = _reference(program, second)
+    assert np.array_equal(compiled.logits(second), logits)
+    assert compiled.step_names == list(trace.values) and compiled.steps == 2 * trace.steps
+    assert compiled.cycles() == 2 * cycles
+
+
 def test_it_counts_the_cycles_an_emulator_backend_counts(program):
     images = _images(17, 3)
     compiled, backend = CompiledProgram(program, lanes=4), EmulatorBackend(lanes=4)
