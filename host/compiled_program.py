@@ -160,9 +160,9 @@ class CompiledProgram:
                 self._products[f"blocks.{i}.attn.{part}"] = _Product.of(*prog.engine_layer(f"blocks.{i}.attn.{part}"), n)
         a = prog.arrays
         #: the largest |out| of each LayerNorm: |u| <= sigma, so |gain| + |bias| + 1
-        self._norm_bounds = {name[:-len(".eps")]: int(np.abs(a[f"{name[:-4]}.gain"]).max(initial=0)
-                                                      + np.abs(a[f"{name[:-4]}.bias"]).max(initial=0)) + 1
-                             for name in prog.params if name.endswith(".eps")}
+        norms = [key[:-len(".eps")] for key in prog.params if key.endswith(".eps")]
+        self._norm_bounds = {n: int(np.abs(a[f"{n}.gain"]).max(initial=0) + np.abs(a[f"{n}.bias"]).max(initial=0)) + 1
+                             for n in norms}
         self._plans: dict[tuple, list[_Run]] = {}
         self._cycle_counts: dict[tuple, int] = {}
         self._buffers: dict[tuple, np.ndarray] = {}
@@ -236,16 +236,7 @@ class CompiledProgram:
         the general kernels, which refuse codes outside their encoding.
         """
         if norm is not None:
-            gain, bias, eps = self.prog.arrays[f"{norm}.gain"], self.prog.arrays[f"{norm}.bias"], self.prog.params[f"{norm}.eps"]
-            base, hi, lo = (self.prog.params[f"{names[0]}.base"], self.prog.arrays[f"{names[0]}.hi"], self.prog.arrays[f"{names[0]}.lo"])
-            kind = _KINDS.get((product.x if side == "x" else product.y)[0].name, 0)
-            bound = fused.compare_bounds(base, hi, lo, y_bound, kind) if product.planes else None
-            folded = None if bound is None or len(names) != 1 or transposed else fused.norm_bounds(*bound, gain, bias)
-            if folded is not None:
-                tokens, gain = self.arch.tokens, np.ascontiguousarray(gain)
-                return [lambda y, out: fused.norm_compare(y, gain, eps, tokens, *folded, kind, 0, out)]
-            inner = self._threshold_plan(names, product, side, y_bound, transposed, col0, ndim)
-            return [lambda y, out: [run(intkernels.layer_norm(y, gain, bias, eps), out) for run in inner]]
+            return self._norm_plan(norm, names, product, side, y_bound, transposed, col0, ndim)
         encodings = product.x if side == "x" else product.y
         kinds = [_KINDS.get(e.name, 0) for e in encodings]
         a, tokens = self.prog.arrays, self.arch.tokens
@@ -278,6 +269,28 @@ class CompiledProgram:
 
             plan.append(general)
         return plan
+
+    def _norm_plan(self, norm: str, names: list[str], product: _Product, side: str, y_bound: int, transposed: bool,
+                   col0: int, ndim: int) -> list[_Run]:
+        """:meth:`_threshold_plan` of the LayerNorm ``norm`` of ``y``: folded into the compares where it can be
+        (:func:`host.fused.norm_compare`), else normalized first (:func:`host.intkernels.layer_norm`)."""
+        a = self.prog.arrays
+        gain, bias, eps = np.ascontiguousarray(a[f"{norm}.gain"]), a[f"{norm}.bias"], self.prog.params[f"{norm}.eps"]
+        kind = _KINDS.get((product.x if side == "x" else product.y)[0].name, 0)
+        base, hi, lo = self.prog.params[f"{names[0]}.base"], a[f"{names[0]}.hi"], a[f"{names[0]}.lo"]
+        bound = fused.compare_bounds(base, hi, lo, y_bound, kind) if product.planes else None
+        folded = None if bound is None or len(names) != 1 or transposed else fused.norm_bounds(*bound, gain, bias)
+        if folded is not None:
+            tokens = self.arch.tokens
+            return [lambda y, out: fused.norm_compare(y, gain, eps, tokens, *folded, kind, 0, out)]
+        inner = self._threshold_plan(names, product, side, y_bound, transposed, col0, ndim)
+
+        def normalized(y: np.ndarray, out: np.ndarray) -> None:
+            h = intkernels.layer_norm(y, gain, bias, eps)
+            for run in inner:
+                run(h, out)
+
+        return [normalized]
 
     def _linear(self, name: str, threshold: str, y: np.ndarray, y_bound: int, norm: str | None = None) -> np.ndarray:
         """Layer ``name`` on the codes of ``threshold`` applied to ``y`` (see :meth:`_threshold`): its output (B*T, out).

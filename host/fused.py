@@ -345,7 +345,7 @@ def compare_bounds(base: int, hi: np.ndarray, lo: np.ndarray, y_bound: int, kind
     above, below = np.full(padded, top, np.int64), np.full(padded, bottom, np.int64)
     above[:channels], below[:channels] = column(-base), column(-base - 1)
     low = 0 if kind == UNIPOLAR else -1
-    if base < low or base + k > 1 or (kind == BIPOLAR and np.any(below < above)):  # a code outside the kind's values
+    if base < low or base + k > 1 or (kind == BIPOLAR and np.any(below[:channels] < above[:channels])):  # a code outside the kind's values
         return None
     return above, below
 
@@ -483,14 +483,15 @@ def linear_planes(x, w_t, coefs, modes, n, out):
     """``out[i, j] = sum_gh coefs[g, h] D_gh(x[i], w[j])``: x (rows, Gx, 2, words), w_t (Gy, 2, words, out).
 
     Two rows a pass, so that every weight word loaded serves both (an odd
-    last row is computed twice); the first group pair and word set the
-    outputs, the others add to them (:func:`_pair_terms`).
+    last row is computed twice, its twin into a spare row); the first group
+    pair and word set the outputs, the others add to them (:func:`_pair_terms`).
     """
     rows, cols = x.shape[0], w_t.shape[3]
     weight, offset = _pair_terms(coefs, modes, n)
+    spare = np.empty(cols, out.dtype)
     for i0 in range(0, rows, 2):
         i1 = min(i0 + 1, rows - 1)
-        o0, o1 = out[i0], out[i1]
+        o0, o1 = out[i0], (out[i1] if i1 != i0 else spare)
         first = True
         for g in range(x.shape[1]):
             for h in range(w_t.shape[0]):

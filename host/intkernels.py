@@ -27,7 +27,7 @@ from numba import njit
 from model import intops
 from model.intops import int_array, requantize, saturate
 
-__all__ = ["attention_codes", "code_dtype", "layer_norm", "multithreshold", "norm_row", "requantize", "saturate"]
+__all__ = ["attention_codes", "code_dtype", "layer_norm", "multithreshold", "requantize", "saturate"]
 
 
 @njit(nogil=True, cache=True)
@@ -78,38 +78,31 @@ def _isqrt(v):
     return r
 
 
-@njit(nogil=True, cache=True, inline="always")
-def norm_row(x, gain, bias, eps, out):
-    """One row: the sums, the exact root, then ``floor(u * gain / sigma)`` without an integer division.
+@njit(nogil=True, cache=True)
+def _layer_norm(x, gain, bias, eps, out):
+    """Row by row: the sums, the exact root, then ``floor(u * gain / sigma)`` without an integer division.
 
     ``|u| <= sigma`` (sigma is the root of a sum that holds ``u**2``), so the
     quotient is at most ``|gain|``: for gains below 2**50 its float estimate
     is off by at most one, and two integer compares correct it (an integer division costs tens
-    of cycles and does not vectorize).  ``x`` and ``out`` are rows of ``d``;
-    ``out`` may be longer (the rest is left alone).
+    of cycles and does not vectorize).
     """
-    d = x.shape[0]
-    s = np.int64(0)
-    for c in range(d):
-        s += x[c]
-    v = np.int64(eps)
-    for c in range(d):
-        u = d * x[c] - s
-        v += u * u
-    sigma = _isqrt(v)
-    inverse = 1.0 / np.float64(sigma)
-    for c in range(d):
-        num = (d * x[c] - s) * gain[c]
-        q = np.int64(math.floor(np.float64(num) * inverse))
-        q += np.int64((q + 1) * sigma <= num) - np.int64(q * sigma > num)
-        out[c] = q + bias[c]
-
-
-@njit(nogil=True, cache=True)
-def _layer_norm(x, gain, bias, eps, out):
-    """:func:`norm_row` of every row of ``x`` (rows, d)."""
+    d = x.shape[1]
     for r in range(x.shape[0]):
-        norm_row(x[r], gain, bias, eps, out[r])
+        s = np.int64(0)
+        for c in range(d):
+            s += x[r, c]
+        v = np.int64(eps)
+        for c in range(d):
+            u = d * x[r, c] - s
+            v += u * u
+        sigma = _isqrt(v)
+        inverse = 1.0 / np.float64(sigma)
+        for c in range(d):
+            num = (d * x[r, c] - s) * gain[c]
+            q = np.int64(math.floor(np.float64(num) * inverse))
+            q += np.int64((q + 1) * sigma <= num) - np.int64(q * sigma > num)
+            out[r, c] = q + bias[c]
 
 
 def layer_norm(x: np.ndarray, gain: np.ndarray, bias: np.ndarray, eps: int) -> np.ndarray:
