@@ -301,10 +301,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.limit is not None:
         images, labels = images[: args.limit], labels[: args.limit]
     arch = model.architecture
-    print(f"demo: running the {len(images)} digits test images through the integer-only program on the EmulatorBackend: "
-          f"every product (8-bit patch embedding and heads; binary qkv, proj, fc1, fc2, Q K^T, attention x V; dim {arch.dim}, "
-          f"depth {arch.depth}, heads {arch.heads}) on the popcount contract, LayerNorm, softmax, GELU and the residual "
-          "adds as integer operations, raw pixels in, class index out")
+    print(f"demo: running the {len(images)} digits test images through the integer-only program on the emulator, "
+          f"compiled for this CPU: every product (8-bit patch embedding and heads; binary qkv, proj, fc1, fc2, Q K^T, "
+          f"attention x V; dim {arch.dim}, depth {arch.depth}, heads {arch.heads}) on the popcount contract, LayerNorm, "
+          "softmax, GELU and the residual adds as integer operations, raw pixels in, class index out")
     summary = infer(model, images, labels, "emulator", progress=not args.quiet)
     _print_summary(summary)
     float_host = infer(model, images, labels, "emulator", progress=False, float_host=True)
