@@ -33,7 +33,8 @@ recorded too: with one thread it is what the run would take on a core of
 its own (``images_per_cpu_s``), the better estimate of an idle machine
 when the load is high (other jobs on sibling hyperthreads and in the
 caches still slow it).  Writes ``bench/out/emulator.json`` with the ratios
-``emulator / torch_fp``, by wall time and by CPU time.
+``emulator / torch_fp``, by wall time and by CPU time, and where the
+compiled program's time goes, kernel by kernel (:func:`kernel_breakdown`).
 """
 
 from __future__ import annotations
@@ -78,6 +79,52 @@ def fp_model(gsb_checkpoint: Path):
             return model, f"trained full-precision teacher {teacher}"
     cfg = load_model(str(gsb_checkpoint)).cfg
     return ViT(cfg, "fp").eval(), "untrained ViT (random weights) of the same architecture: timing only, accuracy is chance"
+
+
+def kernel_breakdown(prog, batches: list[np.ndarray], repeats: int) -> dict[str, float]:
+    """Seconds per pass over ``batches`` of each :mod:`host.fused` kernel of the compiled program, and the rest.
+
+    Every kernel is wrapped with a timer for a fresh program (its recorded
+    blocks call the wrappers), run once to warm up and ``repeats`` times;
+    ``other`` is the rest of a pass (Python, numpy steps, the patch
+    embedding's and heads' glue), the median of the passes.
+    """
+    import time
+    from collections import defaultdict
+
+    from host import fused
+    from host.compiled_program import CompiledProgram
+
+    names = [n for n in dir(fused) if not n.startswith("_") and hasattr(getattr(fused, n), "py_func")]
+    originals = {n: getattr(fused, n) for n in names}
+    spent: dict[str, float] = defaultdict(float)
+
+    def timed(name: str, kernel):
+        def run(*args):
+            start = time.perf_counter()
+            kernel(*args)
+            spent[name] += time.perf_counter() - start
+        return run
+
+    try:
+        for n in names:
+            setattr(fused, n, timed(n, originals[n]))
+        compiled = CompiledProgram(prog)
+        for b in batches:
+            compiled.logits(b)
+        passes = []
+        for _ in range(repeats):
+            before, start = dict(spent), time.perf_counter()
+            for b in batches:
+                compiled.logits(b)
+            passes.append((time.perf_counter() - start, {n: spent[n] - before.get(n, 0.0) for n in spent}))
+    finally:
+        for n in names:
+            setattr(fused, n, originals[n])
+    total, kernels = sorted(passes, key=lambda p: p[0])[len(passes) // 2]
+    result = {n: v for n, v in sorted(kernels.items(), key=lambda kv: -kv[1]) if v > 0}
+    result["other"] = total - sum(result.values())
+    return result
 
 
 def time_rounds(engines: dict[str, Callable[[], np.ndarray]], repeats: int) -> tuple[dict, dict]:
@@ -139,6 +186,7 @@ def main(argv: list[str] | None = None) -> None:
         "torch_fp": torch_fp,
     }
     predictions, rounds = time_rounds(engines, args.repeats)
+    breakdown = kernel_breakdown(intvit.program(model), batches, args.repeats)
     info["load_average_at_end"] = list(os.getloadavg())
     results = {}
     for name, r in rounds.items():
@@ -170,6 +218,8 @@ def main(argv: list[str] | None = None) -> None:
     agree = bool(np.array_equal(predictions["emulator_integer"], predictions["emulator_integer_backend"]))
     print(f"torch_fp: {fp_what}")
     print(f"compiled program and EmulatorBackend predict the same class on every image: {agree}")
+    print("emulator_integer, where a pass over the images goes (ms; kernels of host.fused, then the rest):")
+    print("  " + ", ".join(f"{name} {1e3 * seconds:.1f}" for name, seconds in breakdown.items()))
     report = {
         "what": "images/s from raw pixels to class index, same images, batch and threads, same run; median of rounds",
         "images": len(images),
@@ -182,6 +232,7 @@ def main(argv: list[str] | None = None) -> None:
         "results": results,
         "ratios": ratios,
         "compiled_equals_backend": agree,
+        "emulator_integer_seconds_per_pass": breakdown,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
