@@ -68,6 +68,13 @@ def _row_codes(y, b, t, base, hi_t, lo_t, values, codes):
             codes[c] += np.int64(values[c] >= hi_t[k, c]) + np.int64(values[c] <= lo_t[k, c])
 
 
+@njit(nogil=True, cache=True, inline="always")
+def _row_shape(y, heads):
+    """``(images, tokens, channels, channels a head)`` of ``y`` (B, T, H, hd) split among ``heads``."""
+    channels = y.shape[2] * y.shape[3]
+    return y.shape[0], y.shape[1], channels, channels // heads
+
+
 @njit(nogil=True, cache=True)
 def threshold_planes(y, base, hi_t, lo_t, kind, group, transposed, out):
     """Multi-threshold codes of ``y`` (B, T, H, hd), packed into planes ``out`` (rows, groups, 2, words, heads, B).
@@ -80,12 +87,9 @@ def threshold_planes(y, base, hi_t, lo_t, kind, group, transposed, out):
     with bits over the tokens.  Returns the number of codes outside the
     kind's values (the caller refuses them).
     """
-    images, tokens = y.shape[0], y.shape[1]
-    channels = y.shape[2] * y.shape[3]
     heads = out.shape[4]
-    per_head = channels // heads
-    values = np.empty(channels, np.int64)
-    codes = np.empty(channels, np.int64)
+    images, tokens, channels, per_head = _row_shape(y, heads)
+    values, codes = np.empty(channels, np.int64), np.empty(channels, np.int64)
     signs = np.zeros(channels, np.uint64)
     masks = np.zeros(channels, np.uint64)
     # a code's bits: sign = v > 0 (always 1 for unipolar), mask = v != 0 (always 1 for bipolar)
@@ -353,12 +357,9 @@ def compare_bounds(base: int, hi: np.ndarray, lo: np.ndarray, y_bound: int, kind
 @njit(nogil=True, cache=True)
 def threshold_codes(y, base, hi_t, lo_t, group, transposed, out):
     """:func:`threshold_planes`'s codes unpacked, into ``out`` (rows, groups, n, heads, B)."""
-    images, tokens = y.shape[0], y.shape[1]
-    channels = y.shape[2] * y.shape[3]
     heads = out.shape[3]
-    per_head = channels // heads
-    values = np.empty(channels, np.int64)
-    codes = np.empty(channels, np.int64)
+    images, tokens, channels, per_head = _row_shape(y, heads)
+    values, codes = np.empty(channels, np.int64), np.empty(channels, np.int64)
     for b in range(images):
         for t in range(tokens):
             _row_codes(y, b, t, base, hi_t, lo_t, values, codes)
@@ -548,16 +549,8 @@ def matmul_planes(x, y, coefs, modes, n, out):
                     mode, c = modes[g, k], weight[g, k]
                     for w in range(x.shape[3]):
                         sx, mx, sy, my = x[i, g, 0, w], x[i, g, 1, w], y[j, k, 0, w], y[j, k, 1, w]
-                        if mode == BIPOLAR_PAIR:
-                            for l in range(items):
-                                o[l] += c * _ctpop(sx[l] ^ sy[l])
-                        elif mode == UNIPOLAR_PAIR:
-                            for l in range(items):
-                                o[l] += c * _ctpop(mx[l] & my[l])
-                        else:
-                            for l in range(items):
-                                m = mx[l] & my[l]
-                                o[l] += c * (_ctpop(m) - 2 * _ctpop(m & (sx[l] ^ sy[l])))
+                        for l in range(items):
+                            o[l] += c * _count(mode, sx[l], mx[l], sy[l], my[l])
 
 
 @njit(nogil=True, cache=True)
