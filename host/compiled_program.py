@@ -16,7 +16,13 @@ stays 0.
 Products whose operands are all single-plane encodings (every binary layer
 of a GSB model) are XNOR/AND popcounts of packed words; products with a
 multi-bit encoding (the 8-bit patch embedding and heads, PTQ programs) are
-integer dot products of their codes.  ``tests/host/test_compiled_program.py``
+integer dot products of their codes.  A monotone threshold set on a
+planes operand becomes two compares an element (no codes), on a LayerNorm
+output compares of ``u g`` with ``(A - bias) sigma`` (no normalized values,
+no division); everything else takes the general kernels.  The blocks of the
+first batch of a size are recorded as a list of kernel calls on reused work
+arrays and replayed for the next batches of that size, with no Python
+between the kernels.  ``tests/host/test_compiled_program.py``
 checks the logits against :func:`model.intvit.forward` on the reference
 engine, step names and counts included, and a batch against one image at a
 time.
