@@ -104,9 +104,9 @@ def _int_quantizer(bits: int, step: float, signed: bool = True) -> Quantizer:
     return Quantizer((QuantGroup(enc.name, enc, step, {"step": step}),))
 
 
-def random_multibit_program(seed: int = 8, arch: Architecture = TINY):
+def random_multibit_program(seed: int = 8, arch: Architecture = TINY) -> "IntegerProgram":
     """:func:`random_integer_model` with PTQ-style quantizers, compiled: int4 inputs, Q, K and V, a uint3 attention map."""
-    from model.intvit import compile_program
+    from model.intvit import IntegerProgram, compile_program  # noqa: F401 - IntegerProgram names the return type
 
     model = random_integer_model(arch, seed=seed)
     model.integer = None
