@@ -69,7 +69,9 @@ class _Product:
     product is then popcounts of packed words (with ``modes`` per group
     pair), else integer dot products of the codes (:mod:`host.fused`).
     Its outputs are ``dtype``: int32 when every one fits (half the bytes
-    for the next step to read), else int64.
+    for the next step to read), else int64.  Its plane words are ``word``:
+    uint32 when ``n <= 32`` (the attention products of small models: twice
+    the words a vector, :func:`host.fused.matmul_planes`), else uint64.
     """
 
     x: tuple[Encoding, ...]
@@ -80,6 +82,7 @@ class _Product:
     modes: np.ndarray
     bound: int  #: the largest |Y| it can give
     dtype: type[np.signedinteger]
+    word: type[np.unsignedinteger]
 
     @classmethod
     def of(cls, x: list[Encoding], y: list[Encoding], coefs: np.ndarray, n: int) -> _Product:
@@ -87,16 +90,16 @@ class _Product:
         modes = np.array([[_mode(a, b) if planes else 0 for b in y] for a in x], np.int64)
         bound = sum(abs(int(coefs[g, h])) * n * ex.max_abs * ey.max_abs for g, ex in enumerate(x) for h, ey in enumerate(y))
         return cls(tuple(x), tuple(y), np.ascontiguousarray(coefs, np.int64), n, planes, modes, bound,
-                   np.int32 if bound < 2**31 else np.int64)
+                   np.int32 if bound < 2**31 else np.int64, np.uint32 if n <= 32 else np.uint64)
 
     def operand(self, side: str, lead: tuple[int, ...], trail: tuple[int, ...] = ()) -> tuple[tuple[int, ...], type]:
         """``(shape, dtype)`` of an operand for ``side`` ("x" or "y").
 
-        ``(*lead, groups, 2, words, *trail)`` uint64 planes or ``(*lead, groups, n, *trail)`` int64 codes.
+        ``(*lead, groups, 2, words, *trail)`` planes of :attr:`word` or ``(*lead, groups, n, *trail)`` int64 codes.
         """
         groups = len(self.x if side == "x" else self.y)
         if self.planes:
-            return (*lead, groups, 2, -(-self.n // 64), *trail), np.uint64
+            return (*lead, groups, 2, -(-self.n // 64), *trail), self.word
         return (*lead, groups, self.n, *trail), np.int64
 
 
@@ -122,15 +125,15 @@ def _input_view(operand: np.ndarray) -> np.ndarray:
     return operand[:, :, None].transpose(order)
 
 
-def _pack_weights(codes: np.ndarray, encodings: tuple[Encoding, ...]) -> np.ndarray:
-    """Weight codes (out, groups, n) as planes transposed, (groups, 2, words, out)."""
+def _pack_weights(codes: np.ndarray, product: _Product) -> np.ndarray:
+    """Weight codes (out, groups, n) of ``product`` as planes of its words transposed, (groups, 2, words, out)."""
     planes = []
-    for g, enc in enumerate(encodings):
+    for g, enc in enumerate(product.y):
         values = codes[:, g]
         sign = np.ones_like(values, bool) if enc.name == "unipolar" else values > 0
         mask = np.ones_like(values, bool) if enc.name == "bipolar" else values != 0
         planes.append(np.stack([pack_bits(sign, 64), pack_bits(mask, 64)]))
-    return np.ascontiguousarray(np.stack(planes).transpose(0, 1, 3, 2))
+    return np.ascontiguousarray(np.stack(planes).transpose(0, 1, 3, 2), product.word)
 
 
 class CompiledProgram:
@@ -159,7 +162,7 @@ class CompiledProgram:
             y_enc = [w.operand.encoding for w in layer.weights] if isinstance(layer, EngineLinear) else [INT8]
             codes = np.stack([np.asarray(w, np.int64) for w in weights], axis=1)  # (out, groups, in)
             product = self._products[name] = _Product.of(x_enc, y_enc, coefs, codes.shape[2])
-            self._weights[name] = (_pack_weights(codes, product.y) if product.planes
+            self._weights[name] = (_pack_weights(codes, product) if product.planes
                                    else np.ascontiguousarray(codes.transpose(1, 2, 0)))
         for i in range(arch.depth):
             for part, n in (("qk", arch.head_dim), ("av", arch.tokens)):

@@ -39,7 +39,9 @@ strides; a linear layer's input is the one-head case of the same kernel.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
 
 from host.intkernels import _isqrt
 from host.kernels import _ctpop
@@ -146,21 +148,55 @@ def _bits_at(words, start, count):
     return v & _valid_word(count, 0)
 
 
+def _word_compare(op: str):
+    """An intrinsic ``(a, a0, b, b0) -> uint64``: bit ``i`` is ``a[a0 + i] op b[b0 + i]``, for i < 64.
+
+    ``a`` and ``b`` are contiguous 1-d integer arrays with 64 entries from
+    the offsets (the callers pad to whole words).  The 64 compares are one
+    LLVM vector compare whose 64 result bits are the word itself: on
+    AVX-512 a few compares into mask registers, where a loop of shifts and
+    ORs costs several instructions an element.  Of equal widths the vectors
+    hold the most lanes; a narrower side is sign-extended.
+    """
+    @intrinsic
+    def compare(typingctx, a, a0, b, b0):
+        arrays = (a, b)
+        if not all(isinstance(t, types.Array) and t.ndim == 1 and t.layout == "C" and isinstance(t.dtype, types.Integer)
+                   and t.dtype.signed for t in arrays):
+            return None
+        width = max(t.dtype.bitwidth for t in arrays)
+
+        def codegen(context, builder, signature, args):
+            def vector(array_type, array, offset):
+                data = context.make_array(array_type)(context, builder, array).data
+                bits = array_type.dtype.bitwidth
+                pointer = builder.bitcast(builder.gep(data, [offset]), ir.VectorType(ir.IntType(bits), 64).as_pointer())
+                v = builder.load(pointer, align=bits // 8)
+                return v if bits == width else builder.sext(v, ir.VectorType(ir.IntType(width), 64))
+
+            x, y = vector(signature.args[0], args[0], args[1]), vector(signature.args[2], args[2], args[3])
+            return builder.bitcast(builder.icmp_signed(op, x, y), ir.IntType(64))
+
+        return types.uint64(a, a0, b, b0), codegen
+
+    return compare
+
+
+_ge_bits, _lt_bits = _word_compare(">="), _word_compare("<")
+
+
 @njit(nogil=True, cache=True, inline="always")
 def _compare_words(src, above, below, channels, kind, signs, masks):
-    """Sign and mask words of one row ``src`` (padded to whole words) of a monotone threshold set; see :func:`compare_rows`."""
+    """Sign and mask words of one row ``src`` (padded to whole words) of a monotone threshold set; see :func:`compare_rows`.
+
+    ``src`` takes the bounds' dtype where it can (:func:`compare_bounds`): then the compares fill the most vector lanes.
+    """
     sign_always, mask_always = np.uint64(kind == UNIPOLAR), np.uint64(kind == BIPOLAR)
     for w in range(signs.shape[0]):
-        sign = np.uint64(0)
-        mask = np.uint64(0)
-        for i in range(64):
-            v = src[64 * w + i]
-            up = np.uint64(v >= above[64 * w + i])
-            sign |= up << np.uint64(i)
-            mask |= (up | np.uint64(v < below[64 * w + i])) << np.uint64(i)
+        up = _ge_bits(src, 64 * w, above, 64 * w)
         valid = _valid_word(channels, w)
-        signs[w] = sign | (valid * sign_always)
-        masks[w] = mask | (valid * mask_always)
+        signs[w] = up | (valid * sign_always)
+        masks[w] = up | _lt_bits(src, 64 * w, below, 64 * w) | (valid * mask_always)
 
 
 @njit(nogil=True, cache=True, inline="always")
@@ -188,6 +224,21 @@ def _store_heads(signs, masks, b, t, channels, group, out):
             out[t, group, 1, w, h, b] = _bits_at(masks, h * per_head + 64 * w, count)
 
 
+@njit(nogil=True, cache=True, inline="always")
+def _row_order(k, tokens, out):
+    """``(image, token)`` of the ``k``-th row a compare kernel visits for ``out``.
+
+    Rows in memory order for a linear layer's input (one head: ``out`` is
+    ``(images, tokens, ...)`` underneath, the source rows too); tokens
+    outer, images inner for the attention operands, whose images are
+    innermost: then consecutive stores are neighbours.
+    """
+    if out.shape[4] == 1:
+        return k // tokens, k % tokens
+    images = out.shape[5]
+    return k % images, k // images
+
+
 @njit(nogil=True, cache=True)
 def compare_rows(y, col0, channels, tokens, above, below, kind, group, out):
     """:func:`threshold_planes` of a monotone threshold set whose ``lo`` never counts, by compares.
@@ -197,23 +248,19 @@ def compare_rows(y, col0, channels, tokens, above, below, kind, group, out):
     (code != 0); ``above`` and ``below`` come from :func:`compare_bounds`,
     padded to whole words where they never pass, so the bit loops have a
     fixed length and vectorize.  ``y`` holds rows (B*T, C), the set's
-    ``channels`` from ``col0``; the bits go to row ``t`` of ``out``.
+    ``channels`` from ``col0``; the bits go to row ``t`` of ``out``.  Each
+    row is copied into a padded row of the bounds' dtype first.
     """
-    src = np.zeros(above.shape[0], y.dtype)
+    src = np.zeros(above.shape[0], above.dtype)
     signs = np.empty(above.shape[0] // 64, np.uint64)
     masks = np.empty(above.shape[0] // 64, np.uint64)
-    direct = channels == above.shape[0]  # a row of whole words: read in place
-    for t in range(tokens):  # the images innermost: the stores of consecutive rows are neighbours
-        for b in range(y.shape[0] // tokens):
-            r = b * tokens + t
-            if direct:
-                row = y[r, col0:col0 + channels]
-            else:
-                for c in range(channels):
-                    src[c] = y[r, col0 + c]
-                row = src[:]
-            _compare_words(row, above, below, channels, kind, signs, masks)
-            _store_heads(signs, masks, b, t, channels, group, out)
+    for k in range(y.shape[0]):
+        b, t = _row_order(k, tokens, out)
+        r = b * tokens + t
+        for c in range(channels):
+            src[c] = y[r, col0 + c]
+        _compare_words(src, above, below, channels, kind, signs, masks)
+        _store_heads(signs, masks, b, t, channels, group, out)
 
 
 @njit(nogil=True, cache=True)
@@ -233,23 +280,23 @@ def norm_compare(x, gain, eps, tokens, above, below, kind, group, out):
     scaled_below = np.empty(above.shape[0], np.int64)
     signs = np.empty(above.shape[0] // 64, np.uint64)
     masks = np.empty(above.shape[0] // 64, np.uint64)
-    for t in range(tokens):
-        for b in range(x.shape[0] // tokens):
-            row = x[b * tokens + t]
-            total = np.int64(0)
-            for c in range(d):
-                total += row[c]
-            v = np.int64(eps)
-            for c in range(d):
-                u = d * row[c] - total
-                lhs[c] = u * gain[c]
-                v += u * u
-            sigma = _isqrt(v)
-            for c in range(above.shape[0]):
-                scaled_above[c] = above[c] * sigma
-                scaled_below[c] = below[c] * sigma
-            _compare_words(lhs, scaled_above, scaled_below, d, kind, signs, masks)
-            _store_heads(signs, masks, b, t, d, group, out)
+    for k in range(x.shape[0]):
+        b, t = _row_order(k, tokens, out)
+        row = x[b * tokens + t]
+        total = np.int64(0)
+        for c in range(d):
+            total += row[c]
+        v = np.int64(eps)
+        for c in range(d):
+            u = d * row[c] - total
+            lhs[c] = u * gain[c]
+            v += u * u
+        sigma = _isqrt(v)
+        for c in range(above.shape[0]):
+            scaled_above[c] = above[c] * sigma
+            scaled_below[c] = below[c] * sigma
+        _compare_words(lhs, scaled_above, scaled_below, d, kind, signs, masks)
+        _store_heads(signs, masks, b, t, d, group, out)
 
 
 def norm_bounds(above: np.ndarray, below: np.ndarray, gain: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
@@ -274,21 +321,37 @@ def norm_bounds(above: np.ndarray, below: np.ndarray, gain: np.ndarray, bias: np
 def compare_tokens(y, above, below, kind, group, out):
     """:func:`compare_rows` of an ``A V`` output ``y`` (T, head_dim, H, B), the batch innermost.
 
-    Each token's block is transposed to rows of channels ``h * head_dim + cc`` first.
+    The compares run in ``y``'s own layout, a vector loop over the images
+    per channel, each channel's bit ORed into its word of every image; the
+    words go to row ``t`` of ``out`` once the token's channels are done.
     """
     tokens, head_dim, heads, images = y.shape
-    channels = heads * head_dim
-    block = np.zeros((images, above.shape[0]), np.int64)
-    signs = np.empty(above.shape[0] // 64, np.uint64)
-    masks = np.empty(above.shape[0] // 64, np.uint64)
+    out_heads, words = out.shape[4], out.shape[3]
+    per_head = heads * head_dim // out_heads
+    sign_always, mask_always = np.uint64(kind == UNIPOLAR), np.uint64(kind == BIPOLAR)
+    signs = np.empty((out_heads, words, images), np.uint64)
+    masks = np.empty((out_heads, words, images), np.uint64)
     for t in range(tokens):
-        for cc in range(head_dim):
-            for h in range(heads):
+        for hh in range(out_heads):
+            for w in range(words):
+                valid = _valid_word(per_head, w)
+                signs[hh, w] = valid * sign_always
+                masks[hh, w] = valid * mask_always
+        for h in range(heads):
+            for cc in range(head_dim):
+                c = h * head_dim + cc
+                hh, at = c // per_head, c % per_head
+                bit, a, low = np.uint64(at % 64), above[c], below[c]
+                row, s, m = y[t, cc, h], signs[hh, at // 64], masks[hh, at // 64]
                 for b in range(images):
-                    block[b, h * head_dim + cc] = y[t, cc, h, b]
-        for b in range(images):
-            _compare_words(block[b], above, below, channels, kind, signs, masks)
-            _store_heads(signs, masks, b, t, channels, group, out)
+                    up = np.uint64(row[b] >= a)
+                    s[b] |= up << bit
+                    m[b] |= (up | np.uint64(row[b] < low)) << bit
+        for hh in range(out_heads):
+            for w in range(words):
+                for b in range(images):
+                    out[t, group, 0, w, hh, b] = signs[hh, w, b]
+                    out[t, group, 1, w, hh, b] = masks[hh, w, b]
 
 
 @njit(nogil=True, cache=True)
@@ -333,25 +396,28 @@ def compare_bounds(base: int, hi: np.ndarray, lo: np.ndarray, y_bound: int, kind
     None unless the set is monotone there (every channel's ``hi`` sorted,
     every ``lo`` below ``-y_bound``: never counted) and every code it can
     give is a value of plane ``kind`` (so nothing is left to refuse); the
-    general kernels compute the others.  The arrays are padded to whole 64-entry words:
-    ``above = int64 max`` (never reached: values stay below 2**62),
-    ``below = int64 min``.
+    general kernels compute the others.  Both are clipped to ``[-y_bound,
+    y_bound + 1]``, which decides every ``y`` alike, and padded to whole
+    64-entry words with ``y_bound + 1`` (above: never reached) and
+    ``-y_bound`` (below: never passed); int32 when that range fits, the
+    dtype of a product's int32 outputs (:func:`_compare_words`).
     """
     channels, k = hi.shape
     if (k and np.any(np.diff(hi, axis=1) < 0)) or (lo.size and lo.max() >= -y_bound):
         return None
-    top, bottom = np.iinfo(np.int64).max, np.iinfo(np.int64).min
+    top, bottom = y_bound + 1, -y_bound
     padded = 64 * -(-channels // 64)
 
     def column(j: int) -> np.ndarray:
-        return hi[:, j] if 0 <= j < k else np.full(channels, top if j >= k else bottom, np.int64)
+        return np.clip(hi[:, j], bottom, top) if 0 <= j < k else np.full(channels, top if j >= k else bottom, np.int64)
 
     above, below = np.full(padded, top, np.int64), np.full(padded, bottom, np.int64)
     above[:channels], below[:channels] = column(-base), column(-base - 1)
     low = 0 if kind == UNIPOLAR else -1
     if base < low or base + k > 1 or (kind == BIPOLAR and np.any(below[:channels] < above[:channels])):  # a code outside the kind's values
         return None
-    return above, below
+    dtype = np.int32 if top < 2**31 else np.int64
+    return above.astype(dtype), below.astype(dtype)
 
 
 @njit(nogil=True, cache=True)
@@ -452,13 +518,16 @@ def attention_codes(scores, multiplier, shift, table, thresholds, frac_bits, gro
 
 
 @njit(nogil=True, cache=True, inline="always")
-def _pair_terms(coefs, modes, n):
+def _pair_terms(coefs, modes, n, out):
     """``(weight, offset)`` of every group pair: ``D = offset + weight * count`` summed over words, times the coefficient.
 
     A bipolar pair counts ``s ^ s`` (``D = n - 2 count``), a unipolar pair
-    ``m & m`` (``D = count``), any other ``C - 2P`` (``D = count``).
+    ``m & m`` (``D = count``), any other ``C - 2P`` (``D = count``).  The
+    weights take ``out``'s dtype: int32 outputs bound every partial sum
+    (:class:`host.compiled_program._Product`), and int32 arithmetic fills
+    twice the vector lanes.
     """
-    weight = np.empty(coefs.shape, np.int64)
+    weight = np.empty(coefs.shape, out.dtype)
     offset = np.int64(0)
     for g in range(coefs.shape[0]):
         for k in range(coefs.shape[1]):
@@ -470,13 +539,17 @@ def _pair_terms(coefs, modes, n):
 
 @njit(nogil=True, cache=True, inline="always")
 def _count(mode, sx, mx, sy, my):
-    """One word's count of a plane pair: ``s ^ s`` (bipolar), ``m & m`` (unipolar), else ``C - 2P``."""
+    """One word's count of a plane pair: ``s ^ s`` (bipolar), ``m & m`` (unipolar), else ``C - 2P``.
+
+    In the words' width (int32 counts of uint32 words): no widening in the vector loops.
+    """
     if mode == BIPOLAR_PAIR:
         return _ctpop(sx ^ sy)
     if mode == UNIPOLAR_PAIR:
         return _ctpop(mx & my)
     m = mx & my
-    return _ctpop(m) - 2 * _ctpop(m & (sx ^ sy))
+    p = _ctpop(m & (sx ^ sy))
+    return _ctpop(m) - p - p
 
 
 @njit(nogil=True, cache=True)
@@ -488,7 +561,7 @@ def linear_planes(x, w_t, coefs, modes, n, out):
     pair and word set the outputs, the others add to them (:func:`_pair_terms`).
     """
     rows, cols = x.shape[0], w_t.shape[3]
-    weight, offset = _pair_terms(coefs, modes, n)
+    weight, offset = _pair_terms(coefs, modes, n, out)
     spare = np.empty(cols, out.dtype)
     for i0 in range(0, rows, 2):
         i1 = min(i0 + 1, rows - 1)
@@ -538,7 +611,7 @@ def matmul_planes(x, y, coefs, modes, n, out):
     the items per group pair and word (:func:`_pair_terms`).
     """
     items = x.shape[4]
-    weight, offset = _pair_terms(coefs, modes, n)
+    weight, offset = _pair_terms(coefs, modes, n, out)
     for i in range(x.shape[0]):
         for j in range(y.shape[0]):
             o = out[i, j]

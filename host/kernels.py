@@ -77,15 +77,20 @@ _MIN_CHUNK_WORD_PAIRS = 1 << 22
 
 @intrinsic
 def _ctpop(typingctx, word):
-    """``llvm.ctpop.i64``: LLVM turns it into (vector) VPOPCNTQ where the CPU has it."""
-    if word != types.uint64:
+    """``llvm.ctpop`` of a uint64 (an int64) or a uint32 word (an int32).
+
+    LLVM turns it into (vector) VPOPCNTQ or VPOPCNTD where the CPU has
+    them: a vector of 32-bit words holds twice the lanes.
+    """
+    if word not in (types.uint64, types.uint32):
         return None
+    bits = word.bitwidth
 
     def codegen(context, builder, signature, args):
-        fn = builder.module.declare_intrinsic("llvm.ctpop", [ir.IntType(64)])
+        fn = builder.module.declare_intrinsic("llvm.ctpop", [ir.IntType(bits)])
         return builder.call(fn, args)
 
-    return types.int64(types.uint64), codegen
+    return (types.int64 if bits == 64 else types.int32)(word), codegen
 
 
 @njit(nogil=True, cache=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from numba import njit
 
 from host import fused
 from model import golden, intops
@@ -45,6 +46,12 @@ def test_linear_and_matmul_products_equal_the_golden_layer_output(ex, ey, n):
     items = np.empty((7, 9, 2), np.int64)   # the same product twice as items of the batch axis
     fused.matmul_planes(np.stack([xp, xp], -1), np.stack([yp, yp], -1), coefs, modes, n, items)
     assert np.array_equal(items[..., 0], want) and np.array_equal(items[..., 1], want)
+    if n <= 32:   # uint32 words and int32 outputs, as the compiled program takes short products
+        x32, y32 = xp.astype(np.uint32), yp.astype(np.uint32)
+        out32, items32 = np.empty((7, 9), np.int32), np.empty((7, 9, 2), np.int32)
+        fused.linear_planes(x32, np.ascontiguousarray(y32.transpose(1, 2, 3, 0)), coefs, modes, n, out32)
+        fused.matmul_planes(np.stack([x32, x32], -1), np.stack([y32, y32], -1), coefs, modes, n, items32)
+        assert np.array_equal(out32, want) and np.array_equal(items32[..., 1], want)
 
 
 def test_code_products_equal_the_integer_dot_product():
@@ -85,6 +92,48 @@ def test_compares_pack_the_multithreshold_codes(kind, heads, channels):
     bad = fused.threshold_planes(y.reshape(images, tokens, 1, channels), base, np.ascontiguousarray(hi.T),
                                  np.ascontiguousarray(lo.T), KINDS[kind], 0, False, general)
     assert bad == 0 and np.array_equal(general, want)
+    if per_head <= 32:   # heads of uint32 words
+        out32 = np.zeros(want.shape, np.uint32)
+        fused.compare_rows(y, 0, channels, tokens, *bounds, KINDS[kind], 0, out32)
+        assert np.array_equal(out32, want)
+
+
+@njit
+def _word_compares(a, a0, b, b0):
+    return fused._ge_bits(a, a0, b, b0), fused._lt_bits(a, a0, b, b0)
+
+
+@pytest.mark.parametrize("a_type, b_type", [(np.int32, np.int32), (np.int64, np.int64), (np.int32, np.int64)])
+def test_word_compares_are_the_elementwise_compares(a_type, b_type):
+    a_info, b_info = np.iinfo(a_type), np.iinfo(b_type)
+    a = RNG.integers(a_info.min, a_info.max, size=130, endpoint=True, dtype=a_type)
+    b = RNG.integers(b_info.min, b_info.max, size=130, endpoint=True, dtype=b_type)
+    a[:40:3] = b[:40:3].clip(a_info.min, a_info.max)   # equal values too
+    for a0, b0 in [(0, 0), (64, 3), (66, 1)]:
+        ge, lt = _word_compares(a, a0, b, b0)
+        x, y = a[a0:a0 + 64].astype(np.int64), b[b0:b0 + 64].astype(np.int64)
+        assert int(ge) == int(golden.pack_bits(x >= y, 64)[0]) and int(lt) == int(golden.pack_bits(x < y, 64)[0])
+
+
+@pytest.mark.parametrize("channels, head_dim", [(64, 16), (128, 32), (48, 24)])
+def test_compare_tokens_equal_compare_rows_and_the_codes(channels, head_dim):
+    """An ``A V`` output (T, head_dim, H, B) packed by compare_tokens, as its rows by compare_rows; thresholds past the range clip."""
+    tokens, images, heads = 5, 7, channels // head_dim
+    base, hi, lo = _threshold_set("ternary", channels)
+    hi *= 4   # some thresholds past |y| <= 40: the bounds clip them
+    y = RNG.integers(-40, 40, size=(tokens, head_dim, heads, images), endpoint=True).astype(np.int32)
+    rows = np.ascontiguousarray(y.transpose(3, 0, 2, 1).reshape(images * tokens, channels))
+    bounds = fused.compare_bounds(base, hi, lo, 40, fused.TERNARY)
+    assert bounds[0].dtype == np.int32
+    words = -(-channels // 64)
+    want = np.zeros((tokens, 1, 2, words, 1, images), np.uint64)
+    fused.compare_rows(rows, 0, channels, tokens, *bounds, fused.TERNARY, 0, want)
+    codes = intops.multithreshold(rows, base, hi, lo).reshape(images, tokens, channels)
+    packed = _planes(codes.reshape(-1, channels), "ternary").reshape(images, tokens, 2, words)
+    assert np.array_equal(want[:, 0, :, :, 0, :], packed.transpose(1, 2, 3, 0))
+    got = np.zeros_like(want)
+    fused.compare_tokens(y, *bounds, fused.TERNARY, 0, got)
+    assert np.array_equal(got, want)
 
 
 def test_compare_bounds_refuse_what_compares_cannot_decide():
@@ -131,6 +180,9 @@ def test_attention_planes_equal_the_attention_codes():
         packed = golden.pack_bits(mask, 64)[..., 0]  # (T, B, H)
         assert np.array_equal(out[:, g, 1, 0], packed.transpose(0, 2, 1))
     assert np.all(out[:, :, 0, 0] == (1 << t) - 1)
+    out32 = np.zeros(out.shape, np.uint32)
+    fused.attention_planes(np.ascontiguousarray(scores.transpose(2, 3, 1, 0)), 3, 2, table, thresholds, 16, out32)
+    assert np.array_equal(out32, out)
 
 
 def test_residual_add_requantizes_adds_and_saturates():
