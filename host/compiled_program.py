@@ -40,7 +40,6 @@ from host.integer_runtime import INT8
 from hw.config import DEFAULT
 from hw.cycles import product_cycles
 from model import intops, intvit
-from model.deploy import patchify
 from model.golden import Encoding, pack_bits
 from model.layers import EngineLinear
 
@@ -167,7 +166,20 @@ class CompiledProgram:
         for i in range(arch.depth):
             for part, n in (("qk", arch.head_dim), ("av", arch.tokens)):
                 self._products[f"blocks.{i}.attn.{part}"] = _Product.of(*prog.engine_layer(f"blocks.{i}.attn.{part}"), n)
-        a = prog.arrays
+        p, a = prog.params, prog.arrays
+        embed = [f"patch_embed.c{ch}" for ch in range(arch.in_channels)]
+        #: the patch embedding's constants as :func:`host.fused.embed_tokens` takes them
+        self._embed = (np.stack([self._weights[n] for n in embed]), np.stack([self._products[n].coefs[0] for n in embed]),
+                       np.array([p[f"{n}.multiplier"] for n in embed], np.int64),
+                       np.array([p[f"{n}.shift"] for n in embed], np.int64), a["patch_embed.bias"],
+                       np.ascontiguousarray(a["tokens"].reshape(arch.tokens, arch.dim), np.int64),
+                       *intops.signed_range(p["residual_bits"]))
+        heads = prog.head_names
+        #: the heads' constants as :func:`host.fused.head_logits` takes them
+        self._heads = (np.arange(len(heads), dtype=np.int64), a["norm.gain"], a["norm.bias"], p["norm.eps"],
+                       np.stack([self._weights[n] for n in heads]), np.stack([self._products[n].coefs[0] for n in heads]),
+                       np.array([p[f"{n}.multiplier"] for n in heads], np.int64),
+                       np.array([p[f"{n}.shift"] for n in heads], np.int64), np.stack([a[f"{n}.bias"] for n in heads]))
         #: the largest |out| of each LayerNorm: |u| <= sigma, so |gain| + |bias| + 1
         norms = [key[:-len(".eps")] for key in prog.params if key.endswith(".eps")]
         self._norm_bounds = {n: int(np.abs(a[f"{n}.gain"]).max(initial=0) + np.abs(a[f"{n}.bias"]).max(initial=0)) + 1
@@ -323,15 +335,6 @@ class CompiledProgram:
         self._step(name)
         return out
 
-    def _code_product(self, name: str, xs: np.ndarray) -> np.ndarray:
-        """A linear layer on codes taken as they are (the patch embedding's pixels, the heads' LayerNorm): (rows, out)."""
-        weights = self._weights[name]
-        out = np.empty((len(xs), weights.shape[-1]), np.int64)
-        fused.linear_codes(np.ascontiguousarray(xs, np.int64)[:, None, :], weights, self._products[name].coefs, out)
-        self._count(self._products[name], len(xs), weights.shape[-1])
-        self._step(name)
-        return out
-
     def _matmul(self, name: str, x: np.ndarray, y: np.ndarray, out: np.ndarray) -> None:
         """Product ``name`` of operands (rows, ..., H, B) into ``out`` (rows_x, rows_y, H, B), batch innermost."""
         product = self._products[name]
@@ -342,15 +345,6 @@ class CompiledProgram:
         else:
             self._call(fused.matmul_codes, x, y, product.coefs, out)
         self._step(name)
-
-    def _layer_norm(self, name: str, r: np.ndarray, step: str) -> np.ndarray:
-        a = self.prog.arrays
-        h = intkernels.layer_norm(r, a[f"{name}.gain"], a[f"{name}.bias"], self.prog.params[f"{name}.eps"])
-        self._step(step)
-        return h
-
-    def _requantize(self, name: str, y: np.ndarray) -> np.ndarray:
-        return intops.requantize(y, self.prog.params[f"{name}.multiplier"], self.prog.params[f"{name}.shift"])
 
     def _residual(self, name: str, r: np.ndarray, y: np.ndarray, step: str) -> None:
         p = self.prog.params
@@ -426,27 +420,28 @@ class CompiledProgram:
 
     def logits(self, raw: np.ndarray) -> np.ndarray:
         """Integer logits (B, classes) of raw pixel images (B, C, H, W): :func:`model.intvit.forward`'s."""
-        prog, p, a, arch = self.prog, self.prog.params, self.prog.arrays, self.arch
+        prog, arch = self.prog, self.arch
         self.step_names = []
         raw = intvit.check_pixels(prog, raw)
-        b, t, d = len(raw), arch.tokens, arch.dim
-        patches = patchify(raw, arch.patch_size)
-        flat = patches.reshape(-1, patches.shape[-1])
-        embed = a["patch_embed.bias"]
-        for ch, cols in enumerate(intvit.channel_columns(arch)):
-            embed = embed + self._requantize(f"patch_embed.c{ch}", self._code_product(f"patch_embed.c{ch}", flat[:, cols]))
-        r = np.broadcast_to(a["tokens"], (b, t, d)).copy()
-        r[:, t - arch.num_patches:] += embed.reshape(b, arch.num_patches, d)
-        r = np.ascontiguousarray(intops.saturate(r, p["residual_bits"]).reshape(b * t, d))
+        images, rows = len(raw), len(raw) * arch.tokens
+        r = np.empty((rows, arch.dim), np.int64)
+        fused.embed_tokens(raw, arch.patch_size, *self._embed, r)
+        for ch in range(arch.in_channels):
+            self._product_step(f"patch_embed.c{ch}", images * arch.num_patches)
         self._step("embed")
         r = self._blocks(r)
-        r = r.reshape(b, t, d)
-        logits = np.zeros((b, arch.num_classes), np.int64)
-        for token, name in enumerate(prog.head_names):
-            h = self._layer_norm("norm", r[:, token], f"{name}.norm")
-            logits = logits + self._requantize(name, self._code_product(name, h)) + a[f"{name}.bias"]
+        logits = np.empty((images, arch.num_classes), np.int64)
+        fused.head_logits(r, arch.tokens, *self._heads, logits)
+        for name in prog.head_names:
+            self._step(f"{name}.norm")
+            self._product_step(name, images)
         self._step("logits")
         return logits
+
+    def _product_step(self, name: str, rows: int) -> None:
+        """The cycles and the step of linear layer ``name`` on ``rows`` rows, run inside an embedding or head kernel."""
+        self._count(self._products[name], rows, self._weights[name].shape[-1])
+        self._step(name)
 
     def predict(self, raw: np.ndarray) -> np.ndarray:
         """Class indices (B,) of raw pixel images: the lowest index of the largest integer logit."""

@@ -43,7 +43,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
-from host.intkernels import _isqrt
+from host.intkernels import _isqrt, _layer_norm
 from host.kernels import _ctpop
 
 #: product modes of a group pair (``modes`` arrays)
@@ -643,11 +643,92 @@ def matmul_codes(x, y, coefs, out):
                             o[l] += c * x[i, g, t, l] * y[j, k, t, l]
 
 
+@njit(nogil=True, cache=True, inline="always")
+def _requantized(v, multiplier, shift):
+    """:func:`model.intops.requantize` of one value: round half up of ``v * multiplier / 2**shift``."""
+    half = np.int64(1) << (shift - 1) if shift > 0 else np.int64(0)
+    return (v * multiplier + half) >> shift
+
+
 @njit(nogil=True, cache=True)
 def residual_add(r, y, multiplier, shift, bias, low, high):
     """``r = clip(r + requantize(y, multiplier, shift) + bias, low, high)`` in place; ``r``, ``y`` (rows, d)."""
-    half = np.int64(1) << (shift - 1) if shift > 0 else np.int64(0)
     for i in range(r.shape[0]):
         for c in range(r.shape[1]):
-            v = r[i, c] + ((y[i, c] * multiplier + half) >> shift) + bias[c]
+            v = r[i, c] + _requantized(np.int64(y[i, c]), multiplier, shift) + bias[c]
             r[i, c] = min(max(v, low), high)
+
+
+@njit(nogil=True, cache=True)
+def embed_tokens(raw, patch, weights, coefs, multipliers, shifts, bias, tokens, low, high, out):
+    """The residual stream's first value, ``out`` (B*T, d), from raw pixels ``raw`` (B, C, H, W) in one pass.
+
+    Every row starts as its token's constant row (``tokens`` (T, d): the
+    class and distillation tokens, the position embedding); the last rows
+    of an image, one a patch (row-major, flattened as (C, p, p)), add the
+    embedding's bias and, per channel ``ch``, the requantized product of
+    the patch's codes with ``weights[ch]`` (Gy, p*p, d) and ``coefs[ch]``
+    (Gy,); every row saturates to ``[low, high]`` (what the program's
+    ``patch_embed.c*`` and ``embed`` steps compute).
+    """
+    images, channels, height, width = raw.shape
+    across, per = width // patch, patch * patch
+    rows, d = tokens.shape
+    first = rows - (height // patch) * across
+    codes = np.empty(per, np.int64)
+    acc = np.empty(d, np.int64)
+    for b in range(images):
+        for t in range(rows):
+            row = out[b * rows + t]
+            for c in range(d):
+                row[c] = tokens[t, c]
+            if t >= first:
+                top, left = (t - first) // across * patch, (t - first) % across * patch
+                for c in range(d):
+                    row[c] += bias[c]
+                for ch in range(channels):
+                    for i in range(patch):
+                        for j in range(patch):
+                            codes[i * patch + j] = raw[b, ch, top + i, left + j]
+                    acc[:] = 0
+                    for h in range(weights.shape[1]):
+                        for k in range(per):
+                            v = coefs[ch, h] * codes[k]
+                            w = weights[ch, h, k]
+                            for c in range(d):
+                                acc[c] += v * w[c]
+                    for c in range(d):
+                        row[c] += _requantized(acc[c], multipliers[ch], shifts[ch])
+            for c in range(d):
+                row[c] = min(max(row[c], low), high)
+
+
+@njit(nogil=True, cache=True)
+def head_logits(r, tokens, token_of_head, gain, norm_bias, eps, weights, coefs, multipliers, shifts, biases, out):
+    """Integer logits ``out`` (B, classes) from the residual stream ``r`` (B*T, d) in one pass.
+
+    Head ``k`` reads token ``token_of_head[k]``'s row, normalized by the
+    final LayerNorm (``gain``, ``norm_bias``, ``eps``:
+    :func:`host.intkernels._layer_norm`), multiplies it with ``weights[k]``
+    (Gy, d, classes) and ``coefs[k]`` (Gy,), requantizes it and adds its
+    bias; the heads' sums are the logits (the program's ``*.norm``, head
+    and ``logits`` steps).
+    """
+    normalized = np.empty((1, r.shape[1]), np.int64)
+    classes = out.shape[1]
+    acc = np.empty(classes, np.int64)
+    for b in range(out.shape[0]):
+        for c in range(classes):
+            out[b, c] = 0
+        for k in range(token_of_head.shape[0]):
+            row = b * tokens + token_of_head[k]
+            _layer_norm(r[row:row + 1], gain, norm_bias, eps, normalized)
+            acc[:] = 0
+            for h in range(weights.shape[1]):
+                for i in range(r.shape[1]):
+                    v = coefs[k, h] * normalized[0, i]
+                    w = weights[k, h, i]
+                    for c in range(classes):
+                        acc[c] += v * w[c]
+            for c in range(classes):
+                out[b, c] += _requantized(acc[c], multipliers[k], shifts[k]) + biases[k, c]

@@ -68,7 +68,9 @@ def test_a_batch_gives_the_integers_of_one_image_at_a_time(program):
     replace(TINY, dim=48, mlp_hidden=80),   # head_dim 24: heads straddle words; rows that are not whole words
     replace(TINY, image_size=18),           # 83 tokens: the A V operands take two words
     replace(TINY, dim=128, heads=1, mlp_hidden=192),  # one head of 128 channels
-], ids=["head_dim_24", "tokens_83", "one_head_128"])
+    replace(TINY, in_channels=3, image_size=12, patch_size=4),  # three channels embedded, 4x4 patches
+    replace(TINY, distillation_token=False),  # one head
+], ids=["head_dim_24", "tokens_83", "one_head_128", "three_channels", "one_classifier_head"])
 def test_other_shapes_take_the_general_layouts(arch):
     prog = intvit.program(random_integer_model(arch, seed=5))
     images = _images(6, 3, arch)
