@@ -47,8 +47,8 @@ _KINDS = {"bipolar": fused.BIPOLAR, "unipolar": fused.UNIPOLAR, "ternary": fused
 
 #: the batch sizes whose blocks stay recorded (:class:`_Tape`), the oldest dropped first
 _TAPES = 4
-#: a threshold kernel bound to its constants: ``run(y, operand)``
-_Run = Callable[[np.ndarray, np.ndarray], object]
+#: a threshold kernel bound to its constants: ``run(y, operand)``, or ``run(r, operand, added)`` after a residual add
+_Run = Callable[..., object]
 
 
 def _mode(x: Encoding, y: Encoding) -> int:
@@ -116,6 +116,15 @@ class _Tape:
     calls: list[tuple[Callable, tuple]]
     steps: list[str]
     cycles: int
+
+
+@dataclass(frozen=True)
+class _Residual:
+    """A residual add not yet run: add ``name``'s requantized ``y`` to the stream (step ``step``)."""
+
+    name: str
+    y: np.ndarray
+    step: str
 
 
 def _input_view(operand: np.ndarray) -> np.ndarray:
@@ -228,26 +237,30 @@ class CompiledProgram:
         self._cycles += items * self._cycle_counts[key]
 
     def _threshold(self, names: list[str], product: _Product, side: str, y: np.ndarray, y_bound: int,
-                   out: np.ndarray, transposed: bool = False, col0: int = 0, norm: str | None = None) -> None:
+                   out: np.ndarray, transposed: bool = False, col0: int = 0, norm: str | None = None,
+                   residual: _Residual | None = None) -> None:
         """Codes of threshold sets ``names`` (one a group) into operand ``out`` of ``product``'s ``side``.
 
         ``y`` holds rows (B*T, C), the sets' channels from ``col0``, or is an
         ``A V`` output (T, head_dim, H, B); ``|y| <= y_bound``.  With
         ``norm``, ``y`` is the residual stream and the input is its
-        LayerNorm ``norm`` (a step of its own).  The kernels and their
-        constants are chosen once per call site (:meth:`_threshold_plan`).
+        LayerNorm ``norm`` (a step of its own), after ``residual`` is added
+        to it.  The kernels and their constants are chosen once per call
+        site (:meth:`_threshold_plan`).
         """
         key = (tuple(names), transposed, y.ndim, norm)
         plan = self._plans.get(key)
         if plan is None:
-            plan = self._plans[key] = self._threshold_plan(names, product, side, y_bound, transposed, col0, y.ndim, norm)
+            plan = self._plans[key] = self._threshold_plan(names, product, side, y_bound, transposed, col0, y.ndim, norm,
+                                                           None if residual is None else residual.name)
+        extra = () if residual is None else (residual.y,)
         for run in plan:
-            self._call(run, y, out)
+            self._call(run, y, out, *extra)
         for name in names:
             self._step(name)
 
     def _threshold_plan(self, names: list[str], product: _Product, side: str, y_bound: int, transposed: bool, col0: int,
-                        ndim: int, norm: str | None = None) -> list[_Run]:
+                        ndim: int, norm: str | None = None, residual: str | None = None) -> list[_Run]:
         """The kernels of one threshold call site.
 
         A planes operand of monotone sets is packed from compares
@@ -257,7 +270,7 @@ class CompiledProgram:
         the general kernels, which refuse codes outside their encoding.
         """
         if norm is not None:
-            return self._norm_plan(norm, names, product, side, y_bound, transposed, col0, ndim)
+            return self._norm_plan(norm, names, product, side, y_bound, transposed, col0, ndim, residual)
         encodings = product.x if side == "x" else product.y
         kinds = [_KINDS.get(e.name, 0) for e in encodings]
         a, tokens = self.prog.arrays, self.arch.tokens
@@ -292,39 +305,53 @@ class CompiledProgram:
         return plan
 
     def _norm_plan(self, norm: str, names: list[str], product: _Product, side: str, y_bound: int, transposed: bool,
-                   col0: int, ndim: int) -> list[_Run]:
+                   col0: int, ndim: int, residual: str | None) -> list[_Run]:
         """:meth:`_threshold_plan` of the LayerNorm ``norm`` of ``y``: folded into the compares where it can be
-        (:func:`host.fused.norm_compare`), else normalized first (:func:`host.intkernels.layer_norm`)."""
+        (:func:`host.fused.norm_compare`), else normalized first (:func:`host.intkernels.layer_norm`).
+
+        With ``residual`` (a residual add's name), its runs take the added
+        output too and add it to ``y`` first, in the same pass where folded
+        (:func:`host.fused.residual_norm_compare`).
+        """
+        added = () if residual is None else self._residual_constants(residual)
         a = self.prog.arrays
         gain, bias, eps = np.ascontiguousarray(a[f"{norm}.gain"]), a[f"{norm}.bias"], self.prog.params[f"{norm}.eps"]
         kind = _KINDS.get((product.x if side == "x" else product.y)[0].name, 0)
         base, hi, lo = self.prog.params[f"{names[0]}.base"], a[f"{names[0]}.hi"], a[f"{names[0]}.lo"]
         bound = fused.compare_bounds(base, hi, lo, y_bound, kind) if product.planes else None
         folded = None if bound is None or len(names) != 1 or transposed else fused.norm_bounds(*bound, gain, bias)
+        tokens = self.arch.tokens
+        if folded is not None and residual is not None:
+            return [lambda r, out, y: fused.residual_norm_compare(r, y, *added, gain, eps, tokens, *folded, kind, 0, out)]
         if folded is not None:
-            tokens = self.arch.tokens
             return [lambda y, out: fused.norm_compare(y, gain, eps, tokens, *folded, kind, 0, out)]
         inner = self._threshold_plan(names, product, side, y_bound, transposed, col0, ndim)
 
-        def normalized(y: np.ndarray, out: np.ndarray) -> None:
+        def normalized(y: np.ndarray, out: np.ndarray, *output: np.ndarray) -> None:
+            if output:
+                fused.residual_add(y, *output, *added)
             h = intkernels.layer_norm(y, gain, bias, eps)
             for run in inner:
                 run(h, out)
 
         return [normalized]
 
-    def _linear(self, name: str, threshold: str, y: np.ndarray, y_bound: int, norm: str | None = None) -> np.ndarray:
+    def _linear(self, name: str, threshold: str, y: np.ndarray, y_bound: int, norm: str | None = None,
+                residual: _Residual | None = None) -> np.ndarray:
         """Layer ``name`` on the codes of ``threshold`` applied to ``y`` (see :meth:`_threshold`): its output (B*T, out).
 
-        With ``norm``, ``y`` is the residual stream, normalized first (step ``norm``).
+        With ``norm``, ``y`` is the residual stream, normalized first (step
+        ``norm``), after ``residual`` is added to it (its step first).
         """
         product, weights = self._products[name], self._weights[name]
         n = product.n
         rows = y.shape[0] if y.ndim == 2 else y.shape[0] * y.shape[3]
         x = self._scratch(f"{name}.x", *product.operand("x", (rows // self.arch.tokens, self.arch.tokens)))
+        if residual is not None:
+            self._step(residual.step)
         if norm is not None:
             self._step(norm)
-        self._threshold([threshold], product, "x", y, y_bound, _input_view(x), norm=norm)
+        self._threshold([threshold], product, "x", y, y_bound, _input_view(x), norm=norm, residual=residual)
         x = x.reshape(rows, *x.shape[2:])
         out = self._scratch(name, (rows, weights.shape[-1]), product.dtype)
         if product.planes:
@@ -346,12 +373,15 @@ class CompiledProgram:
             self._call(fused.matmul_codes, x, y, product.coefs, out)
         self._step(name)
 
-    def _residual(self, name: str, r: np.ndarray, y: np.ndarray, step: str) -> None:
+    def _residual_constants(self, name: str) -> tuple:
+        """``(multiplier, shift, bias, low, high)`` of residual add ``name`` (:func:`host.fused.residual_add`)."""
         p = self.prog.params
-        low, high = intops.signed_range(p["residual_bits"])
-        self._call(fused.residual_add, r, y, p[f"{name}.multiplier"], p[f"{name}.shift"], self.prog.arrays[f"{name}.bias"],
-                   low, high)
-        self._step(step)
+        return (p[f"{name}.multiplier"], p[f"{name}.shift"], self.prog.arrays[f"{name}.bias"],
+                *intops.signed_range(p["residual_bits"]))
+
+    def _residual(self, r: np.ndarray, residual: _Residual) -> None:
+        self._call(fused.residual_add, r, residual.y, *self._residual_constants(residual.name))
+        self._step(residual.step)
 
     def _attention(self, pre: str, qkv: np.ndarray) -> np.ndarray:
         """Block ``pre``'s attention from its qkv output (B*T, 3d): ``A V`` as (T, head_dim, H, B)."""
@@ -408,15 +438,20 @@ class CompiledProgram:
         return r
 
     def _run_blocks(self, r: np.ndarray) -> None:
+        """The blocks; a residual add followed by a LayerNorm runs in the norm's kernel (:meth:`_norm_plan`)."""
+        carried = None  # the previous block's MLP output, added at the next block's first LayerNorm
         for i in range(self.arch.depth):
             pre = f"blocks.{i}"
-            qkv = self._linear(f"{pre}.attn.qkv", f"{pre}.attn.qkv.in", r, self._norm_bounds[f"{pre}.norm1"], f"{pre}.norm1")
+            qkv = self._linear(f"{pre}.attn.qkv", f"{pre}.attn.qkv.in", r, self._norm_bounds[f"{pre}.norm1"], f"{pre}.norm1",
+                               carried)
             o = self._attention(pre, qkv)
             y = self._linear(f"{pre}.attn.proj", f"{pre}.attn.proj.in", o, self._products[f"{pre}.attn.av"].bound)
-            self._residual(f"{pre}.attn.proj.out", r, y, f"{pre}.attn.residual")
-            y = self._linear(f"{pre}.mlp.fc1", f"{pre}.mlp.fc1.in", r, self._norm_bounds[f"{pre}.norm2"], f"{pre}.norm2")
+            y = self._linear(f"{pre}.mlp.fc1", f"{pre}.mlp.fc1.in", r, self._norm_bounds[f"{pre}.norm2"], f"{pre}.norm2",
+                             _Residual(f"{pre}.attn.proj.out", y, f"{pre}.attn.residual"))
             y = self._linear(f"{pre}.mlp.fc2", f"{pre}.mlp.fc2.in", y, self._products[f"{pre}.mlp.fc1"].bound)
-            self._residual(f"{pre}.mlp.fc2.out", r, y, f"{pre}.mlp.residual")
+            carried = _Residual(f"{pre}.mlp.fc2.out", y, f"{pre}.mlp.residual")
+        if carried is not None:
+            self._residual(r, carried)
 
     def logits(self, raw: np.ndarray) -> np.ndarray:
         """Integer logits (B, classes) of raw pixel images (B, C, H, W): :func:`model.intvit.forward`'s."""

@@ -274,29 +274,50 @@ def norm_compare(x, gain, eps, tokens, above, below, kind, group, out):
     ``above`` and ``below`` here are the bounds less the bias, clipped to
     ``±(max|g| + 1)`` (:func:`norm_bounds`); the padding never passes.
     """
-    d = x.shape[1]
-    lhs = np.zeros(above.shape[0], np.int64)
-    scaled_above = np.empty(above.shape[0], np.int64)
-    scaled_below = np.empty(above.shape[0], np.int64)
-    signs = np.empty(above.shape[0] // 64, np.uint64)
-    masks = np.empty(above.shape[0] // 64, np.uint64)
+    lhs, scaled_above, scaled_below, signs, masks = _norm_work(above)
     for k in range(x.shape[0]):
         b, t = _row_order(k, tokens, out)
-        row = x[b * tokens + t]
-        total = np.int64(0)
-        for c in range(d):
-            total += row[c]
-        v = np.int64(eps)
-        for c in range(d):
-            u = d * row[c] - total
-            lhs[c] = u * gain[c]
-            v += u * u
-        sigma = _isqrt(v)
-        for c in range(above.shape[0]):
-            scaled_above[c] = above[c] * sigma
-            scaled_below[c] = below[c] * sigma
-        _compare_words(lhs, scaled_above, scaled_below, d, kind, signs, masks)
-        _store_heads(signs, masks, b, t, d, group, out)
+        _norm_words(x[b * tokens + t], gain, eps, above, below, kind, lhs, scaled_above, scaled_below, signs, masks)
+        _store_heads(signs, masks, b, t, x.shape[1], group, out)
+
+
+@njit(nogil=True, cache=True)
+def residual_norm_compare(r, y, multiplier, shift, bias, low, high, gain, eps, tokens, above, below, kind, group, out):
+    """:func:`residual_add` then :func:`norm_compare`, row by row: each row of ``r`` is normalized while still in the caches."""
+    lhs, scaled_above, scaled_below, signs, masks = _norm_work(above)
+    for k in range(r.shape[0]):
+        b, t = _row_order(k, tokens, out)
+        row, added = r[b * tokens + t], y[b * tokens + t]
+        for c in range(r.shape[1]):
+            row[c] = min(max(row[c] + _requantized(np.int64(added[c]), multiplier, shift) + bias[c], low), high)
+        _norm_words(row, gain, eps, above, below, kind, lhs, scaled_above, scaled_below, signs, masks)
+        _store_heads(signs, masks, b, t, r.shape[1], group, out)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _norm_work(above):
+    """The work rows of :func:`_norm_words`: ``u g``, the two scaled bounds, the sign and mask words."""
+    return (np.zeros(above.shape[0], np.int64), np.empty(above.shape[0], np.int64), np.empty(above.shape[0], np.int64),
+            np.empty(above.shape[0] // 64, np.uint64), np.empty(above.shape[0] // 64, np.uint64))
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _norm_words(row, gain, eps, above, below, kind, lhs, scaled_above, scaled_below, signs, masks):
+    """The sign and mask words of one row's LayerNorm compared with ``above``, ``below`` (see :func:`norm_compare`)."""
+    d = row.shape[0]
+    total = np.int64(0)
+    for c in range(d):
+        total += row[c]
+    v = np.int64(eps)
+    for c in range(d):
+        u = d * row[c] - total
+        lhs[c] = u * gain[c]
+        v += u * u
+    sigma = _isqrt(v)
+    for c in range(above.shape[0]):
+        scaled_above[c] = above[c] * sigma
+        scaled_below[c] = below[c] * sigma
+    _compare_words(lhs, scaled_above, scaled_below, d, kind, signs, masks)
 
 
 def norm_bounds(above: np.ndarray, below: np.ndarray, gain: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:

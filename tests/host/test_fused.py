@@ -163,8 +163,17 @@ def test_the_layernorm_folded_into_compares_equals_layernorm_then_compares():
     want = np.zeros((tokens, 1, 2, 1, 1, images), np.uint64)
     fused.compare_rows(normalized, 0, d, tokens, *bounds, fused.BIPOLAR, 0, want)
     got = np.zeros_like(want)
-    fused.norm_compare(x, gain, 7, tokens, *fused.norm_bounds(*bounds, gain, bias), fused.BIPOLAR, 0, got)
+    folded = fused.norm_bounds(*bounds, gain, bias)
+    fused.norm_compare(x, gain, 7, tokens, *folded, fused.BIPOLAR, 0, got)
     assert np.array_equal(got, want)
+    # a residual add first, in the same pass: the stream and the bits of residual_add then norm_compare
+    y, added_bias = RNG.integers(-9000, 9000, size=x.shape).astype(np.int32), RNG.integers(-50, 50, size=d)
+    stream, fused_stream = x.copy(), x.copy()
+    fused.residual_add(stream, y, 3, 2, added_bias, -4000, 4000)
+    fused.norm_compare(stream, gain, 7, tokens, *folded, fused.BIPOLAR, 0, want)
+    fused.residual_norm_compare(fused_stream, y, 3, 2, added_bias, -4000, 4000, gain, 7, tokens, *folded, fused.BIPOLAR, 0, got)
+    assert np.array_equal(fused_stream, stream) and np.array_equal(got, want)
+    assert np.array_equal(stream, np.clip(x + intops.requantize(y, 3, 2) + added_bias, -4000, 4000))
 
 
 def test_attention_planes_equal_the_attention_codes():
