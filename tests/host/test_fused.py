@@ -103,6 +103,11 @@ def _word_compares(a, a0, b, b0):
     return fused._ge_bits(a, a0, b, b0), fused._lt_bits(a, a0, b, b0)
 
 
+@njit
+def _scaled_word_compares(a, a0, b, b0, s):
+    return fused._ge_scaled_bits(a, a0, b, b0, s), fused._lt_scaled_bits(a, a0, b, b0, s)
+
+
 @pytest.mark.parametrize("a_type, b_type", [(np.int32, np.int32), (np.int64, np.int64), (np.int32, np.int64)])
 def test_word_compares_are_the_elementwise_compares(a_type, b_type):
     a_info, b_info = np.iinfo(a_type), np.iinfo(b_type)
@@ -113,6 +118,15 @@ def test_word_compares_are_the_elementwise_compares(a_type, b_type):
         ge, lt = _word_compares(a, a0, b, b0)
         x, y = a[a0:a0 + 64].astype(np.int64), b[b0:b0 + 64].astype(np.int64)
         assert int(ge) == int(golden.pack_bits(x >= y, 64)[0]) and int(lt) == int(golden.pack_bits(x < y, 64)[0])
+
+
+def test_scaled_word_compares_multiply_the_bound():
+    a, b = RNG.integers(-2**40, 2**40, size=70), RNG.integers(-1000, 1000, size=70)
+    s = 12345
+    a[::5] = b[::5] * s   # equal values too
+    ge, lt = _scaled_word_compares(a, 3, b, 6, s)
+    x, y = a[3:67], b[6:70] * s
+    assert int(ge) == int(golden.pack_bits(x >= y, 64)[0]) and int(lt) == int(golden.pack_bits(x < y, 64)[0])
 
 
 @pytest.mark.parametrize("channels, head_dim", [(64, 16), (128, 32), (48, 24)])
