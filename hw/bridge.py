@@ -197,6 +197,7 @@ class Bridge(wiring.Component):
         last_valid = Signal()
         commands = Signal(16)        # command words in the frame
         has_commands = Signal()
+        one_command = Signal()       # commands == 1
         answers = Signal(16)         # rsp words still to forward
         answers_done = Signal()      # answers == 0
         first = Signal(STREAM_BITS, reset_less=True)  # the first command word, registered
@@ -237,20 +238,13 @@ class Bridge(wiring.Component):
         with m.FSM(name="exec"):
             with m.State("WAIT"):
                 with m.If(frame_ok):
-                    m.d.sync += [self.busy.eq(1), commands.eq(length[2:] - 1), next_addr.eq(0), after_addr.eq(1),
-                                 feed_left.eq(length[2:]), feed_last.eq(length[2:] == 1)]
-                    m.next = "PRIME"
-            with m.State("PRIME"):      # rd.data holds word 0 after this cycle
-                m.d.sync += [feeding.eq(1), checking.eq(1)]
-                m.next = "CHECK"
-            with m.State("CHECK"):
-                m.d.comb += checker.o.ready.eq(1)
-                with m.If(checker.o.valid):
-                    m.d.sync += [refused.eq(~checker.o.payload), checking.eq(0), next_addr.eq(1), after_addr.eq(2)]
+                    m.d.sync += [self.busy.eq(1), commands.eq(length[2:] - 1)]
                     m.next = "FIRST"
+            # a retry that will not run is not checked: the checker takes every request
+            # it lets through for executed (its shadow of the descriptors)
             with m.State("FIRST"):      # rd.data holds word 0 (the answer count) after this cycle
                 m.d.comb += rd.addr.eq(0)
-                m.d.sync += [has_commands.eq(commands != 0), feed_left.eq(commands), feed_last.eq(commands == 1)]
+                m.d.sync += [has_commands.eq(commands != 0), one_command.eq(commands == 1)]
                 m.next = "PEEK"
             with m.State("PEEK"):
                 m.d.sync += answers.eq(rd.data[:16])
@@ -265,9 +259,24 @@ class Bridge(wiring.Component):
                 for op in READ_OPS:
                     with m.If(has_commands & (first[:8] == int(op))):
                         m.d.comb += is_read.eq(1)
-                m.d.comb += rd.addr.eq(1)
-                m.d.sync += duplicate.eq(last_valid & (seq == last_seq) & ~is_read)
-                m.next = "DECIDE"
+                m.d.comb += rd.addr.eq(0)
+                m.d.sync += [duplicate.eq(last_valid & (seq == last_seq) & ~is_read), refused.eq(0),
+                             next_addr.eq(0), after_addr.eq(1), feed_left.eq(length[2:]), feed_last.eq(length[2:] == 1)]
+                m.next = "ROUTE"
+            with m.State("ROUTE"):
+                m.d.comb += rd.addr.eq(Mux(duplicate, 1, 0))
+                m.next = "PRIME"
+                with m.If(duplicate):
+                    m.next = "DECIDE"
+            with m.State("PRIME"):      # rd.data holds word 0 after this cycle
+                m.d.sync += [feeding.eq(1), checking.eq(1)]
+                m.next = "CHECK"
+            with m.State("CHECK"):
+                m.d.comb += checker.o.ready.eq(1)
+                with m.If(checker.o.valid):
+                    m.d.sync += [refused.eq(~checker.o.payload), checking.eq(0), next_addr.eq(1), after_addr.eq(2),
+                                 feed_left.eq(commands), feed_last.eq(one_command)]
+                    m.next = "DECIDE"
             with m.State("DECIDE"):
                 m.d.comb += rd.addr.eq(1)
                 with m.If(refused | duplicate):  # a refused frame is not remembered: its retry is refused too

@@ -1,11 +1,12 @@
 """The request checker: which requests the bridge lets through to the accelerator."""
 
+import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
-from hw.checker import MAX_ANSWERS, RequestChecker
+from hw.checker import MAX_ANSWERS, RequestChecker, counted_commands
 from hw.config import AccelConfig
-from hw.isa import Op, header
+from hw.isa import LOAD_OPS, Op, descriptor, header
 
 #: Depths 32 (x, y, prog, result) and 8 (thresh), two lanes, one word per operand entry.
 CONFIG = AccelConfig(word_bits=8, lanes=2, x_depth=32, y_depth=32, thresh_depth=8, prog_depth=32, result_depth=32)
@@ -16,6 +17,15 @@ def run(binary=0, rows=1, blocks=1, words=1, passes=1, offset=0):
     return [header(Op.RUN, binary), rows | blocks << 16, words | passes << 16, offset & 0xFFFF_FFFF]
 
 
+def load_prog(first, *bases):
+    """LOAD_PROG of one descriptor per (x_base, y_base), from descriptor ``first``."""
+    words = [w for x, y in bases for w in descriptor(CONFIG, x, y, 1)]
+    return [header(Op.LOAD_PROG, first), len(bases), *words]
+
+
+#: Puts descriptors 0 and 1 back to the bases they have after a reset.
+ZERO_BASES = load_prog(0, (0, 0), (0, 0))
+
 GOOD = {
     "nothing": [0],
     "reset": [0, header(Op.RESET)],
@@ -25,9 +35,12 @@ GOOD = {
     "load_x_at_the_end": [0, header(Op.LOAD_X, 31), 1, 7],
     "load_y_at_the_end": [0, header(Op.LOAD_Y, 31), 1, 7, 8],
     "load_thresh_at_the_end": [0, header(Op.LOAD_THRESH, 7), 1, 7, 8],
-    "load_prog_at_the_end": [0, header(Op.LOAD_PROG, 31), 1, 1, 2, 3],
+    "load_prog_at_the_end": [0, header(Op.LOAD_PROG, 31), 1, 0, 0, 3],  # bases 0: later runs may use it
     "load_nothing": [0, header(Op.LOAD_X, 32), 0],
-    "run_at_every_bound": [0, *run(1, rows=32, blocks=8, words=32, passes=32, offset=ACC_MIN)],
+    "run_at_every_bound": [0, *run(1, rows=4, blocks=8, words=4, passes=32, offset=ACC_MIN)],
+    "run_of_one_long_row": [0, *run(rows=1, blocks=1, words=32)],
+    "run_of_many_rows": [0, *run(rows=32, blocks=1, words=1)],
+    "run_to_the_ends_of_its_descriptors": [0, *load_prog(0, (16, 24), (0, 0)), *run(rows=2, words=8, passes=2), *ZERO_BASES],
     "run_empty": [0, *run(rows=0, blocks=0, words=0, passes=0)],
     "run_not_binary_past_the_thresholds": [0, *run(0, blocks=9)],
     "mixed": [5, header(Op.READ, 0), 1, *run(), header(Op.READ_BITS, 3), 1, header(Op.READ_CYCLES), header(Op.RESET)],
@@ -54,6 +67,13 @@ BAD = {
     "run_binary_past_the_thresholds": [0, *run(1, blocks=9)],
     "run_offset": [0, *run(offset=-ACC_MIN)],
     "run_empty_but_huge": [0, *run(rows=0xFFFF, blocks=0)],
+    "run_every_count_at_its_bound": [0, *run(1, rows=32, blocks=8, words=32, passes=32)],
+    "run_rows_times_blocks": [0, *run(rows=5, blocks=7)],
+    "run_rows_times_words": [0, *run(rows=2, words=17)],
+    "run_blocks_times_words": [0, *run(blocks=3, words=11)],
+    "run_empty_rows_times_words": [0, *run(rows=3, blocks=1, words=11, passes=0)],
+    "run_past_a_descriptors_x_base": [0, *load_prog(0, (0, 0), (17, 0)), *run(rows=2, words=8, passes=2), *ZERO_BASES],
+    "run_past_a_descriptors_y_base": [0, *load_prog(1, (0, 25)), *run(blocks=1, words=8, passes=2), *ZERO_BASES],
 }
 
 
