@@ -61,19 +61,20 @@ class RequestChecker(wiring.Component):
     most ``max_words``, ``passes`` at most ``prog_depth``, an offset that fits
     the accumulator, ``rows * blocks <= result_depth``, and for each of its
     ``passes`` descriptors ``x_base + rows * words <= x_depth`` and ``y_base +
-    blocks * words <= y_depth`` (so ``rows * words <= x_depth`` and ``blocks *
-    words <= y_depth``), with the descriptors as the RUN will find them: loaded
+    blocks * words <= y_depth`` (so ``rows * words`` and ``blocks * words``
+    are checked for every run that reads a descriptor; a run without passes
+    reads no operand), with the descriptors as the RUN will find them: loaded
     by earlier requests or earlier in the same one.  That bounds a run's time
     and keeps every address it reads or writes inside its buffer.
 
     A word is registered before it is looked at: the checker takes one every
     other cycle.  Once a request is refused, the rest of it is only parsed
     until its last word, so every register holds only the bits of values in
-    range.  The checks take cycles, not logic (a request's words arrive far
-    slower over the UART): a RUN's products are found by subtracting, one
-    term a cycle, from the buffer's depth, which leaves the limit each
-    descriptor base is compared with; the descriptors are then read one a
-    cycle.
+    range.  The RUN checks spend cycles, not logic (a request's words arrive
+    far slower over the UART): each product is summed a term a cycle onto its
+    base, with one adder, and the sum compared with the buffer's depth, the
+    descriptors one after the other: about ``rows + passes * (rows + blocks +
+    2)`` cycles for a RUN.
 
     The checker keeps the plane bases of the program buffer in a shadow
     memory of two halves: the bases as they are (committed) and as the
@@ -131,12 +132,12 @@ class RequestChecker(wiring.Component):
         m.submodules.shadow = shadow = Memory(shape=bases, depth=2 << prog_bits, init=[])
         wr, rd = shadow.write_port(), shadow.read_port()
         dirty = Signal()             # this request has written half 0
-        idx = Signal(range(max(c.prog_depth, 1 << prog_bits) + 1))  # the descriptor read (checks, copies)
-        read_valid = Signal()        # rd.data holds the entry read a cycle ago
+        idx = Signal(range(max(c.prog_depth, 1 << prog_bits) + 1))  # the entry read (checks, copies)
+        read_half = Signal()         # the half read: 1 while the committed half is copied back
+        read_valid = Signal()        # rd.data holds the entry read a cycle ago (copies)
         read_idx = Signal(prog_bits)
-        read_bases = Signal(bases, reset_less=True)  # registered: no logic behind the block RAM
-        check_bases = Signal()       # read_bases holds a descriptor of the RUN to check
-        m.d.sync += [read_valid.eq(0), read_idx.eq(idx), read_bases.eq(rd.data), check_bases.eq(0)]
+        m.d.comb += rd.addr.eq(Cat(idx[:prog_bits], read_half))
+        m.d.sync += [read_valid.eq(0), read_idx.eq(idx)]
 
         def take():
             """Consume the registered word."""
@@ -166,14 +167,15 @@ class RequestChecker(wiring.Component):
         run_idx = Signal(2)
         rows, blocks = Signal(range(c.result_depth + 1)), Signal(range(c.result_depth + 1))
         words, passes = Signal(range(c.max_words + 1)), Signal(range(c.prog_depth + 1))
-        # rows * blocks, rows * words and blocks * words, subtracted a term a cycle from a depth
-        product = Signal(range(3))
-        left = Signal(range(c.result_depth + 1))  # terms still to subtract
+        # each product is summed a term a cycle: base + n * step <= limit, with (base, n, step,
+        # limit): (0, rows, blocks, result_depth), then for every descriptor (x_base, rows,
+        # words, x_depth) and (y_base, blocks, words, y_depth)
+        phase = Signal(range(3))     # 0: rows * blocks, 1: x rows, 2: y rows
+        left = Signal(range(c.result_depth + 1))  # terms still to add
         left_zero = Signal()
-        remainder = Signal(range(max(c.result_depth, c.x_depth, c.y_depth) + 1))
-        under = Signal()             # the remainder went below 0
-        limit_x, limit_y = Signal(range(c.x_depth + 1)), Signal(range(c.y_depth + 1))
-        refuse(check_bases & ((read_bases.x > limit_x) | (read_bases.y > limit_y)))
+        total = Signal(range(max(c.result_depth ** 2, max(c.x_depth, c.y_depth) + c.result_depth * c.max_words) + 1))
+        limit = Signal.like(total)
+        m.d.comb += limit.eq(Mux(phase == 0, c.result_depth, Mux(phase == 1, c.x_depth, c.y_depth)))
 
         # LOAD_PROG: the bases go into half 0 as their words are parsed
         desc_word = Signal(2)        # the word of the descriptor (0..2)
@@ -262,53 +264,49 @@ class RequestChecker(wiring.Component):
                         with m.Case(2):  # offset
                             sign = word[c.acc_bits - 1:]
                             refuse(sign.any() & ~sign.all())
-                            m.d.sync += [product.eq(0), remainder.eq(c.result_depth), under.eq(0),
-                                         left.eq(rows), left_zero.eq(rows == 0)]
+                            m.d.sync += [phase.eq(0), total.eq(0), left.eq(rows), left_zero.eq(rows == 0), idx.eq(0)]
                             m.next = "HEADER"
                             with m.If(~error):
-                                m.next = "PRODUCTS"
+                                m.next = "SUM"
                 cut_short()
-            with m.State("PRODUCTS"):
-                # remainder = depth - n * step, with n and step: (rows, blocks), (rows, words), (blocks, words)
+            with m.State("SUM"):
                 with m.If(~left_zero):
-                    difference = Signal(len(remainder) + 1)  # its top bit: the borrow
-                    m.d.comb += difference.eq(remainder - Mux(product == 0, blocks, words))
-                    m.d.sync += [remainder.eq(difference), under.eq(under | difference[-1]),
+                    m.d.sync += [total.eq(total + Mux(phase == 0, blocks, words)),
                                  left.eq(left - 1), left_zero.eq(left == 1)]
                 with m.Else():
-                    refuse(under)
-                    m.d.sync += [product.eq(product + 1), under.eq(0)]
-                    with m.Switch(product):
-                        with m.Case(0):
-                            m.d.sync += [remainder.eq(c.x_depth), left.eq(rows), left_zero.eq(rows == 0)]
-                        with m.Case(1):
-                            m.d.sync += [limit_x.eq(remainder), remainder.eq(c.y_depth),
-                                         left.eq(blocks), left_zero.eq(blocks == 0)]
+                    with m.Switch(phase):
+                        with m.Case(0):   # then descriptor 0, if the run has passes
+                            m.next = "READ"
+                            with m.If(passes == 0):
+                                m.next = "HEADER"
+                        with m.Case(1):   # rd.data still holds the descriptor: its y_base
+                            m.d.sync += [phase.eq(2), total.eq(rd.data.y), left.eq(blocks), left_zero.eq(blocks == 0)]
                         with m.Case(2):
-                            m.d.sync += [limit_y.eq(remainder), idx.eq(0)]
-                            m.next = "DESCRIPTORS"
-                    with m.If(under):
+                            m.d.sync += idx.eq(idx + 1)
+                            m.next = "READ"
+                            with m.If(idx + 1 == passes):
+                                m.next = "HEADER"
+                    with m.If(total > limit):
+                        refuse()
                         m.next = "HEADER"
-            with m.State("DESCRIPTORS"):
-                # descriptor idx is read, idx - 1 registered, idx - 2 compared with the limits
-                m.d.comb += rd.addr.eq(Cat(idx[:prog_bits], 0))
-                with m.If(idx != passes):
-                    m.d.sync += [idx.eq(idx + 1), read_valid.eq(1)]
-                with m.Elif(~read_valid & ~check_bases):
-                    m.next = "HEADER"
-                m.d.sync += check_bases.eq(read_valid)
+            with m.State("READ"):         # rd.data holds descriptor idx after this cycle
+                m.next = "BASE"
+            with m.State("BASE"):
+                m.d.sync += [phase.eq(1), total.eq(rd.data.x), left.eq(rows), left_zero.eq(rows == 0)]
+                m.next = "SUM"
             with m.State("JUDGE"):
-                m.d.sync += [may_run.eq(~error & (answers == expected)), idx.eq(0)]
+                verdict = ~error & (answers == expected)
+                m.d.sync += [may_run.eq(verdict), idx.eq(0)]
                 m.next = "VERDICT"
                 with m.If(dirty):
+                    m.d.sync += read_half.eq(~verdict)
                     m.next = "COPY"
             with m.State("COPY"):
                 # entry idx is read from one half, and a cycle later written to the other
-                m.d.comb += rd.addr.eq(Cat(idx[:prog_bits], ~may_run))
                 with m.If(idx != c.prog_depth):
                     m.d.sync += [idx.eq(idx + 1), read_valid.eq(1)]
                 with m.Elif(~read_valid):
-                    m.d.sync += dirty.eq(0)
+                    m.d.sync += [dirty.eq(0), read_half.eq(0)]
                     m.next = "VERDICT"
                 m.d.comb += [wr.addr.eq(Cat(read_idx, may_run)), wr.data.eq(rd.data), wr.en.eq(read_valid)]
             with m.State("VERDICT"):
