@@ -108,9 +108,12 @@ class Bridge(wiring.Component):
         crc = Signal(16)
         seq = Signal(8)
         length = Signal(16)          # payload bytes
-        count = Signal(16)           # payload bytes received
+        # the counters below hold the frame's own length (at most the buffer's, or the frame is
+        # dropped at its second payload byte, before they are used) and the answer count (at
+        # most MAX_ANSWERS in a checked frame, 0 in one that does not run)
+        count = Signal(2 + addr_bits)  # payload bytes received (modulo the buffer)
         last_byte = Signal()         # the next payload byte is the last one
-        left = Signal(16)            # payload bytes after the next one
+        left = Signal(range(4 * self.buffer_words + 1))  # payload bytes after the next one
         word = Signal(STREAM_BITS, reset_less=True)
         crc_lo = Signal(8)
         # the idle timer counts up from 2**bits - idle_timeout: its carry out is the timeout
@@ -195,17 +198,17 @@ class Bridge(wiring.Component):
         # ---------------------------------------------------------- execute
         last_seq = Signal(8)
         last_valid = Signal()
-        commands = Signal(16)        # command words in the frame
+        commands = Signal(range(self.buffer_words + 1))  # command words in the frame
         has_commands = Signal()
         one_command = Signal()       # commands == 1
-        answers = Signal(16)         # rsp words still to forward
+        answers = Signal(14)         # rsp words still to forward
         answers_done = Signal()      # answers == 0
         first = Signal(STREAM_BITS, reset_less=True)  # the first command word, registered
         duplicate = Signal()         # the frame is a retry to answer with DUPLICATE
         refused = Signal()           # the checker rejected the frame: answer REFUSED, run nothing
         checking = Signal()          # the words go to the checker, not to cmd
         feeding = Signal()           # words are left to send to cmd (or the checker)
-        feed_left = Signal(16)       # ... this many, the current one included
+        feed_left = Signal(range(self.buffer_words + 1))  # ... this many, the current one included
         feed_last = Signal()         # feed_left == 1
         next_addr = Signal(addr_bits)    # the buffer address of the word after the current one
         after_addr = Signal(addr_bits)   # and of the one after that (a register: no adder before the address)
