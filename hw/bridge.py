@@ -11,14 +11,17 @@ It implements the device side of ``docs/protocol.md``:
   reaches the accelerator.
 * The payload's first word is the number of answer words the host expects
   (``hw.program.response_length``); the rest are command words.
-* A good frame is first streamed through a :class:`~hw.checker.RequestChecker`:
-  a request it rejects (an answer count that is not its commands', a command
-  cut short, an unknown opcode, a LOAD, READ or RUN outside the buffers) is
-  answered with status REFUSED and no payload, and nothing of it reaches the
-  accelerator, which would otherwise stall or wrap around its buffers.
 * A good frame whose seq equals that of the last executed frame is a retry:
   if its first command is a READ, READ_BITS or READ_CYCLES it is executed
   again; otherwise it is answered with status DUPLICATE and no payload.
+* Every other good frame is first streamed through a
+  :class:`~hw.checker.RequestChecker`: a request it rejects (an answer count
+  that is not its commands', a command cut short, an unknown opcode, a LOAD,
+  READ or RUN outside the buffers) is answered with status REFUSED and no
+  payload, and nothing of it reaches the accelerator, which would otherwise
+  stall or wrap around its buffers.  A DUPLICATE is not checked: the checker
+  takes each request it lets through for executed (it follows the program
+  buffer's descriptors).
 * Executing sends the response header at once, streams the command words to
   ``cmd`` and the expected number of ``rsp`` words to the UART (little
   endian), then the CRC. No response buffer is needed.
