@@ -215,8 +215,7 @@ class Bridge(wiring.Component):
         feed_last = Signal()         # feed_left == 1
         next_addr = Signal(addr_bits)    # the buffer address of the word after the current one
         after_addr = Signal(addr_bits)   # and of the one after that (a register: no adder before the address)
-        header = Signal(40)          # the response header, shifted out a byte at a time
-        header_byte = Signal(range(5))
+        header_byte = Signal(range(5))  # the response header's byte being sent
         tx_crc = Signal(16)
         rsp_word = Signal(STREAM_BITS, reset_less=True)
         rsp_byte = Signal(2)
@@ -237,6 +236,10 @@ class Bridge(wiring.Component):
                          feed_left.eq(feed_left - 1), feed_last.eq(feed_left == 2)]
             with m.If(feed_last):
                 m.d.sync += feeding.eq(0)
+
+        crc_byte = Signal()          # the byte sent in this cycle goes into the CRC (one XOR network for all)
+        with m.If(crc_byte):
+            m.d.sync += tx_crc.eq(crc16_step(tx_crc, self.tx.payload))
 
         def send(value: object) -> None:
             m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(value)]
@@ -286,20 +289,20 @@ class Bridge(wiring.Component):
             with m.State("DECIDE"):
                 m.d.comb += rd.addr.eq(1)
                 with m.If(refused | duplicate):  # a refused frame is not remembered: its retry is refused too
-                    status = Mux(refused, Const(Status.REFUSED, 8), Const(Status.DUPLICATE, 8))
-                    m.d.sync += [header.eq(Cat(Const(RSP_SYNC, 8), seq, status, Const(0, 16))),
-                                 answers.eq(0), answers_done.eq(1), has_commands.eq(0)]
+                    m.d.sync += [answers.eq(0), answers_done.eq(1), has_commands.eq(0)]
                 with m.Else():
-                    m.d.sync += [header.eq(Cat(Const(RSP_SYNC, 8), seq, Const(Status.OK, 8), Const(0, 2), answers[:14])),
-                                 last_seq.eq(seq), last_valid.eq(1)]
+                    m.d.sync += [last_seq.eq(seq), last_valid.eq(1)]
                 m.d.sync += [tx_crc.eq(0xFFFF), header_byte.eq(0)]
                 m.next = "HEADER"
             with m.State("HEADER"):
-                send(header[:8])
+                # sync, seq, status, len in bytes
+                status = Signal(8)
+                m.d.comb += status.eq(Mux(refused, Status.REFUSED, Mux(duplicate, Status.DUPLICATE, Status.OK)))
+                header = Cat(Const(RSP_SYNC, 8), seq, status, Const(0, 2), answers).word_select(header_byte, 8)
+                send(header)
                 with m.If(self.tx.ready):
-                    with m.If(header_byte != 0):  # the sync byte is not in the CRC
-                        m.d.sync += tx_crc.eq(crc16_step(tx_crc, header[:8]))
-                    m.d.sync += [header.eq(header >> 8), header_byte.eq(header_byte + 1)]
+                    m.d.comb += crc_byte.eq(header_byte != 0)  # the sync byte is not in the CRC
+                    m.d.sync += header_byte.eq(header_byte + 1)
                     with m.If(header_byte == 4):
                         m.d.sync += [have_word.eq(0), feeding.eq(has_commands)]
                         m.next = "BODY"
@@ -313,10 +316,10 @@ class Bridge(wiring.Component):
                     with m.Elif(answers_done & ~feeding):
                         m.next = "CRC_LO"
                 with m.Else():
-                    send(rsp_word[:8])
+                    send(rsp_word.word_select(rsp_byte, 8))
                     with m.If(self.tx.ready):
-                        m.d.sync += [tx_crc.eq(crc16_step(tx_crc, rsp_word[:8])), rsp_word.eq(rsp_word >> 8),
-                                     rsp_byte.eq(rsp_byte + 1)]
+                        m.d.comb += crc_byte.eq(1)
+                        m.d.sync += rsp_byte.eq(rsp_byte + 1)
                         with m.If(rsp_byte == 3):
                             m.d.sync += have_word.eq(0)
             with m.State("CRC_LO"):
