@@ -10,7 +10,7 @@ resident data.  So the bridge streams every request through a
 ``REFUSED``) what it rejects: nothing of a refused request is executed.
 """
 
-from amaranth.hdl import Cat, Module, Mux, Signal, Value
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, Value
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -115,10 +115,10 @@ class RequestChecker(wiring.Component):
         error = Signal()
         expected = Signal(range(MAX_ANSWERS + 1))
         answers = Signal(range(MAX_ANSWERS + c.result_depth * c.lanes + 1))
-        kind = Signal(range(len(commands)))  # the counted command, by index
-        first = Signal(range(max_depth + 1))
-        end = Signal(range(max_depth + (1 << COUNT_BITS)))  # first + count, checked a cycle later
-        check_end = Signal()
+        # what ``total`` is checked against: the counted command by index, then a RUN's sums
+        rows_blocks, x_rows, y_rows = range(len(commands), len(commands) + 3)
+        kind = Signal(range(len(commands) + 3))
+        check_end = Signal()         # total holds first + count of a LOAD or READ
         skip = Signal(range(max(words * depth for _, (words, _, depth) in commands) + 1))  # LOAD data words left
         may_run = Signal()           # the verdict, registered
         m.d.comb += self.i.ready.eq(~full & ~ended)
@@ -155,11 +155,6 @@ class RequestChecker(wiring.Component):
 
         # checks of registers set a cycle before: shallow logic after the adders.  A sum
         # past MAX_ANSWERS is seen before the next add could wrap it.
-        m.d.sync += check_end.eq(0)
-        with m.Switch(kind):
-            for index, (_, (_, _, depth)) in enumerate(commands):
-                with m.Case(index):
-                    refuse(check_end & (end > depth))
         refuse(answers > MAX_ANSWERS)
 
         # a RUN's counts, each kept in the bits of its bound (a count past it is refused)
@@ -170,12 +165,15 @@ class RequestChecker(wiring.Component):
         # each product is summed a term a cycle: base + n * step <= limit, with (base, n, step,
         # limit): (0, rows, blocks, result_depth), then for every descriptor (x_base, rows,
         # words, x_depth) and (y_base, blocks, words, y_depth)
-        phase = Signal(range(3))     # 0: rows * blocks, 1: x rows, 2: y rows
+        # (a LOAD's or READ's first + count <= depth is summed by the same adder)
         left = Signal(range(c.result_depth + 1))  # terms still to add
         left_zero = Signal()
-        total = Signal(range(max(c.result_depth ** 2, max(c.x_depth, c.y_depth) + c.result_depth * c.max_words) + 1))
-        limit = Signal.like(total)
-        m.d.comb += limit.eq(Mux(phase == 0, c.result_depth, Mux(phase == 1, c.x_depth, c.y_depth)))
+        total = Signal(range(max(c.result_depth ** 2, max_depth + (1 << COUNT_BITS),
+                                 max(c.x_depth, c.y_depth) + c.result_depth * c.max_words) + 1))
+        limits = [depth for _, (_, _, depth) in commands] + [c.result_depth, c.x_depth, c.y_depth]
+        limit = Array(Const(value, len(total)) for value in limits)[kind]
+        m.d.sync += check_end.eq(0)
+        refuse(check_end & (total > limit))
 
         # LOAD_PROG: the bases go into half 0 as their words are parsed
         desc_word = Signal(2)        # the word of the descriptor (0..2)
@@ -199,7 +197,7 @@ class RequestChecker(wiring.Component):
                     with m.Switch(word[:8]):
                         for index, (op, _) in enumerate(commands):
                             with m.Case(op):
-                                m.d.sync += [kind.eq(index), first.eq(arg)]
+                                m.d.sync += [kind.eq(index), total.eq(arg)]
                                 refuse(arg > max_depth)
                                 m.next = "COUNT"
                         with m.Case(Op.RUN):
@@ -218,7 +216,7 @@ class RequestChecker(wiring.Component):
                     take()
                     count = word[:COUNT_BITS]
                     refuse(word[COUNT_BITS:].any())
-                    m.d.sync += [end.eq(first + count), check_end.eq(1), desc_word.eq(0), desc_addr.eq(first)]
+                    m.d.sync += [total.eq(total + count), check_end.eq(1), desc_word.eq(0), desc_addr.eq(total)]
                     m.next = "HEADER"
                     with m.Switch(kind):
                         for index, (_, (words_per, answers_per, depth)) in enumerate(commands):
@@ -264,24 +262,25 @@ class RequestChecker(wiring.Component):
                         with m.Case(2):  # offset
                             sign = word[c.acc_bits - 1:]
                             refuse(sign.any() & ~sign.all())
-                            m.d.sync += [phase.eq(0), total.eq(0), left.eq(rows), left_zero.eq(rows == 0), idx.eq(0)]
+                            m.d.sync += [kind.eq(rows_blocks), total.eq(0), left.eq(rows), left_zero.eq(rows == 0),
+                                         idx.eq(0)]
                             m.next = "HEADER"
                             with m.If(~error):
                                 m.next = "SUM"
                 cut_short()
             with m.State("SUM"):
                 with m.If(~left_zero):
-                    m.d.sync += [total.eq(total + Mux(phase == 0, blocks, words)),
+                    m.d.sync += [total.eq(total + Mux(kind == rows_blocks, blocks, words)),
                                  left.eq(left - 1), left_zero.eq(left == 1)]
                 with m.Else():
-                    with m.Switch(phase):
-                        with m.Case(0):   # then descriptor 0, if the run has passes
+                    with m.Switch(kind):
+                        with m.Case(rows_blocks):   # then descriptor 0, if the run has passes
                             m.next = "READ"
                             with m.If(passes == 0):
                                 m.next = "HEADER"
-                        with m.Case(1):   # rd.data still holds the descriptor: its y_base
-                            m.d.sync += [phase.eq(2), total.eq(rd.data.y), left.eq(blocks), left_zero.eq(blocks == 0)]
-                        with m.Case(2):
+                        with m.Case(x_rows):   # rd.data still holds the descriptor: its y_base
+                            m.d.sync += [kind.eq(y_rows), total.eq(rd.data.y), left.eq(blocks), left_zero.eq(blocks == 0)]
+                        with m.Case(y_rows):
                             m.d.sync += idx.eq(idx + 1)
                             m.next = "READ"
                             with m.If(idx + 1 == passes):
@@ -292,7 +291,7 @@ class RequestChecker(wiring.Component):
             with m.State("READ"):         # rd.data holds descriptor idx after this cycle
                 m.next = "BASE"
             with m.State("BASE"):
-                m.d.sync += [phase.eq(1), total.eq(rd.data.x), left.eq(rows), left_zero.eq(rows == 0)]
+                m.d.sync += [kind.eq(x_rows), total.eq(rd.data.x), left.eq(rows), left_zero.eq(rows == 0)]
                 m.next = "SUM"
             with m.State("JUDGE"):
                 verdict = ~error & (answers == expected)
