@@ -11,14 +11,17 @@ It implements the device side of ``docs/protocol.md``:
   reaches the accelerator.
 * The payload's first word is the number of answer words the host expects
   (``hw.program.response_length``); the rest are command words.
-* A good frame is first streamed through a :class:`~hw.checker.RequestChecker`:
-  a request it rejects (an answer count that is not its commands', a command
-  cut short, an unknown opcode, a LOAD, READ or RUN outside the buffers) is
-  answered with status REFUSED and no payload, and nothing of it reaches the
-  accelerator, which would otherwise stall or wrap around its buffers.
 * A good frame whose seq equals that of the last executed frame is a retry:
   if its first command is a READ, READ_BITS or READ_CYCLES it is executed
   again; otherwise it is answered with status DUPLICATE and no payload.
+* Every other good frame is first streamed through a
+  :class:`~hw.checker.RequestChecker`: a request it rejects (an answer count
+  that is not its commands', a command cut short, an unknown opcode, a LOAD,
+  READ or RUN outside the buffers) is answered with status REFUSED and no
+  payload, and nothing of it reaches the accelerator, which would otherwise
+  stall or wrap around its buffers.  A DUPLICATE is not checked: the checker
+  takes each request it lets through for executed (it follows the program
+  buffer's descriptors).
 * Executing sends the response header at once, streams the command words to
   ``cmd`` and the expected number of ``rsp`` words to the UART (little
   endian), then the CRC. No response buffer is needed.
@@ -108,9 +111,12 @@ class Bridge(wiring.Component):
         crc = Signal(16)
         seq = Signal(8)
         length = Signal(16)          # payload bytes
-        count = Signal(16)           # payload bytes received
+        # the counters below hold the frame's own length (at most the buffer's, or the frame is
+        # dropped at its second payload byte, before they are used) and the answer count (at
+        # most MAX_ANSWERS in a checked frame, 0 in one that does not run)
+        count = Signal(2 + addr_bits)  # payload bytes received (modulo the buffer)
         last_byte = Signal()         # the next payload byte is the last one
-        left = Signal(16)            # payload bytes after the next one
+        left = Signal(range(4 * self.buffer_words + 1))  # payload bytes after the next one
         word = Signal(STREAM_BITS, reset_less=True)
         crc_lo = Signal(8)
         # the idle timer counts up from 2**bits - idle_timeout: its carry out is the timeout
@@ -195,21 +201,21 @@ class Bridge(wiring.Component):
         # ---------------------------------------------------------- execute
         last_seq = Signal(8)
         last_valid = Signal()
-        commands = Signal(16)        # command words in the frame
+        commands = Signal(range(self.buffer_words + 1))  # command words in the frame
         has_commands = Signal()
-        answers = Signal(16)         # rsp words still to forward
+        one_command = Signal()       # commands == 1
+        answers = Signal(14)         # rsp words still to forward
         answers_done = Signal()      # answers == 0
         first = Signal(STREAM_BITS, reset_less=True)  # the first command word, registered
         duplicate = Signal()         # the frame is a retry to answer with DUPLICATE
         refused = Signal()           # the checker rejected the frame: answer REFUSED, run nothing
         checking = Signal()          # the words go to the checker, not to cmd
         feeding = Signal()           # words are left to send to cmd (or the checker)
-        feed_left = Signal(16)       # ... this many, the current one included
+        feed_left = Signal(range(self.buffer_words + 1))  # ... this many, the current one included
         feed_last = Signal()         # feed_left == 1
         next_addr = Signal(addr_bits)    # the buffer address of the word after the current one
         after_addr = Signal(addr_bits)   # and of the one after that (a register: no adder before the address)
-        header = Signal(40)          # the response header, shifted out a byte at a time
-        header_byte = Signal(range(5))
+        header_byte = Signal(range(5))  # the response header's byte being sent
         tx_crc = Signal(16)
         rsp_word = Signal(STREAM_BITS, reset_less=True)
         rsp_byte = Signal(2)
@@ -231,26 +237,23 @@ class Bridge(wiring.Component):
             with m.If(feed_last):
                 m.d.sync += feeding.eq(0)
 
+        crc_byte = Signal()          # the byte sent in this cycle goes into the CRC (one XOR network for all)
+        with m.If(crc_byte):
+            m.d.sync += tx_crc.eq(crc16_step(tx_crc, self.tx.payload))
+
         def send(value: object) -> None:
             m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(value)]
 
         with m.FSM(name="exec"):
             with m.State("WAIT"):
                 with m.If(frame_ok):
-                    m.d.sync += [self.busy.eq(1), commands.eq(length[2:] - 1), next_addr.eq(0), after_addr.eq(1),
-                                 feed_left.eq(length[2:]), feed_last.eq(length[2:] == 1)]
-                    m.next = "PRIME"
-            with m.State("PRIME"):      # rd.data holds word 0 after this cycle
-                m.d.sync += [feeding.eq(1), checking.eq(1)]
-                m.next = "CHECK"
-            with m.State("CHECK"):
-                m.d.comb += checker.o.ready.eq(1)
-                with m.If(checker.o.valid):
-                    m.d.sync += [refused.eq(~checker.o.payload), checking.eq(0), next_addr.eq(1), after_addr.eq(2)]
+                    m.d.sync += [self.busy.eq(1), commands.eq(length[2:] - 1)]
                     m.next = "FIRST"
+            # a retry that will not run is not checked: the checker takes every request
+            # it lets through for executed (its shadow of the descriptors)
             with m.State("FIRST"):      # rd.data holds word 0 (the answer count) after this cycle
                 m.d.comb += rd.addr.eq(0)
-                m.d.sync += [has_commands.eq(commands != 0), feed_left.eq(commands), feed_last.eq(commands == 1)]
+                m.d.sync += [has_commands.eq(commands != 0), one_command.eq(commands == 1)]
                 m.next = "PEEK"
             with m.State("PEEK"):
                 m.d.sync += answers.eq(rd.data[:16])
@@ -265,26 +268,41 @@ class Bridge(wiring.Component):
                 for op in READ_OPS:
                     with m.If(has_commands & (first[:8] == int(op))):
                         m.d.comb += is_read.eq(1)
-                m.d.comb += rd.addr.eq(1)
-                m.d.sync += duplicate.eq(last_valid & (seq == last_seq) & ~is_read)
-                m.next = "DECIDE"
+                m.d.comb += rd.addr.eq(0)
+                m.d.sync += [duplicate.eq(last_valid & (seq == last_seq) & ~is_read), refused.eq(0),
+                             next_addr.eq(0), after_addr.eq(1), feed_left.eq(length[2:]), feed_last.eq(length[2:] == 1)]
+                m.next = "ROUTE"
+            with m.State("ROUTE"):
+                m.d.comb += rd.addr.eq(Mux(duplicate, 1, 0))
+                m.next = "PRIME"
+                with m.If(duplicate):
+                    m.next = "DECIDE"
+            with m.State("PRIME"):      # rd.data holds word 0 after this cycle
+                m.d.sync += [feeding.eq(1), checking.eq(1)]
+                m.next = "CHECK"
+            with m.State("CHECK"):
+                m.d.comb += checker.o.ready.eq(1)
+                with m.If(checker.o.valid):
+                    m.d.sync += [refused.eq(~checker.o.payload), checking.eq(0), next_addr.eq(1), after_addr.eq(2),
+                                 feed_left.eq(commands), feed_last.eq(one_command)]
+                    m.next = "DECIDE"
             with m.State("DECIDE"):
                 m.d.comb += rd.addr.eq(1)
                 with m.If(refused | duplicate):  # a refused frame is not remembered: its retry is refused too
-                    status = Mux(refused, Const(Status.REFUSED, 8), Const(Status.DUPLICATE, 8))
-                    m.d.sync += [header.eq(Cat(Const(RSP_SYNC, 8), seq, status, Const(0, 16))),
-                                 answers.eq(0), answers_done.eq(1), has_commands.eq(0)]
+                    m.d.sync += [answers.eq(0), answers_done.eq(1), has_commands.eq(0)]
                 with m.Else():
-                    m.d.sync += [header.eq(Cat(Const(RSP_SYNC, 8), seq, Const(Status.OK, 8), Const(0, 2), answers[:14])),
-                                 last_seq.eq(seq), last_valid.eq(1)]
+                    m.d.sync += [last_seq.eq(seq), last_valid.eq(1)]
                 m.d.sync += [tx_crc.eq(0xFFFF), header_byte.eq(0)]
                 m.next = "HEADER"
             with m.State("HEADER"):
-                send(header[:8])
+                # sync, seq, status, len in bytes
+                status = Signal(8)
+                m.d.comb += status.eq(Mux(refused, Status.REFUSED, Mux(duplicate, Status.DUPLICATE, Status.OK)))
+                header = Cat(Const(RSP_SYNC, 8), seq, status, Const(0, 2), answers).word_select(header_byte, 8)
+                send(header)
                 with m.If(self.tx.ready):
-                    with m.If(header_byte != 0):  # the sync byte is not in the CRC
-                        m.d.sync += tx_crc.eq(crc16_step(tx_crc, header[:8]))
-                    m.d.sync += [header.eq(header >> 8), header_byte.eq(header_byte + 1)]
+                    m.d.comb += crc_byte.eq(header_byte != 0)  # the sync byte is not in the CRC
+                    m.d.sync += header_byte.eq(header_byte + 1)
                     with m.If(header_byte == 4):
                         m.d.sync += [have_word.eq(0), feeding.eq(has_commands)]
                         m.next = "BODY"
@@ -298,10 +316,10 @@ class Bridge(wiring.Component):
                     with m.Elif(answers_done & ~feeding):
                         m.next = "CRC_LO"
                 with m.Else():
-                    send(rsp_word[:8])
+                    send(rsp_word.word_select(rsp_byte, 8))
                     with m.If(self.tx.ready):
-                        m.d.sync += [tx_crc.eq(crc16_step(tx_crc, rsp_word[:8])), rsp_word.eq(rsp_word >> 8),
-                                     rsp_byte.eq(rsp_byte + 1)]
+                        m.d.comb += crc_byte.eq(1)
+                        m.d.sync += rsp_byte.eq(rsp_byte + 1)
                         with m.If(rsp_byte == 3):
                             m.d.sync += have_word.eq(0)
             with m.State("CRC_LO"):

@@ -67,8 +67,10 @@ class AccelConfig:
     With ``check_requests`` the frame bridge checks every request against
     these sizes before running it (:class:`hw.checker.RequestChecker`) and
     refuses a bad one; without it every well-formed frame runs, as the
-    host's compiler keeps requests in range (the checks cost about 470 logic
-    cells, which the iCEBreaker build does not have).
+    host's compiler keeps requests in range, and a RUN count past its bound
+    is taken modulo its register (:func:`hw.engine.run_layout`).  The checks
+    cost about 700 iCE40 logic cells, which the iCEBreaker build does not
+    have (docs/boards.md).
     """
 
     word_bits: int = 16
@@ -176,8 +178,8 @@ DEFAULT = AccelConfig()
 #: UP5K's four 16K x 16 SPRAMs (lanes x 2 x word_bits = 64 bits wide), so the
 #: weights of a whole small model stay resident (16384 bank rows); half the
 #: default's bits per cycle, since SPRAM gives 64 bits a cycle, not 128.
-#: Without the bridge's request checks: with them the build needs 5330 of
-#: the UP5K's 5280 logic cells.
+#: Without the bridge's request checks: with them the build packs into 5276
+#: of the UP5K's 5280 logic cells and nextpnr finds no legal placement.
 UP5K = AccelConfig(
     word_bits=8, lanes=4, x_depth=256, y_depth=16384, thresh_depth=64, prog_depth=64,
     result_depth=256, coef_bits=18, shift_bits=4, spram=("y",), check_requests=False,

@@ -148,7 +148,10 @@ class Decoder(wiring.Component):
         # -- reads: one result entry per address, lane by lane
         raddr = Signal(c.addr_bits(c.result_depth))
         m.d.comb += self.result.addr.eq(raddr)
-        entry = Signal.like(self.result.data, reset_less=True)  # registered: the answer mux starts at a flip-flop
+        # registered, and shifted down a lane per answer word sent: the answer
+        # is always lane 0, a flip-flop, with no lane mux before the response
+        # register (that mux was an ECP5 critical path)
+        entry = Signal.like(self.result.data, reset_less=True)
         packed = Signal()
         reading = Signal()  # the command is a READ or READ_BITS
 
@@ -235,9 +238,10 @@ class Decoder(wiring.Component):
                 with m.If(packed):
                     m.d.comb += rsp.payload.eq(Cat(*(entry[i][0] for i in range(c.lanes))))
                 with m.Else():
-                    m.d.comb += rsp.payload.eq(entry[lane].as_signed())
+                    m.d.comb += rsp.payload.eq(entry[0].as_signed())
                 with m.If(rsp.ready):
-                    m.d.sync += [lane.eq(lane + 1), lane_is_last.eq(lane + 1 == lane_last)]
+                    m.d.sync += [lane.eq(lane + 1), lane_is_last.eq(lane + 1 == lane_last),
+                                 entry.eq(entry.as_value()[c.acc_bits:])]
                     with m.If(lane_is_last):
                         m.d.sync += [lane.eq(0), lane_is_last.eq(lane_last == 0)]
                         m.d.sync += [raddr.eq(raddr + 1), count.eq(count - 1), count_last.eq(count == 2)]

@@ -24,16 +24,28 @@ from hw.lanes import LaneArray, plane_word
 from hw.pipeline import delay, pipe_signature
 from hw.threshold import Threshold
 
-#: Counter width of the RUN arguments rows, blocks and passes.
+#: Width of a count word on the command stream (LOAD, READ) and of the RUN arguments there.
 COUNT_BITS = 16
 
 
 def run_layout(config: AccelConfig) -> data.StructLayout:
-    """The arguments of a RUN, as the engine holds them."""
+    """The arguments of a RUN, as the engine holds them: each count in the bits of its bound.
+
+    ``rows`` and ``blocks`` are at most ``result_depth``, ``words`` at most
+    ``max_words``, ``passes`` at most ``prog_depth``: the request checker
+    (:mod:`hw.checker`) refuses larger ones, so the sequencer's counters
+    need no more bits (without the checks a larger count is taken modulo).
+    """
+    c = config
     return data.StructLayout({
-        "rows": COUNT_BITS, "blocks": COUNT_BITS, "words": config.words_bits, "passes": COUNT_BITS,
-        "offset": signed(config.acc_bits), "binary": 1,
+        "rows": range(c.result_depth + 1), "blocks": range(c.result_depth + 1), "words": c.words_bits,
+        "passes": range(c.prog_depth + 1), "offset": signed(c.acc_bits), "binary": 1,
     })
+
+
+def index_bits(bound: int) -> int:
+    """Bits of an index below ``bound`` (at least one)."""
+    return max(1, (bound - 1).bit_length())
 
 
 def nonzero_counts(args: data.View) -> object:
@@ -42,10 +54,17 @@ def nonzero_counts(args: data.View) -> object:
 
 
 def item_layout(config: AccelConfig) -> data.StructLayout:
-    """One issued (row, block, pass, word) item."""
+    """One issued (row, block, pass, word) item.
+
+    The row offsets are kept modulo the buffers' address widths, as the
+    addresses they go into.
+    """
+    c = config
     return data.StructLayout({
-        "pass_idx": COUNT_BITS, "t": config.words_bits, "x_off": COUNT_BITS, "y_off": COUNT_BITS,
-        "blk": COUNT_BITS, "first_word": 1, "last_word": 1, "first_pass": 1, "last_pass": 1, "final": 1,
+        "pass_idx": index_bits(c.prog_depth), "t": c.words_bits,
+        "x_off": index_bits(c.x_depth), "y_off": index_bits(c.y_depth),
+        "blk": index_bits(c.result_depth), "first_word": 1, "last_word": 1, "first_pass": 1, "last_pass": 1,
+        "final": 1,
     })
 
 
@@ -76,11 +95,14 @@ class Sequencer(wiring.Component):
         a, o = self.args, self.o.payload
         words = Signal(self.config.words_bits)
         loops = []  # (forward counter, remaining, last flag, count - 1, count == 1), innermost first
-        for name, count in (("t", a.words), ("pidx", a.passes), ("blk", a.blocks), ("row", a.rows)):
-            forward = Signal(COUNT_BITS, name=name)
-            left = Signal(COUNT_BITS, name=f"{name}_left")
+        c = self.config
+        for name, count, bits in (("t", a.words, c.words_bits), ("pidx", a.passes, index_bits(c.prog_depth)),
+                                  ("blk", a.blocks, index_bits(c.result_depth)),
+                                  ("row", a.rows, index_bits(c.result_depth))):
+            forward = Signal(bits, name=name)
+            left = Signal(bits, name=f"{name}_left")
             last = Signal(name=f"{name}_last")
-            limit = Signal(COUNT_BITS, name=f"{name}_limit")
+            limit = Signal(bits, name=f"{name}_limit")
             single = Signal(name=f"{name}_single")
             loops.append((forward, left, last, limit, single))
             with m.If(self.start):
@@ -184,7 +206,7 @@ class Engine(wiring.Component):
         # clock-to-output time alone is half of a 100 MHz cycle on the ECP5.
         m.d.comb += self.prog.addr.eq(seq.o.payload.pass_idx)
         item = seq.o.payload
-        x_row, y_row = Signal(COUNT_BITS, reset_less=True), Signal(COUNT_BITS, reset_less=True)
+        x_row, y_row = Signal(index_bits(c.x_depth), reset_less=True), Signal(index_bits(c.y_depth), reset_less=True)
         tag1 = Signal(tag, reset_less=True)
         valid1 = Signal()
         m.d.sync += [x_row.eq(item.x_off + item.t), y_row.eq(item.y_off + item.t), valid1.eq(seq.o.valid)]

@@ -228,3 +228,20 @@ def test_the_device_answers_after_requests_that_locked_it():
         (1, Status.OK), (2, Status.REFUSED), (3, Status.REFUSED), (4, Status.OK), (5, Status.OK), (6, Status.OK)]
     assert rsp[4].payload == bytes(8)  # the cycle counter, cleared by the RESET
     assert rsp[5].payload == (5).to_bytes(4, "little") * 2
+
+
+def test_a_retry_that_does_not_run_leaves_the_checks_as_the_device_is():
+    """A retry answered DUPLICATE is not executed, so its descriptors must not count for the next RUN.
+
+    Descriptor 0 has x_base 31 (a run of one x entry); a non-read frame with the
+    last executed seq loads x_base 0, is not executed, and so a run of two x
+    entries from descriptor 0 (entries 31 and 32, past the buffer) is refused.
+    """
+    from hw.isa import descriptor
+
+    stream = (frame(1, 0, [header(Op.LOAD_PROG, 0), 1, *descriptor(CONFIG, 31, 0, 1)])
+              + frame(1, 0, [header(Op.LOAD_PROG, 0), 1, *descriptor(CONFIG, 0, 0, 1)])
+              + frame(2, 0, run_words(1, 1, 2, 1))
+              + frame(3, 0, run_words(1, 1, 1, 1)))
+    rsp = run_device(stream, 4000)
+    assert [(f.seq, f.status) for f in rsp] == [(1, Status.OK), (1, Status.DUPLICATE), (2, Status.REFUSED), (3, Status.OK)]
