@@ -69,7 +69,7 @@ class AccelConfig:
     refuses a bad one; without it every well-formed frame runs, as the
     host's compiler keeps requests in range, and a RUN count past its bound
     is taken modulo its register (:func:`hw.engine.run_layout`).  The checks
-    cost about 700 iCE40 logic cells, which the iCEBreaker build does not
+    cost about 660 iCE40 logic cells, which the iCEBreaker build does not
     have (docs/boards.md).
     """
 
@@ -178,8 +178,10 @@ DEFAULT = AccelConfig()
 #: UP5K's four 16K x 16 SPRAMs (lanes x 2 x word_bits = 64 bits wide), so the
 #: weights of a whole small model stay resident (16384 bank rows); half the
 #: default's bits per cycle, since SPRAM gives 64 bits a cycle, not 128.
-#: Without the bridge's request checks: with them the build packs into 5276
-#: of the UP5K's 5280 logic cells and nextpnr finds no legal placement.
+#: Without the bridge's request checks: with them the build packs into 5191
+#: of the UP5K's 5280 logic cells and nextpnr finds no legal placement (and
+#: with ``count_c=False`` as well, 5064 cells, it places at 35-39 MHz, short
+#: of the 40.5 MHz clock; docs/boards.md).
 UP5K = AccelConfig(
     word_bits=8, lanes=4, x_depth=256, y_depth=16384, thresh_depth=64, prog_depth=64,
     result_depth=256, coef_bits=18, shift_bits=4, spram=("y",), check_requests=False,
