@@ -13,6 +13,12 @@ from hw.engine import COUNT_BITS, run_layout
 from hw.isa import DESC_WORDS, LOAD_OPS, Op, entry_words
 from hw.pipeline import duplicate
 
+#: banks a register of the load data feeds: a block-RAM buffer with more
+#: banks (16 on the ECP5) gets a register per region of the die first, and
+#: its writes land a cycle later (one register level could not reach 16
+#: banks across the die in a 100 MHz cycle: the ECP5 build's critical path)
+REGION_BANKS = 4
+
 
 class CycleCounter(wiring.Component):
     """A ``bits``-wide counter of ``enable`` cycles, in segments of ``segment_bits``.
@@ -125,22 +131,32 @@ class Decoder(wiring.Component):
         # enables reach block RAMs all over the die, the FSM's logic stays here
         written = Signal(max_item_words * STREAM_BITS, reset_less=True)
         written_addr = Signal(COUNT_BITS, reset_less=True)
-        m.d.sync += [written.eq(Cat(item, cmd.payload)), written_addr.eq(waddr)]
+        written_later = Signal(COUNT_BITS, reset_less=True)  # written_addr a cycle later (REGION_BANKS)
+        m.d.sync += [written.eq(Cat(item, cmd.payload)), written_addr.eq(waddr), written_later.eq(written_addr)]
         for index, (op, (banks, words, item_bits, _)) in enumerate(zip(LOAD_OPS, self.targets)):
             port = getattr(self, op.name.lower())
-            if banks > 1 and op.name.lower().removeprefix("load_") not in c.spram:
+            name = op.name.lower()
+            enable = Signal(banks, name=f"{name}_en")
+            m.d.sync += enable.eq((item_done & (target == index)) << lane)
+            addr = written_addr
+            if banks > 1 and name.removeprefix("load_") not in c.spram:
                 # a block-RAM buffer with a bank per lane spans the die: one
                 # register per bank, by its block RAMs (an SPRAM buffer
                 # registers its writes itself)
                 now = Cat(item[:(words - 1) * STREAM_BITS], cmd.payload)[:item_bits]
-                data = Cat(*duplicate(m, now, banks, f"{op.name.lower()}_data"))
+                if banks > REGION_BANKS:
+                    regions = duplicate(m, now, banks // REGION_BANKS, f"{name}_region")
+                    data = Cat(*(duplicate(m, regions[k // REGION_BANKS], 1, f"{name}_data{k}")[0] for k in range(banks)))
+                    later = Signal(banks, name=f"{name}_en_later")
+                    m.d.sync += later.eq(enable)
+                    enable, addr = later, written_later
+                else:
+                    data = Cat(*duplicate(m, now, banks, f"{name}_data"))
             else:
                 raw = Cat(written[:(words - 1) * STREAM_BITS], written[(max_item_words - 1) * STREAM_BITS:])
                 data = (unpack_descriptor(c, raw) if op == Op.LOAD_PROG else raw[:item_bits]).replicate(banks)
-            enable = Signal(banks, name=f"{op.name.lower()}_en")
-            m.d.sync += enable.eq((item_done & (target == index)) << lane)
             m.d.comb += [
-                port.addr.eq(written_addr),
+                port.addr.eq(addr),
                 port.data.eq(data),
                 port.en.eq(enable),
             ]

@@ -37,7 +37,11 @@ def run_layers(config, layers, seed, stall):
     return out
 
 
-CONFIGS = {"two_trees": SMALL, "one_tree": replace(SMALL, count_c=False)}
+CONFIGS = {
+    "two_trees": SMALL, "one_tree": replace(SMALL, count_c=False),
+    # more banks than hw.decoder.REGION_BANKS, in block RAM: loads through a register per region, a cycle later
+    "eight_lanes": replace(SMALL, lanes=8, spram=()),
+}
 
 
 @pytest.mark.parametrize("config", CONFIGS.values(), ids=CONFIGS.keys())
