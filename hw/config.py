@@ -69,8 +69,8 @@ class AccelConfig:
     refuses a bad one; without it every well-formed frame runs, as the
     host's compiler keeps requests in range, and a RUN count past its bound
     is taken modulo its register (:func:`hw.engine.run_layout`).  The checks
-    cost about 660 iCE40 logic cells, which the iCEBreaker build does not
-    have (docs/boards.md).
+    cost about 660 iCE40 logic cells: the iCEBreaker's preset pays for them
+    with its lanes' ``C`` trees and a 36 MHz clock (docs/boards.md).
     """
 
     word_bits: int = 16
@@ -170,7 +170,7 @@ class AccelConfig:
         return ceil_log2(depth)
 
 
-#: The configuration for the iCE40 UP5K (40 MHz) and the default everywhere.
+#: The default configuration everywhere (simulation, Verilog, the host).
 #: The accelerator alone fits the UP5K; with the board top's UART bridge it
 #: does not (docs/boards.md), hence :data:`UP5K` for the iCEBreaker.
 DEFAULT = AccelConfig()
@@ -178,13 +178,14 @@ DEFAULT = AccelConfig()
 #: UP5K's four 16K x 16 SPRAMs (lanes x 2 x word_bits = 64 bits wide), so the
 #: weights of a whole small model stay resident (16384 bank rows); half the
 #: default's bits per cycle, since SPRAM gives 64 bits a cycle, not 128.
-#: Without the bridge's request checks: with them the build packs into 5191
-#: of the UP5K's 5280 logic cells and nextpnr finds no legal placement (and
-#: with ``count_c=False`` as well, 5064 cells, it places at 35-39 MHz, short
-#: of the 40.5 MHz clock; docs/boards.md).
+#: With the bridge's request checks, and so without the lanes' ``C`` trees
+#: (``count_c=False``: a separate ``C`` pass for plane pairs with a mask):
+#: with both the design packs into 5191 of the UP5K's 5280 logic cells and
+#: does not place; without the trees it takes 4961 and meets 36 MHz, the
+#: iCEBreaker's clock (40.5 MHz without the checks; docs/boards.md).
 UP5K = AccelConfig(
     word_bits=8, lanes=4, x_depth=256, y_depth=16384, thresh_depth=64, prog_depth=64,
-    result_depth=256, coef_bits=18, shift_bits=4, spram=("y",), check_requests=False,
+    result_depth=256, coef_bits=18, shift_bits=4, spram=("y",), count_c=False,
 )
 #: A larger instance for the ECP5-85F (100 MHz).
 ECP5 = AccelConfig(

@@ -31,7 +31,7 @@ class Board:
 
 BOARDS = {
     "icebreaker": Board(
-        "icebreaker", ICEBreakerTop, "ice40", "up5k", 40e6, "top.bin",
+        "icebreaker", ICEBreakerTop, "ice40", "up5k", 36e6, "top.bin",
         (("iceprog", "{bitstream}"), ("openFPGALoader", "-b", "ice40_generic", "{bitstream}")),
         "iceprog (Debian/Ubuntu: apt-get install fpga-icestorm) or openFPGALoader "
         "(apt-get install openfpgaloader)",

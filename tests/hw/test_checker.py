@@ -112,7 +112,7 @@ def test_good_and_bad_requests():
 
 
 def test_without_checks_every_request_may_run():
-    """``check_requests=False`` (the iCEBreaker build): the checker only waits for each request's last word."""
+    """``check_requests=False`` (an option for builds short of logic): the checker only waits for each request's last word."""
     from dataclasses import replace
 
     requests = list(GOOD.values()) + list(BAD.values())
