@@ -29,6 +29,7 @@ from host.integer_runtime import IntegerRuntime
 from host.protocol import LinkError
 from host.runtime import Runtime
 from hw.config import DEFAULT, PRESETS, AccelConfig, preset
+from hw.frames import BAUD
 from model import intvit, modelfile
 from model.demo import demo_model
 from model.deploy import check_images
@@ -70,7 +71,7 @@ BACKENDS = ("emulator", "sim", "serial")
 EMULATOR_BATCH = 64
 
 
-def make_backend(name: str, port: str | None = None, baud: int = 115200, config: str | None = None,
+def make_backend(name: str, port: str | None = None, baud: int = BAUD, config: str | None = None,
                  clock_mhz: float = 40.0) -> Backend:
     """A backend by name.
 
@@ -99,7 +100,7 @@ def make_backend(name: str, port: str | None = None, baud: int = 115200, config:
 
 
 def infer(model: modelfile.Model, images: np.ndarray, labels: np.ndarray | None, backend: str = "emulator",
-          progress: bool = True, baud: int = 115200, clock_mhz: float = 40.0, port: str | None = None,
+          progress: bool = True, baud: int = BAUD, clock_mhz: float = 40.0, port: str | None = None,
           config: str | None = None, float_host: bool = False, batch: int | None = None) -> dict:
     """Run ``images`` through ``model`` on a backend (see :func:`make_backend`); return the summary dict.
 
@@ -331,7 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", nargs=2, choices=BACKENDS, metavar=("A", "B"),
                    help="run two backends and report every image on which their predictions differ")
     p.add_argument("--port", default=None, help="the serial backend's port, e.g. /dev/ttyUSB0")
-    p.add_argument("--baud", type=int, default=115200, help="the serial line's baud rate, also for the link bound (default: 115200)")
+    p.add_argument("--baud", type=int, default=BAUD,
+                   help=f"the serial line's baud rate, as the board was built with, also for the link bound (default: {BAUD})")
     p.add_argument("--config", default=None, choices=sorted(PRESETS),
                    help="the accelerator's preset: the board's (serial), the simulated one (sim), the lanes the emulator "
                         "counts cycles for (default: the default preset; sim: it with room for the resident weights)")

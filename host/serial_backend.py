@@ -15,6 +15,7 @@ from typing import Protocol
 from host.device import DeviceBackend
 from host.protocol import Link, LinkError, Transport
 from hw.config import AccelConfig, preset
+from hw.frames import BAUD
 
 
 class SerialPortError(OSError):
@@ -64,7 +65,7 @@ class SerialLink(Link):
 class SerialBackend(DeviceBackend):
     """The accelerator on a board at ``port`` (or on ``link``, e.g. a mocked port's)."""
 
-    def __init__(self, port: str, baud: int = 115200, config: AccelConfig | None = None,
+    def __init__(self, port: str, baud: int = BAUD, config: AccelConfig | None = None,
                  timeout: float = 0.5, retries: int = 5, buffer_words: int = 256,
                  link: Link | None = None, **kwargs: object):
         if isinstance(baud, bool) or not isinstance(baud, int) or baud <= 0:

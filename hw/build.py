@@ -25,7 +25,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from hw.boards import BOARDS, Board, board
-from hw.boards.common import BAUD, BoardTop, ClockedTop
+from hw.boards.common import BoardTop, ClockedTop, uart_divisor
+from hw.frames import BAUD
 from hw.config import STREAM_BITS, AccelConfig, preset
 from hw.descriptor import descriptor_layout
 from hw.pipeline import DUPLICATE_SUFFIX
@@ -163,8 +164,8 @@ def parse_report(family: str, nextpnr: dict, yosys_log: str, freq_hz: float) -> 
 
 
 def build(b: Board, config: AccelConfig, config_name: str, out: Path, freq_hz: float | None = None,
-          seed: int = 1, tries: int = 1) -> dict:
-    """Build ``config`` for board ``b`` into ``out``; returns (and writes) the report.
+          seed: int = 1, tries: int = 1, baud: int = BAUD) -> dict:
+    """Build ``config`` for board ``b`` into ``out``, its UART at ``baud``; returns (and writes) the report.
 
     Placement is seeded: with ``tries`` > 1 place and route (not synthesis)
     is repeated with seeds ``seed``, ``seed + 1``, ... until timing is met
@@ -176,7 +177,7 @@ def build(b: Board, config: AccelConfig, config_name: str, out: Path, freq_hz: f
     use_pypi_tools()
     (out / "report.json").unlink(missing_ok=True)
     freq_hz = b.freq_hz if freq_hz is None else freq_hz
-    top = b.top(config, freq_hz)
+    top = b.top(config, freq_hz, baud)
     attempts = []
     for s in range(seed, seed + tries):
         report = _build_once(b, top, config_name, out, freq_hz, s, synthesize=(s == seed))
@@ -207,7 +208,7 @@ def _build_once(b: Board, top: BoardTop, config_name: str, out: Path, freq_hz: f
             "buffers": buffer_sizes(config, b.family),
             "parameters": json.loads(json.dumps(asdict(config))),  # tuples as JSON lists
         },
-        "uart": {"baud": BAUD, "divisor": top.divisor},
+        "uart": {"baud": top.baud, "divisor": top.divisor, "real_baud": round(top.freq_hz / top.divisor)},
         "build_s": round(build_s, 1),
         "seed": seed,
     }
@@ -251,6 +252,8 @@ def summary(report: dict) -> str:
     c = report["clock"]
     fmax = ", ".join(f"{net} {f:g} MHz" for net, f in c["fmax_mhz"].items())
     lines.append(f"  clock {c['freq_mhz']:g} MHz, Fmax {fmax}: {'met' if c['met'] else 'NOT met'}")
+    u = report["uart"]
+    lines.append(f"  uart {u['baud']} baud: {u['divisor']} cycles a bit ({u['real_baud']} baud); host: --baud {u['baud']}")
     return "\n".join(lines)
 
 
@@ -276,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--freq", type=float, help="requested clock in MHz (default: the board's)")
     parser.add_argument("--out", type=Path, help="output folder (default: build/<board>)")
     parser.add_argument("--seed", type=int, default=1, help="nextpnr's placement seed (default: 1)")
+    parser.add_argument("--baud", type=int, default=BAUD,
+                        help=f"the UART's rate; the host's --baud must match (default: {BAUD}, what both boards' USB UARTs carry)")
     parser.add_argument("--tries", type=int, default=3,
                         help="place-and-route tries, with seeds seed, seed+1, ..., until timing is met (default: 3)")
     args = parser.parse_args(argv)
@@ -290,7 +295,12 @@ def main(argv: list[str] | None = None) -> int:
         return program(b, out)
     if args.tries < 1:
         parser.error(f"--tries must be >= 1, got {args.tries}")
-    report = build(b, config, name, out, None if args.freq is None else args.freq * 1e6, args.seed, args.tries)
+    freq_hz = b.freq_hz if args.freq is None else args.freq * 1e6
+    try:
+        uart_divisor(freq_hz, args.baud)
+    except ValueError as e:
+        parser.error(f"--baud: {e}")
+    report = build(b, config, name, out, freq_hz, args.seed, args.tries, args.baud)
     print(summary(report))
     print(f"wrote {out / b.bitstream} and {out / 'report.json'}")
     return 0

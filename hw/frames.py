@@ -14,6 +14,13 @@ from __future__ import annotations
 
 import enum
 
+#: The serial line's default rate, the board builds' and the host's: the
+#: boards' USB UARTs (the iCEBreaker's FT2232H, the ULX3S's FT231X) carry 3
+#: Mbaud; at 36 MHz that is 12 clock cycles a bit, at 100 MHz 33 (+1%).
+BAUD = 3_000_000
+#: The largest relative error of the line's real rate (clock / divisor) from
+#: the rate asked for: both ends of a 10-bit UART frame share a few percent.
+BAUD_TOLERANCE = 0.02
 #: The first byte of a command frame.
 CMD_SYNC = 0xA5
 #: The first byte of a response frame.

@@ -14,11 +14,16 @@ from amaranth.lib.cdc import FFSynchronizer
 from amaranth.lib.wiring import In, Out
 
 
+#: The fewest clock cycles a bit: the receiver's synchroniser and its
+#: mid-bit sample need a few cycles of every bit.
+MIN_DIVISOR = 4
+
+
 def _check_divisor(divisor: int) -> int:
     if isinstance(divisor, bool) or not isinstance(divisor, int):
         raise TypeError(f"divisor must be an int, got {type(divisor).__name__}")
-    if divisor < 4:
-        raise ValueError(f"divisor must be >= 4 clock cycles per bit, got {divisor}")
+    if divisor < MIN_DIVISOR:
+        raise ValueError(f"divisor must be >= {MIN_DIVISOR} clock cycles per bit, got {divisor}")
     return divisor
 
 

@@ -7,10 +7,9 @@ from amaranth.lib import io
 
 from hw.boards.pll import PLLSetting
 from hw.config import AccelConfig
+from hw.frames import BAUD, BAUD_TOLERANCE
 from hw.top import Top
-
-#: The serial line's rate on every board (the FTDI bridges of both boards).
-BAUD = 115200
+from hw.uart import MIN_DIVISOR
 #: Reset is held this long after the PLL locks: iCE40 block RAMs read as
 #: zeros for about 3 us after configuration (amaranth's own iCE40 power-on
 #: reset waits 15 us for the same reason).
@@ -65,6 +64,21 @@ class ClockedTop(Elaboratable):
         m.d.por += reset.eq(timer != hold)
         m.d.comb += sync.rst.eq(reset)
 
+def uart_divisor(freq_hz: float, baud: int) -> int:
+    """Clock cycles per bit for ``baud`` on a ``freq_hz`` clock, or a ValueError saying why that rate cannot be made."""
+    if isinstance(baud, bool) or not isinstance(baud, int) or baud <= 0:
+        raise ValueError(f"baud must be a positive int, got {baud!r}")
+    divisor = round(freq_hz / baud)
+    if divisor < MIN_DIVISOR:
+        raise ValueError(f"baud {baud} is too fast for a {freq_hz / 1e6:g} MHz clock: the UART needs at least "
+                         f"{MIN_DIVISOR} clock cycles a bit (at most {int(freq_hz // MIN_DIVISOR)} baud)")
+    error = abs(freq_hz / divisor - baud) / baud
+    if error > BAUD_TOLERANCE:
+        raise ValueError(f"baud {baud} cannot be made from a {freq_hz / 1e6:g} MHz clock: the nearest divisor, "
+                         f"{divisor}, gives {freq_hz / divisor:.0f} baud, {error:.1%} off (at most {BAUD_TOLERANCE:.0%})")
+    return divisor
+
+
 class BoardTop(ClockedTop):
     """:class:`hw.top.Top` on a board: PLL clock, UART resource, status LED.
 
@@ -73,16 +87,14 @@ class BoardTop(ClockedTop):
     :data:`LED_PERIOD_BITS`).
     """
 
-    def __init__(self, config: AccelConfig, freq_hz: float, buffer_words: int = 256) -> None:
+    def __init__(self, config: AccelConfig, freq_hz: float, baud: int = BAUD, buffer_words: int = 256) -> None:
         if not isinstance(config, AccelConfig):
             raise TypeError(f"config must be an AccelConfig, got {type(config).__name__}")
         self.config, self.buffer_words = config, buffer_words
         super().__init__(freq_hz)
-
-    @property
-    def divisor(self) -> int:
-        """UART clock cycles per bit at :data:`BAUD`."""
-        return round(self.freq_hz / BAUD)
+        self.baud = baud
+        #: UART clock cycles per bit at ``baud`` (:func:`uart_divisor`)
+        self.divisor = uart_divisor(self.freq_hz, baud)
 
     def elaborate(self, platform: object) -> Module:
         m = Module()

@@ -11,6 +11,7 @@ import json
 from hw.boards import board
 from hw.build import build
 from hw.config import SMALL
+from hw.frames import BAUD
 
 
 def test_small_bitstream_and_report(tmp_path):
@@ -39,4 +40,5 @@ def test_small_bitstream_and_report(tmp_path):
     assert (config["name"], config["lanes"], config["word_bits"]) == ("small", 2, 8)
     assert config["buffers"]["y"] == {"depth": 32, "bits": 32, "memory": "spram"}
     assert config["buffers"]["x"]["memory"] == "bram"
-    assert report["uart"]["divisor"] == round(clock["freq_mhz"] * 1e6 / 115200)
+    assert report["uart"] == {"baud": BAUD, "divisor": round(clock["freq_mhz"] * 1e6 / BAUD),
+                              "real_baud": round(clock["freq_mhz"] * 1e6 / report["uart"]["divisor"])}

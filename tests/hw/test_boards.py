@@ -6,10 +6,11 @@ import json
 import pytest
 
 from hw.boards import BOARDS, board
-from hw.boards.common import BAUD
+from hw.boards.common import uart_divisor
 from hw.boards.pll import ecp5_pll, ice40_pll
 from hw.build import main, parse_report, program, yosys_cells
 from hw.config import SMALL, preset
+from hw.frames import BAUD
 
 
 def test_unknown_board_lists_the_boards(capsys):
@@ -64,6 +65,31 @@ def test_board_tops_elaborate(name, primitives, tmp_path):
     il = il if isinstance(il, str) else il.decode()
     for primitive, count in primitives.items():
         assert il.count(f"cell \\{primitive} ") == count, primitive
+
+
+@pytest.mark.parametrize("name, divisor", [("icebreaker", 12), ("ulx3s", 33)])
+def test_the_default_baud_rate_is_made_within_tolerance(name, divisor):
+    b = board(name)
+    top = b.top(SMALL, b.freq_hz)
+    assert (top.baud, top.divisor) == (BAUD, divisor)
+    assert abs(top.freq_hz / top.divisor - BAUD) / BAUD <= 0.02
+    assert b.top(SMALL, b.freq_hz, 115200).divisor == round(top.freq_hz / 115200)
+
+
+@pytest.mark.parametrize("baud, message", [
+    (20_000_000, "too fast for a 36 MHz clock"),       # fewer than 4 cycles a bit
+    (2_500_000, "nearest divisor, 14, gives 2571429 baud, 2.9% off"),
+    (0, "positive int"), (True, "positive int"),
+])
+def test_baud_rates_the_clock_cannot_make_are_refused(baud, message):
+    with pytest.raises(ValueError, match=message):
+        uart_divisor(36e6, baud)
+
+
+def test_the_build_cli_refuses_a_baud_rate_before_building(capsys):
+    with pytest.raises(SystemExit):
+        main(["bitstream", "--board", "icebreaker", "--baud", "2500000"])
+    assert "--baud: baud 2500000 cannot be made from a 36 MHz clock" in capsys.readouterr().err
 
 
 def test_program_explains_what_to_install(tmp_path, monkeypatch):

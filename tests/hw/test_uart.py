@@ -8,6 +8,7 @@ import pytest
 from amaranth.hdl import Module
 from amaranth.sim import Simulator
 
+from hw.frames import BAUD_TOLERANCE
 from hw.uart import UARTReceiver, UARTTransmitter
 
 
@@ -41,6 +42,37 @@ def test_loopback(divisor):
     sim.add_testbench(send)
     sim.add_process(receive)
     sim.run_until(len(data) * divisor * 16 * 1e-8)
+    assert got == data
+
+
+@pytest.mark.parametrize("divisor", [12, 33])   # 3 Mbaud at 36 and 100 MHz
+@pytest.mark.parametrize("skew", [-BAUD_TOLERANCE, BAUD_TOLERANCE])
+def test_a_line_off_by_the_baud_tolerance_is_received(divisor, skew):
+    """Bytes back to back (each start bit right after the last stop bit) from a sender whose rate is off by 2%."""
+    rx = UARTReceiver(divisor)
+    data = [0x00, 0xFF, 0xA5, 0x5A, 0x01, 0x80] + [random.Random(divisor).randrange(256) for _ in range(10)]
+    bit_s = divisor * 1e-8 / (1 + skew)
+    got = []
+
+    async def line(ctx):
+        await ctx.delay(7 * bit_s)
+        for b in data:
+            for bit in [0] + [b >> i & 1 for i in range(8)] + [1]:
+                ctx.set(rx.rx, bit)
+                await ctx.delay(bit_s)
+
+    async def watch(ctx):
+        while True:
+            _, _, valid, payload, error = await ctx.tick().sample(rx.data.valid, rx.data.payload, rx.error)
+            assert not error
+            if valid:
+                got.append(payload)
+
+    sim = Simulator(rx)
+    sim.add_clock(1e-8)
+    sim.add_testbench(line)
+    sim.add_process(watch)
+    sim.run_until((len(data) + 2) * 10 * bit_s + 7 * bit_s)
     assert got == data
 
 
