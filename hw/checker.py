@@ -10,7 +10,7 @@ resident data.  So the bridge streams every request through a
 ``REFUSED``) what it rejects: nothing of a refused request is executed.
 """
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, Value
+from amaranth.hdl import Cat, Module, Mux, Signal, Value
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -171,7 +171,12 @@ class RequestChecker(wiring.Component):
         total = Signal(range(max(c.result_depth ** 2, max_depth + (1 << COUNT_BITS),
                                  max(c.x_depth, c.y_depth) + c.result_depth * c.max_words) + 1))
         limits = [depth for _, (_, _, depth) in commands] + [c.result_depth, c.x_depth, c.y_depth]
-        limit = Array(Const(value, len(total)) for value in limits)[kind]
+        # the bound of the sum being checked, set with ``kind`` (a register, not a mux of
+        # kind: that mux before the compare's carry chain was an ECP5 critical path)
+        limit = Signal.like(total)
+
+        def set_kind(index: int) -> list:
+            return [kind.eq(index), limit.eq(limits[index])]
         m.d.sync += check_end.eq(0)
         refuse(check_end & (total > limit))
 
@@ -197,7 +202,7 @@ class RequestChecker(wiring.Component):
                     with m.Switch(word[:8]):
                         for index, (op, _) in enumerate(commands):
                             with m.Case(op):
-                                m.d.sync += [kind.eq(index), total.eq(arg)]
+                                m.d.sync += [*set_kind(index), total.eq(arg)]
                                 refuse(arg > max_depth)
                                 m.next = "COUNT"
                         with m.Case(Op.RUN):
@@ -262,7 +267,7 @@ class RequestChecker(wiring.Component):
                         with m.Case(2):  # offset
                             sign = word[c.acc_bits - 1:]
                             refuse(sign.any() & ~sign.all())
-                            m.d.sync += [kind.eq(rows_blocks), total.eq(0), left.eq(rows), left_zero.eq(rows == 0),
+                            m.d.sync += [*set_kind(rows_blocks), total.eq(0), left.eq(rows), left_zero.eq(rows == 0),
                                          idx.eq(0)]
                             m.next = "HEADER"
                             with m.If(~error):
@@ -279,7 +284,7 @@ class RequestChecker(wiring.Component):
                             with m.If(passes == 0):
                                 m.next = "HEADER"
                         with m.Case(x_rows):   # rd.data still holds the descriptor: its y_base
-                            m.d.sync += [kind.eq(y_rows), total.eq(rd.data.y), left.eq(blocks), left_zero.eq(blocks == 0)]
+                            m.d.sync += [*set_kind(y_rows), total.eq(rd.data.y), left.eq(blocks), left_zero.eq(blocks == 0)]
                         with m.Case(y_rows):
                             m.d.sync += idx.eq(idx + 1)
                             m.next = "READ"
@@ -291,7 +296,7 @@ class RequestChecker(wiring.Component):
             with m.State("READ"):         # rd.data holds descriptor idx after this cycle
                 m.next = "BASE"
             with m.State("BASE"):
-                m.d.sync += [kind.eq(x_rows), total.eq(rd.data.x), left.eq(rows), left_zero.eq(rows == 0)]
+                m.d.sync += [*set_kind(x_rows), total.eq(rd.data.x), left.eq(rows), left_zero.eq(rows == 0)]
                 m.next = "SUM"
             with m.State("JUDGE"):
                 verdict = ~error & (answers == expected)
