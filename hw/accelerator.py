@@ -11,7 +11,7 @@ from amaranth.lib.wiring import In, Out
 
 from hw.buffers import Buffer, spram_blocks_available
 from hw.config import STREAM_BITS, AccelConfig
-from hw.decoder import REGION_BANKS, Decoder
+from hw.decoder import Decoder
 from hw.engine import Engine
 from hw.isa import LOAD_OPS
 
@@ -83,9 +83,7 @@ class Accelerator(wiring.Component):
             wiring.connect(m, buf.write, getattr(decoder, name))
             wiring.connect(m, buf.read, readers[name])
             buffers.append(buf)
-        # a wide result buffer (16 lanes on the ECP5) registers each bank's writes by its block RAMs
-        m.submodules.result = result = Buffer(c.acc_bits, c.lanes, c.result_depth, spram="result" in c.spram,
-                                              bank_writes=c.lanes > REGION_BANKS)
+        m.submodules.result = result = Buffer(c.acc_bits, c.lanes, c.result_depth, spram="result" in c.spram)
         wiring.connect(m, result.write, engine.result)
         wiring.connect(m, result.read, decoder.result)
         buffers.append(result)

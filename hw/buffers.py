@@ -56,14 +56,9 @@ class Buffer(wiring.Component):
     port: a cycle that writes does not read (the read data is undefined
     after it).  The accelerator never does both, since loads and runs are
     sequential (a RUN stalls the command stream until the engine is done).
-
-    With ``bank_writes`` (block RAM only) every bank is a memory of its own
-    whose write (address, data, enable) is registered by it: the writer's
-    address register no longer fans out to every block RAM of a wide buffer
-    across the die, and a write lands a cycle later.
     """
 
-    def __init__(self, item_bits: int, banks: int, depth: int, spram: bool = False, bank_writes: bool = False) -> None:
+    def __init__(self, item_bits: int, banks: int, depth: int, spram: bool = False) -> None:
         self.item_bits = _check_int(item_bits, "item_bits", 1)
         self.banks = _check_int(banks, "banks", 1)
         self.depth = _check_int(depth, "depth", 1)
@@ -71,9 +66,7 @@ class Buffer(wiring.Component):
             raise TypeError(f"spram must be a bool, got {type(spram).__name__}")
         if spram and depth > SPRAM_DEPTH:
             raise ValueError(f"depth must be <= {SPRAM_DEPTH} for an SPRAM buffer, got {depth}")
-        if not isinstance(bank_writes, bool):
-            raise TypeError(f"bank_writes must be a bool, got {type(bank_writes).__name__}")
-        self.spram, self.bank_writes = spram, bank_writes
+        self.spram = spram
         shape = data.ArrayLayout(unsigned(item_bits), banks)
         addr_width = ceil_log2(depth)
         super().__init__({
@@ -93,8 +86,6 @@ class Buffer(wiring.Component):
     def elaborate(self, platform: object) -> Module:
         if self.uses_spram(platform):
             return self._spram()
-        if self.bank_writes:
-            return self._banked()
         m = Module()
         m.submodules.mem = mem = Memory(shape=self.write.data.shape(), depth=self.depth, init=[])
         wr = mem.write_port(granularity=1)
@@ -107,21 +98,6 @@ class Buffer(wiring.Component):
             rd.en.eq(self.read.en),
             self.read.data.eq(rd.data),
         ]
-        return m
-
-    def _banked(self) -> Module:
-        m = Module()
-        for b in range(self.banks):
-            m.submodules[f"mem{b}"] = mem = Memory(shape=unsigned(self.item_bits), depth=self.depth, init=[])
-            wr, rd = mem.write_port(), mem.read_port()
-            addr, item = Signal.like(self.write.addr, name=f"waddr{b}"), Signal(self.item_bits, name=f"wdata{b}")
-            en = Signal(name=f"wen{b}")
-            m.d.sync += [addr.eq(self.write.addr), item.eq(self.write.data[b]), en.eq(self.write.en[b])]
-            m.d.comb += [
-                wr.addr.eq(addr), wr.data.eq(item), wr.en.eq(en),
-                rd.addr.eq(self.read.addr), rd.en.eq(self.read.en),
-                self.read.data[b].eq(rd.data),
-            ]
         return m
 
     def _spram(self) -> Module:
