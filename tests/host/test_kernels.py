@@ -20,6 +20,7 @@ from host.kernels import (
     fast_plane_terms,
     fast_stacked_product,
     get_threads,
+    prepare,
     set_threads,
     stacked_weighted_and_popcount,
     weighted_and_popcount,
@@ -63,6 +64,7 @@ def test_products_match_golden(pair: tuple[Operand, Operand, np.ndarray, np.ndar
     assert_same(fast_plane_products(x, y), plane_products(x, y))
     assert_same(fast_operand_product(x, y), operand_product(x, y))
     assert_same(fast_operand_product(x, y), vx @ vy.T)
+    assert_same(fast_operand_product(prepare(x), prepare(y)), vx @ vy.T)
 
 
 @settings(max_examples=60, deadline=None)
