@@ -8,16 +8,18 @@
 #   make integer-results: integer-only GSB and PTQ programs against float-host
 #   make results  trains the GSB model family and baselines on digits and
 #                 Fashion-MNIST (about 50 min on one core), writes results/
+#   make results-long: FP, GSB + KD and 1-base binary at dim 96 / depth 3 and
+#                 150 epochs (configs/long/), writes results/long/
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test sim bench results ptq-results integer-results lowrank bitstream program iverilog fashion-mnist clean help
+.PHONY: demo test sim bench results results-long ptq-results integer-results lowrank bitstream program iverilog fashion-mnist clean help
 
 help:
-	@sed -n '2,10p' Makefile
+	@sed -n '2,12p' Makefile
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -64,6 +66,10 @@ integer-results: $(STAMP) fashion-mnist
 results: $(STAMP) fashion-mnist
 	$(PY) -m model.results
 	$(PY) -m model.results --configs configs/digits.yaml --methods fp gsb_ramp
+
+results-long: $(STAMP) fashion-mnist
+	$(PY) -m model.results --configs configs/long/digits.yaml configs/long/fashion_mnist.yaml --methods fp gsb bin1 \
+	  --root runs/long --results-dir results/long --plot results/long/accuracy_vs_bits.png
 
 ptq-results: $(STAMP) fashion-mnist
 	$(PY) -m host.ptq_results

@@ -102,7 +102,7 @@ def table_md(res: dict, spc: int) -> str:
                          f"{d['val_mean']:.2f} ± {d['val_std']:.2f} | {d['n_seeds']} | {d['model_bits'] / 1000:.1f} |")
         if "gsb" in per and "fp" in per:
             lines.append("")
-            lines.append(f"GSB − FP: {per['gsb']['test_mean'] - per['fp']['test_mean']:+.2f} points (target ≥ −1.0)")
+            lines.append(f"GSB − FP: {per['gsb']['test_mean'] - per['fp']['test_mean']:+.2f} points (target ≥ −2.0)")
         if "gsb" in per and "bin1" in per:
             lines.append(f"GSB − 1-base binary: {per['gsb']['test_mean'] - per['bin1']['test_mean']:+.2f} points (target ≥ +5.0)")
         lines.append("")
