@@ -59,6 +59,7 @@ bench: $(STAMP) iverilog
 	$(PY) -m bench.bgemm --threads 1 --out bench/out/bgemm_1thread.json
 	$(PY) -m bench.emulator
 	$(PY) -m bench.rtl_cycles
+	$(PY) -m bench.hw_breakdown
 
 integer-results: $(STAMP) fashion-mnist
 	$(PY) -m host.integer_results
