@@ -8,7 +8,7 @@ A config file has three sections (see ``configs/digits.yaml``)::
             cls_token, distillation_token, drop_path}
     train: {epochs, stage1_fraction, batch_size, lr, weight_decay,
             quant_lr, warmup_epochs, eval_every, stage1_scope, kd,
-            kd_temperature}
+            kd_temperature, kd_hidden, kd_attn}
 
 Unknown keys raise, so a typo never silently falls back to a default; a
 config file must have all three sections; every value is checked for its type
@@ -108,6 +108,8 @@ class TrainConfig:
     stage1_scope: str = "mlp_weights"  # what stage 1 quantizes: mlp_weights | weights | weights_inputs
     kd: str = "hard"                   # distillation of the dist head: hard (argmax) | soft (KL at kd_temperature)
     kd_temperature: float = 1.0        # soft KD only
+    kd_hidden: float = 0.0             # weight of hidden-state distillation (KD methods; 0 = off)
+    kd_attn: float = 0.0               # weight of attention-map distillation (KD methods; 0 = off)
 
 
 @dataclass
@@ -147,6 +149,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "stage1_scope": ((lambda v: v in ("mlp_weights", "weights", "weights_inputs")),
                      "one of mlp_weights, weights, weights_inputs"),
     "kd": ((lambda v: v in ("hard", "soft")), "one of hard, soft"), "kd_temperature": ((lambda v: v > 0), "> 0"),
+    "kd_hidden": _at_least(0), "kd_attn": _at_least(0),
 }
 
 

@@ -13,7 +13,10 @@ config/seed/samples (trained first, automatically, into the sibling folder
 initialised from stage 1's best-on-validation weights).  Each stage: AdamW,
 linear warmup then cosine, weight decay on matrices only.  Hard distillation
 (DeiT): ``0.5*CE(z_cls, y) + 0.5*CE(z_dist, argmax teacher(x))``; without a
-teacher both heads learn ``y``.  Inference averages both heads.
+teacher both heads learn ``y``.  Inference averages both heads.  Two optional
+terms distil inner tensors too: ``train.kd_hidden`` times the block outputs'
+MSE (:func:`hidden_distillation_loss`) and ``train.kd_attn`` times the
+attention maps' KL (:func:`attention_distillation_loss`).
 
 The checkpoint kept (``best.pt``) is the one with the best *validation*
 accuracy in the final stage; the test split is evaluated once, at the end,
@@ -54,7 +57,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .config import Config, load_config, upgrade_checkpoint_config
 from .data import Splits, load_splits
-from .vit import KD_METHODS, METHODS, ViT, build_model, method_kind, model_bits
+from .vit import KD_METHODS, METHODS, Taps, ViT, build_model, method_kind, model_bits
 
 
 def set_seed(seed: int) -> None:
@@ -181,6 +184,40 @@ def distillation_loss(z: torch.Tensor, teacher_logits: torch.Tensor, kd: str = "
         return F.kl_div(F.log_softmax(z / t, -1), F.log_softmax(teacher_logits / t, -1), reduction="batchmean",
                         log_target=True) * t * t
     raise ValueError(f"kd must be 'hard' or 'soft', got {kd!r}")
+
+
+def _one_per_block(student: list[torch.Tensor], teacher: list[torch.Tensor], what: str) -> None:
+    if len(student) != len(teacher) or not student:
+        raise ValueError(f"{what} distillation needs one tensor per block on both sides, got "
+                         f"{len(student)} and {len(teacher)}")
+
+
+def hidden_distillation_loss(student: list[torch.Tensor], teacher: list[torch.Tensor]) -> torch.Tensor:
+    """Mean over blocks of the MSE between the student's and the teacher's block
+    outputs, each layer-normalised without affine terms, so that the loss
+    compares the shape of the residual stream and not its scale (the
+    quantized student's stream grows differently from the FP teacher's)."""
+    _one_per_block(student, teacher, "hidden-state")
+
+    def norm(t: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(t, t.shape[-1:])
+    return sum(F.mse_loss(norm(s), norm(t)) for s, t in zip(student, teacher)) / len(student)
+
+
+def attention_distillation_loss(student: list[torch.Tensor], teacher: list[torch.Tensor]) -> torch.Tensor:
+    """Mean over blocks of ``KL(teacher || student)`` between attention rows
+    (softmax probabilities before the student's attention quantizer), averaged
+    over images, heads and query tokens."""
+    _one_per_block(student, teacher, "attention-map")
+
+    def kl(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return (t * (t.clamp_min(1e-12).log() - s.clamp_min(1e-12).log())).sum(-1).mean()
+    return sum(kl(s, t) for s, t in zip(student, teacher)) / len(student)
+
+
+def inner_taps(cfg: Config) -> Taps:
+    """The inner tensors the config's distillation terms compare (none when both weights are 0)."""
+    return Taps(states=[] if cfg.train.kd_hidden > 0 else None, maps=[] if cfg.train.kd_attn > 0 else None)
 
 
 def stage_plan(cfg: Config, method: str, epochs: int | None) -> list[tuple[int, int]]:
@@ -345,14 +382,20 @@ def train(
                 x, y = x[share].to(procs.device), ytr[idx][share].to(procs.device)
                 for g in opt.param_groups:
                     g["lr"] = lr_at(state["step"], total, warm, base_lr)
-                z, zd = net(x)
+                taps = inner_taps(cfg) if teacher is not None else None
+                z, zd = net(x, taps)
                 if zd is None:
                     loss = F.cross_entropy(z, y)
                 elif teacher is not None:
+                    teacher_taps = inner_taps(cfg)
                     with torch.no_grad():
-                        tz = teacher.predict(x)
+                        tz = teacher.predict(x, teacher_taps)
                     loss = 0.5 * F.cross_entropy(z, y) + 0.5 * distillation_loss(zd, tz, cfg.train.kd,
                                                                                   cfg.train.kd_temperature)
+                    if taps.states is not None:
+                        loss = loss + cfg.train.kd_hidden * hidden_distillation_loss(taps.states, teacher_taps.states)
+                    if taps.maps is not None:
+                        loss = loss + cfg.train.kd_attn * attention_distillation_loss(taps.maps, teacher_taps.maps)
                 else:
                     loss = 0.5 * F.cross_entropy(z, y) + 0.5 * F.cross_entropy(zd, y)
                 loss = loss * weight

@@ -32,6 +32,7 @@ lists the frozen quantities per layer for the exporter.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -128,6 +129,16 @@ def _act(kind: str, channels: int, grad: str) -> nn.Module:
     return SignQuant(channels, grad, scale="learned" if kind == "gsb" else "mean")
 
 
+@dataclass
+class Taps:
+    """Inner tensors a forward hands out for distillation, each list only when given:
+    every block's output (``states``) and every block's attention probabilities,
+    softmax before the attention quantizer, batch x heads x tokens x tokens (``maps``)."""
+
+    states: list[torch.Tensor] | None = None
+    maps: list[torch.Tensor] | None = None
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, kind: str, grad: str) -> None:
         super().__init__()
@@ -148,7 +159,7 @@ class Attention(nn.Module):
             self.v_quant = nn.Identity()
             self.a_quant = nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, taps: Taps | None = None) -> torch.Tensor:
         if self.integer and isinstance(self.q_quant, FakeQuant) and bool(self.q_quant.enabled):
             return self._integer_forward(x)
         b, n, c = x.shape
@@ -160,7 +171,10 @@ class Attention(nn.Module):
 
         q, k, v = heads(q), heads(k), heads(v)
         attn = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_dim))
-        attn = self.a_quant(attn.softmax(dim=-1))
+        attn = attn.softmax(dim=-1)
+        if taps is not None and taps.maps is not None:
+            taps.maps.append(attn)
+        attn = self.a_quant(attn)
         out = (attn @ v).transpose(1, 2).reshape(b, n, c)
         return self.proj(out)
 
@@ -208,8 +222,8 @@ class Block(nn.Module):
         self.mlp = Mlp(cfg, kind, grad)
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x)))
+    def forward(self, x: torch.Tensor, taps: Taps | None = None) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), taps))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
@@ -249,7 +263,8 @@ class ViT(nn.Module):
         x = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
         return x.reshape(b, (h // p) * (w // p), c * p * p)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
+    def features(self, x: torch.Tensor, taps: Taps | None = None) -> torch.Tensor:
+        """The final normalised tokens; ``taps`` collects the inner tensors it asks for."""
         x = self.patch_embed(self.patchify(x))
         b = x.shape[0]
         toks = [self.cls_token.expand(b, -1, -1)]
@@ -257,18 +272,20 @@ class ViT(nn.Module):
             toks.append(self.dist_token.expand(b, -1, -1))
         x = torch.cat(toks + [x], dim=1) + self.pos_embed
         for blk in self.blocks:
-            x = blk(x)
+            x = blk(x, taps)
+            if taps is not None and taps.states is not None:
+                taps.states.append(x)
         return self.norm(x)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        x = self.features(x)
+    def forward(self, x: torch.Tensor, taps: Taps | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x = self.features(x, taps)
         z = self.head(x[:, 0])
         zd = self.head_dist(x[:, 1]) if self.head_dist is not None else None
         return z, zd
 
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
+    def predict(self, x: torch.Tensor, taps: Taps | None = None) -> torch.Tensor:
         """Inference logits: the mean of the cls and distillation heads."""
-        z, zd = self(x)
+        z, zd = self(x, taps)
         return z if zd is None else 0.5 * (z + zd)
 
     @torch.no_grad()

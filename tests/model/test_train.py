@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from model.config import from_dict
-from model.train import distillation_loss, load_checkpoint, load_model, main, stage_plan, train
-from model.vit import build_model
+from model.train import attention_distillation_loss, distillation_loss, hidden_distillation_loss, load_checkpoint, load_model, main, stage_plan, train
+from model.vit import Taps, build_model
 
 TINY = {
     "data": {"dataset": "digits", "samples_per_class": 10, "val_per_class": 5, "shift": 1},
@@ -72,7 +72,7 @@ def test_hostile_checkpoint_is_refused_without_running_code(tmp_path):
 
 def test_a_checkpoint_trained_before_the_rename_still_loads(tmp_path):
     """Stored checkpoints keep the old architecture keys (img_size, in_chans, patch); they load with the new ones."""
-    from model.vit import build_model
+    from model.vit import Taps, build_model
 
     cfg = from_dict(TINY)
     old = {**cfg.to_dict(), "model": {{"image_size": "img_size", "in_channels": "in_chans", "patch_size": "patch"}.get(k, k): v
@@ -175,3 +175,60 @@ def test_digits_full_schedule_gsb_beats_one_base(tmp_path):
     res = {m: train(load_config("configs/digits.yaml"), m, 0, str(tmp_path / m), progress=False)
            for m in ("fp", "gsb", "bin1")}
     assert res["gsb"]["val_acc"] > res["bin1"]["val_acc"]
+
+
+def test_hidden_distillation_loss_compares_the_stream_shape_block_by_block():
+    gen = torch.Generator().manual_seed(0)
+    t = [torch.randn(3, 5, 8, generator=gen) for _ in range(2)]
+    assert float(hidden_distillation_loss(t, t)) == pytest.approx(0.0, abs=1e-6)
+    assert float(hidden_distillation_loss([3 * h + 1 for h in t], t)) == pytest.approx(0.0, abs=1e-5)
+    s = [torch.randn(3, 5, 8, generator=gen) for _ in range(2)]
+    norm = [torch.nn.functional.layer_norm(h, (8,)) for h in s + t]
+    want = 0.5 * sum(torch.mean((a - b) ** 2) for a, b in zip(norm[:2], norm[2:]))
+    assert torch.allclose(hidden_distillation_loss(s, t), want)
+    with pytest.raises(ValueError, match="one tensor per block"):
+        hidden_distillation_loss(s[:1], t)
+
+
+def test_attention_distillation_loss_is_the_mean_kl_of_the_rows():
+    gen = torch.Generator().manual_seed(0)
+    t = [torch.randn(2, 3, 5, 5, generator=gen).softmax(-1) for _ in range(2)]
+    s = [torch.randn(2, 3, 5, 5, generator=gen).softmax(-1) for _ in range(2)]
+    assert float(attention_distillation_loss(t, t)) == pytest.approx(0.0, abs=1e-6)
+    want = sum(torch.nn.functional.kl_div(a.log(), b, reduction="none").sum(-1).mean() for a, b in zip(s, t)) / 2
+    assert torch.allclose(attention_distillation_loss(s, t), want)
+    assert float(attention_distillation_loss(s, t)) > 0
+    with pytest.raises(ValueError, match="attention-map distillation"):
+        attention_distillation_loss(s, t[:1])
+
+
+def test_taps_hand_out_every_block_output_and_attention_map():
+    cfg = from_dict({**TINY, "model": {**TINY["model"], "depth": 2}})
+    model = build_model(cfg.model, "gsb").eval()
+    taps = Taps(states=[], maps=[])
+    x = torch.rand(2, 1, 8, 8)
+    z = model.predict(x, taps)
+    n = cfg.model.tokens
+    assert len(taps.states) == 2 and all(h.shape == (2, n, 16) for h in taps.states)
+    assert len(taps.maps) == 2 and all(a.shape == (2, cfg.model.heads, n, n) for a in taps.maps)
+    assert torch.allclose(taps.maps[0].sum(-1), torch.ones(2, cfg.model.heads, n))
+    assert torch.equal(z, model.predict(x))
+    assert torch.equal(model.norm(taps.states[-1]), model.features(x))
+    only_maps = Taps(maps=[])
+    model.predict(x, only_maps)
+    assert only_maps.states is None and len(only_maps.maps) == 2
+
+
+@pytest.mark.parametrize("term", ["kd_hidden", "kd_attn"])
+def test_inner_distillation_changes_the_student(tmp_path, term):
+    """The same GSB run with the term's weight 0 and 1 (same FP teacher, same seed) ends with different weights."""
+    teacher = str(tmp_path / "fp")
+    train(from_dict(TINY), "fp", 0, teacher, progress=False, max_steps=2)
+    weights = []
+    for w in (0.0, 1.0):
+        cfg = from_dict({**TINY, "train": {**TINY["train"], term: w}})
+        out = str(tmp_path / f"gsb{w}")
+        train(cfg, "gsb", 0, out, teacher_path=os.path.join(teacher, "best.pt"), progress=False, max_steps=3)
+        weights.append(torch.load(os.path.join(out, "last.pt"), weights_only=True)["model"])
+    diff = [k for k in weights[0] if weights[0][k].is_floating_point() and not torch.equal(weights[0][k], weights[1][k])]
+    assert diff
