@@ -60,6 +60,7 @@ bench: $(STAMP) iverilog
 	$(PY) -m bench.emulator
 	$(PY) -m bench.rtl_cycles
 	$(PY) -m bench.hw_breakdown
+	$(PY) -m bench.whole_model
 
 integer-results: $(STAMP) fashion-mnist
 	$(PY) -m host.integer_results
