@@ -7,7 +7,9 @@ whole-model gateware would need for that model's integer program
 
 * **cycles per image** of each kind of step: the engine's products
   (:func:`hw.cycles.product_cycles` at each board preset's lanes and word
-  width) and the integer units as built (``hw/layernorm.py``,
+  width) and the integer units as built (``hw/layernorm.py``, with the
+  serial divider on the iCEBreaker, which has no multipliers to spare, and
+  the reciprocal one on the ULX3S,
   ``hw/multithreshold.py``'s pipelined unit, ``hw/softmax.py``,
   ``hw/requantize.py``, ``hw/argmax.py``: each unit's own cycle count, with
   no stalls), one unit of each kind and every step after the one before,
@@ -44,6 +46,8 @@ OUT = Path(__file__).resolve().parent / "out" / "whole_model.json"
 INT8 = Encoding("int", 8)
 #: The issue's end-to-end targets, images/s.
 TARGETS = {"icebreaker": 300, "ulx3s": 1000}
+#: LayerNorm's divider per board (hw.layernorm.LayerNorm.DIVIDERS): the UP5K's 8 SB_MAC16 are the engine's.
+DIVIDER = {"icebreaker": "serial", "ulx3s": "reciprocal"}
 #: On-chip memory per board, bits: block RAM and single-port SPRAM.
 MEMORY_BITS = {"icebreaker": {"bram": 30 * 4096, "spram": 4 * 256 * 1024},
                "ulx3s": {"bram": 208 * 18 * 1024, "spram": 0}}
@@ -107,11 +111,13 @@ def quantizer_inputs(prog: intvit.IntegerProgram) -> dict[str, tuple[int, int]]:
     return out
 
 
-def unit_cycles(prog: intvit.IntegerProgram) -> dict[str, int]:
-    """Cycles per image of the non-product steps, one unit of each kind, one step after another."""
-    arch, p = prog.model.architecture, prog.params
+def unit_cycles(prog: intvit.IntegerProgram, divider: str = "serial") -> dict[str, int]:
+    """Cycles per image of the non-product steps, one unit of each kind, one step after another
+    (LayerNorm with ``divider``; the reciprocal pipeline's drain counted once a token)."""
+    arch = prog.model.architecture
     t, d = arch.tokens, arch.dim
-    norm = LayerNorm(d, intvit.RESIDUAL_BITS, intvit.NORM_BITS)
+    norm = LayerNorm(d, intvit.RESIDUAL_BITS, intvit.NORM_BITS, divider=divider)
+    drain = norm.PIPELINE if divider == "reciprocal" else 0
     counts = tuple(intvit.level_counts(prog.model.layers["blocks.0.attn.av"]))
     softmax = SoftmaxLevels(intvit.RESIDUAL_BITS, t, len(prog.arrays["exp_table"]), counts)
     # the pipelined MultiThreshold takes a value a cycle after its 4-cycle latency
@@ -120,7 +126,7 @@ def unit_cycles(prog: intvit.IntegerProgram) -> dict[str, int]:
                    + arch.depth * (2 * t * d + arch.heads * t * t)          # residual adds, scores
                    + len(prog.head_names) * arch.num_classes)
     return {
-        "layernorm": (2 * t * arch.depth + len(prog.head_names)) * norm.cycles_per_token,
+        "layernorm": (2 * t * arch.depth + len(prog.head_names)) * (norm.cycles_per_token + drain),
         "multithreshold": thresholds,
         "softmax": arch.depth * arch.heads * t * softmax.row_cycles(t),
         "requantize": requantized + 5,
@@ -176,20 +182,21 @@ def stores(prog: intvit.IntegerProgram) -> list[dict]:
 
 def budget(prog: intvit.IntegerProgram, boards: list[str]) -> dict:
     """Cycles, images/s and memory of ``prog`` on each board (its preset's engine, its clock)."""
-    units = unit_cycles(prog)
     table = stores(prog)
     total_bits = sum(r["entries"] * r["bits"] for r in table)
     result = {"model": {"dim": prog.model.architecture.dim, "depth": prog.model.architecture.depth,
                         "tokens": prog.model.architecture.tokens},
-              "unit_cycles": units, "stores": table, "store_kbit": round(total_bits / 1024, 1), "boards": []}
+              "stores": table, "store_kbit": round(total_bits / 1024, 1), "boards": []}
     for name in boards:
         b = board(name)
         config = preset(b.config)
         engine = sum(pr.cycles(config.word_bits, config.lanes) for pr in products(prog))
+        units = unit_cycles(prog, DIVIDER[name])
         cycles = engine + sum(units.values())
         memory = MEMORY_BITS[name]
         result["boards"].append({
-            "board": name, "config": b.config, "clock_mhz": b.freq_hz / 1e6, "engine_cycles": engine,
+            "board": name, "config": b.config, "clock_mhz": b.freq_hz / 1e6, "layernorm_divider": DIVIDER[name],
+            "unit_cycles": units, "engine_cycles": engine,
             "cycles": cycles, "images_per_s": round(b.freq_hz / cycles, 1), "target": TARGETS[name],
             "memory_kbit": {k: v // 1024 for k, v in memory.items()},
             "stores_fit_bits": total_bits <= sum(memory.values()),
@@ -200,11 +207,12 @@ def budget(prog: intvit.IntegerProgram, boards: list[str]) -> dict:
 def _print(result: dict) -> None:
     m = result["model"]
     print(f"model: dim {m['dim']}, depth {m['depth']}, {m['tokens']} tokens")
-    print(f"\n{'step (one unit each, in turn)':32s} {'cycles/image':>13s}")
-    for name, c in result["unit_cycles"].items():
-        print(f"{name:32s} {c:13,d}")
-    for b in result["boards"]:
-        print(f"{'engine, ' + b['board'] + ' (' + b['config'] + ')':32s} {b['engine_cycles']:13,d}")
+    boards = result["boards"]
+    print(f"\n{'cycles an image (one unit each, in turn)':40s}" + "".join(f"{b['board']:>12s}" for b in boards))
+    for step in boards[0]["unit_cycles"]:
+        label = step + (" (" + "/".join(b["layernorm_divider"] for b in boards) + ")" if step == "layernorm" else "")
+        print(f"{label:40s}" + "".join(f"{b['unit_cycles'][step]:12,d}" for b in boards))
+    print(f"{'engine (' + '/'.join(b['config'] for b in boards) + ')':40s}" + "".join(f"{b['engine_cycles']:12,d}" for b in boards))
     print(f"\n{'board':12s} {'clock MHz':>10s} {'cycles/image':>13s} {'images/s':>9s} {'target':>7s}")
     for b in result["boards"]:
         print(f"{b['board']:12s} {b['clock_mhz']:10.2f} {b['cycles']:13,d} {b['images_per_s']:9.1f} {b['target']:7d}")

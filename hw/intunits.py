@@ -54,6 +54,7 @@ def digits_units() -> dict[str, Callable[[], wiring.Component]]:
         "requantize": lambda: Requantize(ACC_BITS, 16, 26, 16),
         "argmax": lambda: Argmax(32, DIGITS["classes"]),
         "layernorm": lambda: LayerNorm(d, 16, 16, 40),
+        "layernorm_reciprocal": lambda: LayerNorm(d, 16, 16, 40, "reciprocal"),
         # GSB's three step levels; A for every (level, head, row, column): 3 * 4 * 18 * 18 = 3888 words
         "softmax": lambda: SoftmaxLevels(16, t, 711, (1, 1, 1), thresh_addr_bits=12),
     }

@@ -35,6 +35,8 @@ def test_every_quantizer_of_the_program_is_counted_once(program):
 def test_layernorm_cycles_are_every_token_norm_of_an_image(program):
     norms = 2 * TINY.tokens * TINY.depth + len(program.head_names)
     assert unit_cycles(program)["layernorm"] == norms * LayerNorm(TINY.dim, 16, 16).cycles_per_token
+    fast = LayerNorm(TINY.dim, 16, 16, divider="reciprocal")
+    assert unit_cycles(program, "reciprocal")["layernorm"] == norms * (fast.cycles_per_token + fast.PIPELINE)
 
 
 def test_stores_hold_every_table_array_and_the_weights(program):
@@ -49,9 +51,9 @@ def test_stores_hold_every_table_array_and_the_weights(program):
 
 def test_budget_gives_each_board_its_cycles_and_images_per_second(program):
     result = budget(program, ["icebreaker", "ulx3s"])
-    units = sum(result["unit_cycles"].values())
     for b in result["boards"]:
-        assert b["cycles"] == b["engine_cycles"] + units
+        assert b["cycles"] == b["engine_cycles"] + sum(b["unit_cycles"].values())
         assert b["images_per_s"] == pytest.approx(b["clock_mhz"] * 1e6 / b["cycles"], abs=0.1)
     ice, ecp = result["boards"]
     assert ice["engine_cycles"] > ecp["engine_cycles"]  # 4 lanes x 8 bits against 16 x 32
+    assert ice["unit_cycles"]["layernorm"] > ecp["unit_cycles"]["layernorm"]  # serial against reciprocal
