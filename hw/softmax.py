@@ -54,13 +54,23 @@ class SoftmaxLevels(wiring.Component):
        ``e_j = table[min(M - s_j, L - 1)]`` overwrites the score, ``Z += e_j``
        (``n + 3`` cycles);
     3. per column: one level a cycle, ``e_j * 2**frac >= A_l * Z``, in a
-       pipeline (``A`` registered; its products with ``Z``'s low 16 and high
-       bits, a DSP block each; their sum; the compare), the bit counted into
-       its group's code; then ``o`` holds the codes until taken
-       (``levels + 5`` cycles a column: the pipeline drains).
+       pipeline (``A`` and ``e_j`` registered; ``A``'s products with ``Z``'s
+       low 16 and high bits, a DSP block each; their sum; the compare), the
+       bit counted into its group's code in one of :attr:`SLOTS` code
+       registers, the column's; the next column's levels follow its last
+       without a gap while a slot is free, and ``o`` gives the slots' codes
+       in column order, each held until taken.  The next row's scores are
+       taken while the last column's codes are still in the pipeline.
 
-    Cycles per row with a ready sink: ``n + (n + 3) + n * (levels + 5)``.
+    Cycles per row with a ready sink: ``n + (n + 3) + 1 + n * levels``
+    (:meth:`row_cycles`); the last column's codes follow :attr:`DRAIN`
+    cycles after its last level.
     """
+
+    #: code registers: columns in flight between their first level and their codes taken
+    SLOTS = 4
+    #: cycles from a column's last level to its codes on ``o``
+    DRAIN = 5
 
     def __init__(self, score_bits: int, max_len: int, table_len: int, counts: tuple[int, ...],
                  frac_bits: int = 16, exp_bits: int = 16, threshold_bits: int = 17, thresh_addr_bits: int = 16) -> None:
@@ -86,8 +96,8 @@ class SoftmaxLevels(wiring.Component):
         })
 
     def row_cycles(self, n: int) -> int:
-        """Cycles for a row of ``n`` scores, from its first score to its last codes taken, with no stalls."""
-        return n + (n + 3) + n * (self.levels + 5)
+        """Cycles for a row of ``n`` scores, from its first score to the next row's first, with no stalls."""
+        return n + (n + 3) + 1 + n * self.levels
 
     def elaborate(self, platform: object) -> Module:
         m = Module()
@@ -110,31 +120,56 @@ class SoftmaxLevels(wiring.Component):
         k = Signal(unsigned(self.score_bits + 1), reset_less=True)  # max - s >= 0
         # the compares
         level = Signal(range(self.levels + 1), reset_less=True)
-        drain = Signal(range(4), reset_less=True)
-        codes = Signal(data.ArrayLayout(unsigned(self.code_bits), len(self.counts)), reset_less=True)
-        m.d.comb += self.o.payload.eq(codes)
+        slot = Signal(range(self.SLOTS), reset_less=True)      # the column being issued: its code register
+        taken = Signal(range(self.SLOTS), reset_less=True)     # the next code register o gives
+        codes_layout = data.ArrayLayout(unsigned(self.code_bits), len(self.counts))
+        codes = [Signal(codes_layout, name=f"codes{n}", reset_less=True) for n in range(self.SLOTS)]
+        busy = Signal(self.SLOTS)  # a column issued into the slot, its codes not yet taken
+        done = Signal(self.SLOTS)  # the slot's codes complete
+        m.d.comb += self.o.valid.eq(done.bit_select(taken, 1))
+        with m.Switch(taken):
+            for n in range(self.SLOTS):
+                with m.Case(n):
+                    m.d.comb += self.o.payload.eq(codes[n])
+        freed = Signal(self.SLOTS)
+        claimed = Signal(self.SLOTS)
+        finished = Signal(self.SLOTS)
+        with m.If(self.o.valid & self.o.ready):
+            m.d.comb += freed.eq(1 << taken)
+            m.d.sync += taken.eq(taken + 1)
+        m.d.sync += [busy.eq((busy | claimed) & ~freed), done.eq((done | finished) & ~freed)]
         # the compares, a pipeline behind the threshold reads (each step registered: the ECP5's block RAM and
-        # DSP outputs are slow): A; its partial products with Z's low 16 and high bits (a DSP block each); their
-        # sum; the compare with e * 2**frac, counted into the level's group
+        # DSP outputs are slow): A and e; A's partial products with Z's low 16 and high bits (a DSP block
+        # each); their sum; the compare with e * 2**frac, counted into the level's group of the column's slot
         z_split = min(16, self.z_bits)
         a = Signal(unsigned(self.threshold_bits), reset_less=True)
         part_lo = Signal(unsigned(self.threshold_bits + z_split), reset_less=True)
         part_hi = Signal(unsigned(self.threshold_bits + max(1, self.z_bits - z_split)), reset_less=True)
         product = Signal(unsigned(self.threshold_bits + self.z_bits), reset_less=True)
-        e = Signal(unsigned(self.exp_bits), reset_less=True)
-        stage_level = [Signal.like(level, name=f"level_{k}", reset_less=True) for k in range(3)]
-        stage_valid = [Signal(name=f"valid_{k}") for k in range(3)]
-        m.d.sync += [e.eq(rd.data[:self.exp_bits]),  # the column's exp: rd.addr stays at j while it compares
-                     part_lo.eq(a * z[:z_split]), part_hi.eq(a * z[z_split:]), product.eq((part_hi << z_split) + part_lo),
+        e = [Signal(unsigned(self.exp_bits), name=f"e_{n}", reset_less=True) for n in range(3)]
+        stage_level = [Signal.like(level, name=f"level_{n}", reset_less=True) for n in range(3)]
+        stage_slot = [Signal.like(slot, name=f"slot_{n}", reset_less=True) for n in range(3)]
+        stage_valid = [Signal(name=f"valid_{n}") for n in range(3)]
+        m.d.sync += [part_lo.eq(a * z[:z_split]), part_hi.eq(a * z[z_split:]), product.eq((part_hi << z_split) + part_lo),
+                     e[1].eq(e[0]), e[2].eq(e[1]),
                      stage_level[1].eq(stage_level[0]), stage_level[2].eq(stage_level[1]),
+                     stage_slot[1].eq(stage_slot[0]), stage_slot[2].eq(stage_slot[1]),
                      stage_valid[0].eq(0), stage_valid[1].eq(stage_valid[0]), stage_valid[2].eq(stage_valid[1])]
         with m.If(stage_valid[2]):
-            bit = (e << self.frac_bits) >= product
-            start = 0
-            for g, count in enumerate(self.counts):
-                with m.If((stage_level[2] >= start) & (stage_level[2] < start + count)):
-                    m.d.sync += codes[g].eq(codes[g] + bit)
-                start += count
+            bit = (e[2] << self.frac_bits) >= product
+            with m.Switch(stage_slot[2]):
+                for n in range(self.SLOTS):
+                    with m.Case(n):
+                        start = 0
+                        for g, count in enumerate(self.counts):
+                            with m.If((stage_level[2] >= start) & (stage_level[2] < start + count)):
+                                # a column's first level starts its codes
+                                m.d.sync += codes[n][g].eq(Mux(stage_level[2] == 0, 0, codes[n][g]) + bit)
+                            with m.Elif(stage_level[2] == 0):
+                                m.d.sync += codes[n][g].eq(0)
+                            start += count
+            with m.If(stage_level[2] == self.levels - 1):
+                m.d.comb += finished.eq(1 << stage_slot[2])
 
         with m.FSM():
             with m.State("max"):
@@ -159,30 +194,24 @@ class SoftmaxLevels(wiring.Component):
                     with m.If(j2 == n_last):
                         m.d.sync += [j.eq(0), addr.eq(base)]
                         m.next = "fetch"
-            with m.State("fetch"):  # present column j's exp and its first threshold
+            with m.State("fetch"):  # present column 0's exp and its first threshold
                 m.d.comb += [rd.addr.eq(j), self.thresh.addr.eq(addr)]
-                m.d.sync += [addr.eq(addr + 1), level.eq(0), codes.eq(0)]
+                m.d.sync += [addr.eq(addr + 1), level.eq(0)]
                 m.next = "compare"
-            with m.State("compare"):  # threshold `level` on the port: into the pipeline; read the next
-                m.d.comb += [rd.addr.eq(j), self.thresh.addr.eq(addr)]
-                m.d.sync += [a.eq(self.thresh.data), stage_level[0].eq(level), stage_valid[0].eq(1),
-                             level.eq(level + 1), drain.eq(3)]
-                with m.If(level == self.levels - 1):  # addr stays at the next column's first threshold
-                    m.next = "drain"
-                with m.Else():
-                    m.d.sync += addr.eq(addr + 1)
-            with m.State("drain"):  # the last levels' products and compares
-                m.d.comb += rd.addr.eq(j)
-                m.d.sync += drain.eq(drain - 1)
-                with m.If(drain == 1):
-                    m.next = "out"
-            with m.State("out"):
-                m.d.comb += self.o.valid.eq(1)
-                with m.If(self.o.ready):
-                    m.d.sync += j.eq(j + 1)
-                    with m.If(j == n_last):
-                        m.d.sync += j.eq(0)
-                        m.next = "max"
-                    with m.Else():
-                        m.next = "fetch"
+            with m.State("compare"):  # threshold `level` of column j on the port: into the pipeline; read the next
+                last_level = level == self.levels - 1
+                # a column's first level waits for a free slot; the read ports hold their words meanwhile
+                go = (level != 0) | ~busy.bit_select(slot, 1)
+                m.d.comb += [rd.addr.eq(Mux(go & last_level, j + 1, j)),
+                             self.thresh.addr.eq(Mux(go, addr, addr - 1))]
+                with m.If(go):
+                    m.d.sync += [a.eq(self.thresh.data), e[0].eq(rd.data[:self.exp_bits]), stage_level[0].eq(level),
+                                 stage_slot[0].eq(slot), stage_valid[0].eq(1), addr.eq(addr + 1), level.eq(level + 1)]
+                    with m.If(level == 0):
+                        m.d.comb += claimed.eq(1 << slot)
+                    with m.If(last_level):
+                        m.d.sync += [level.eq(0), slot.eq(slot + 1), j.eq(j + 1)]
+                        with m.If(j == n_last):  # the row's last column: its codes drain while the next row comes in
+                            m.d.sync += j.eq(0)
+                            m.next = "max"
         return m

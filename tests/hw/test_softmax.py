@@ -46,7 +46,7 @@ def test_contract_example():
     got, cycles, dut = _run(scores, levels, (1, 1))
     assert got[:, 0, 0].tolist() == [[1, 0, 0], [1, 1, 1]]
     assert np.array_equal(got, _golden(scores, levels, (1, 1)))
-    assert cycles <= 3 * dut.row_cycles(3) + 3
+    assert cycles <= 3 * dut.row_cycles(3) + dut.DRAIN + 3
 
 
 def test_boundaries_far_scores_and_extreme_thresholds():
@@ -87,6 +87,17 @@ def test_random_against_golden_with_back_pressure(seed):
     levels = rng.integers(0, (1 << 16) + 2, (sum(counts), heads, t, t))
     got, _, _ = _run(scores, levels, counts, seed=seed, stall=0.3)
     assert np.array_equal(got, _golden(scores, levels, counts))
+
+
+def test_rows_come_back_to_back_at_row_cycles():
+    """The digits model's rows (T = 18, GSB's three levels): 94 cycles a row, the columns' levels without gaps."""
+    rng = np.random.default_rng(4)
+    scores = rng.integers(-300, 300, (1, 18, 18))
+    levels = rng.integers(0, (1 << 16) + 2, (3, 1, 18, 18))
+    got, cycles, dut = _run(scores, levels, (1, 1, 1), score_bits=16)
+    assert np.array_equal(got, _golden(scores, levels, (1, 1, 1)))
+    assert dut.row_cycles(18) == 94
+    assert 18 * 94 <= cycles <= 18 * 94 + dut.DRAIN + 3
 
 
 def test_level_words_layout():
