@@ -15,7 +15,11 @@ whole-model gateware would need for that model's integer program
   no stalls), one unit of each kind and every step after the one before,
   which is what the units give without a sequencer that overlaps them;
 * the **images/s** this gives at each board's clock, against the issue's
-  targets (300 on the iCEBreaker, 1,000 on the ULX3S);
+  targets (300 on the iCEBreaker, 1,000 on the ULX3S), and what it would
+  be with the thresholds and requantize *streamed*: taking each value as
+  LayerNorm or the engine hands it over, as a sequencer that chains the
+  units would run them (:data:`STREAMED`; an estimate of a schedule not
+  built);
 * the **on-chip stores**: every table as the units read it (entries times
   the word width they need) and the activations of one image, against each
   board's block RAM and SPRAM.
@@ -48,6 +52,8 @@ INT8 = Encoding("int", 8)
 TARGETS = {"icebreaker": 300, "ulx3s": 1000}
 #: LayerNorm's divider per board (hw.layernorm.LayerNorm.DIVIDERS): the UP5K's 8 SB_MAC16 are the engine's.
 DIVIDER = {"icebreaker": "serial", "ulx3s": "reciprocal"}
+#: The steps a chaining sequencer would hide behind their producers (one value a cycle each).
+STREAMED = ("multithreshold", "requantize")
 #: On-chip memory per board, bits: block RAM and single-port SPRAM.
 MEMORY_BITS = {"icebreaker": {"bram": 30 * 4096, "spram": 4 * 256 * 1024},
                "ulx3s": {"bram": 208 * 18 * 1024, "spram": 0}}
@@ -193,11 +199,14 @@ def budget(prog: intvit.IntegerProgram, boards: list[str]) -> dict:
         engine = sum(pr.cycles(config.word_bits, config.lanes) for pr in products(prog))
         units = unit_cycles(prog, DIVIDER[name])
         cycles = engine + sum(units.values())
+        streamed = cycles - sum(units[step] for step in STREAMED)
         memory = MEMORY_BITS[name]
         result["boards"].append({
             "board": name, "config": b.config, "clock_mhz": b.freq_hz / 1e6, "layernorm_divider": DIVIDER[name],
             "unit_cycles": units, "engine_cycles": engine,
             "cycles": cycles, "images_per_s": round(b.freq_hz / cycles, 1), "target": TARGETS[name],
+            "streamed_cycles": streamed, "streamed_images_per_s": round(b.freq_hz / streamed, 1),
+            "engine_images_per_s": round(b.freq_hz / engine, 1),
             "memory_kbit": {k: v // 1024 for k, v in memory.items()},
             "stores_fit_bits": total_bits <= sum(memory.values()),
         })
@@ -213,9 +222,11 @@ def _print(result: dict) -> None:
         label = step + (" (" + "/".join(b["layernorm_divider"] for b in boards) + ")" if step == "layernorm" else "")
         print(f"{label:40s}" + "".join(f"{b['unit_cycles'][step]:12,d}" for b in boards))
     print(f"{'engine (' + '/'.join(b['config'] for b in boards) + ')':40s}" + "".join(f"{b['engine_cycles']:12,d}" for b in boards))
-    print(f"\n{'board':12s} {'clock MHz':>10s} {'cycles/image':>13s} {'images/s':>9s} {'target':>7s}")
+    print(f"\n{'board':12s} {'clock MHz':>10s} {'cycles/image':>13s} {'images/s':>9s} {'streamed':>9s} "
+          f"{'engine alone':>13s} {'target':>7s}")
     for b in result["boards"]:
-        print(f"{b['board']:12s} {b['clock_mhz']:10.2f} {b['cycles']:13,d} {b['images_per_s']:9.1f} {b['target']:7d}")
+        print(f"{b['board']:12s} {b['clock_mhz']:10.2f} {b['cycles']:13,d} {b['images_per_s']:9.1f} "
+              f"{b['streamed_images_per_s']:9.1f} {b['engine_images_per_s']:13.1f} {b['target']:7d}")
     kinds: dict[str, float] = {}
     for r in result["stores"]:
         kinds[r["kind"]] = kinds.get(r["kind"], 0) + r["kbit"]

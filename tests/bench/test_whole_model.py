@@ -54,6 +54,8 @@ def test_budget_gives_each_board_its_cycles_and_images_per_second(program):
     for b in result["boards"]:
         assert b["cycles"] == b["engine_cycles"] + sum(b["unit_cycles"].values())
         assert b["images_per_s"] == pytest.approx(b["clock_mhz"] * 1e6 / b["cycles"], abs=0.1)
+        hidden = b["unit_cycles"]["multithreshold"] + b["unit_cycles"]["requantize"]
+        assert b["streamed_cycles"] == b["cycles"] - hidden > b["engine_cycles"]
     ice, ecp = result["boards"]
     assert ice["engine_cycles"] > ecp["engine_cycles"]  # 4 lanes x 8 bits against 16 x 32
     assert ice["unit_cycles"]["layernorm"] > ecp["unit_cycles"]["layernorm"]  # serial against reciprocal
