@@ -1,9 +1,10 @@
-"""Generate the accelerator's Verilog and run cocotb testbenches on it.
+"""Generate the accelerator's (or an integer unit's) Verilog and run cocotb testbenches on it.
 
 ``python -m sim.runner [TESTCASE ...]`` runs testbenches by hand; the
-pytest wrappers in ``tests/sim`` call :func:`run`.  Builds go to
-``sim/out/<config>/<simulator>/`` (gitignored); a configuration is passed
-to the testbench as JSON in ``GSBFLOW_HW_CONFIG``.
+pytest wrappers in ``tests/sim`` call :func:`run` and :func:`run_unit`.  Builds go to
+``sim/out/<config>/<simulator>/`` and ``sim/out/units/<unit>/<simulator>/``
+(gitignored); a configuration is passed to the testbench as JSON in
+``GSBFLOW_HW_CONFIG``, a unit's name in ``GSBFLOW_UNIT``.
 """
 
 from __future__ import annotations
@@ -18,13 +19,20 @@ from pathlib import Path
 from cocotb_tools.check_results import get_results
 from cocotb_tools.runner import Runner, get_runner
 
+from amaranth.back import verilog
+
 from hw.accelerator import write_verilog
 from hw.config import AccelConfig, preset
+from hw.intunits import digits_units
 
 OUT = Path(__file__).resolve().parent / "out"
 TOPLEVEL = "accelerator"
 TB_MODULE = "sim.tb_accelerator"
 CONFIG_ENV = "GSBFLOW_HW_CONFIG"
+UNIT_TOPLEVEL = "unit"
+UNIT_TB_MODULE = "sim.tb_units"
+#: the unit's name (:func:`hw.intunits.digits_units`), for the testbench to build its reference
+UNIT_ENV = "GSBFLOW_UNIT"
 REPORT_ENV = "GSBFLOW_SIM_REPORT"
 SIMULATORS = ("icarus", "verilator")
 #: Icarus: Verilog-2005 semantics, so that the ``reg x = 0`` initialisers
@@ -48,24 +56,26 @@ def config_from_env() -> AccelConfig:
     return AccelConfig(**json.loads(os.environ[CONFIG_ENV]))
 
 
-def build(config: AccelConfig, simulator: str = "icarus") -> tuple[Runner, Path]:
-    """Generate the Verilog and build it (again only if the Verilog changed); returns the runner and build directory."""
+def _write_if_changed(text: str, path: Path) -> None:
+    """Write ``text`` to ``path`` only when it differs, so that the simulator rebuilds exactly when the design did."""
+    if path.exists() and path.read_text() == text:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def _compile(source: Path, toplevel: str, simulator: str) -> tuple[Runner, Path]:
+    """Build ``source`` (top ``toplevel``) for ``simulator`` beside it; returns the runner and build directory."""
     if simulator not in SIMULATORS:
         raise ValueError(f"simulator must be one of {SIMULATORS}, got {simulator!r}")
-    text = config_to_json(config)
-    key = hashlib.sha256(text.encode()).hexdigest()[:12]
-    directory = OUT / key
-    source = directory / f"{TOPLEVEL}.v"
-    write_verilog(config, source, TOPLEVEL)
-    (directory / "config.json").write_text(text)
-    build_dir = directory / simulator
+    build_dir = source.parent / simulator
     runner = get_runner(simulator)
     saved = os.environ.get("MAKEFLAGS")
     if simulator == "verilator":
         os.environ["MAKEFLAGS"] = f"{saved or ''} {VERILATOR_MAKEFLAGS}".strip()
     try:
         runner.build(
-            sources=[source], hdl_toplevel=TOPLEVEL, build_dir=build_dir,
+            sources=[source], hdl_toplevel=toplevel, build_dir=build_dir,
             timescale=("1ns", "1ps"), build_args=BUILD_ARGS[simulator],
         )
     finally:
@@ -74,6 +84,40 @@ def build(config: AccelConfig, simulator: str = "icarus") -> tuple[Runner, Path]
         else:
             os.environ["MAKEFLAGS"] = saved
     return runner, build_dir
+
+
+def build(config: AccelConfig, simulator: str = "icarus") -> tuple[Runner, Path]:
+    """Generate the Verilog and build it (again only if the Verilog changed); returns the runner and build directory."""
+    text = config_to_json(config)
+    key = hashlib.sha256(text.encode()).hexdigest()[:12]
+    directory = OUT / key
+    write_verilog(config, directory / f"{TOPLEVEL}.v", TOPLEVEL)
+    (directory / "config.json").write_text(text)
+    return _compile(directory / f"{TOPLEVEL}.v", TOPLEVEL, simulator)
+
+
+def _check(results: Path, testcase: str, simulator: str) -> Path:
+    tests, failures = get_results(results)
+    if tests == 0 or failures:
+        raise AssertionError(f"cocotb {testcase} on {simulator}: {failures} of {tests} failed (see {results})")
+    return results
+
+
+def run_unit(testcase: str, unit: str, simulator: str = "icarus") -> Path:
+    """Run cocotb test ``testcase`` of :mod:`sim.tb_units` on the Verilog of integer unit ``unit``
+    (a name of :func:`hw.intunits.digits_units`, at the digits model's widths)."""
+    units = digits_units()
+    if unit not in units:
+        raise ValueError(f"unit must be one of {', '.join(sorted(units))}, got {unit!r}")
+    source = OUT / "units" / unit / f"{UNIT_TOPLEVEL}.v"
+    _write_if_changed(verilog.convert(units[unit](), name=UNIT_TOPLEVEL), source)
+    runner, build_dir = _compile(source, UNIT_TOPLEVEL, simulator)
+    results = runner.test(
+        test_module=UNIT_TB_MODULE, hdl_toplevel=UNIT_TOPLEVEL, testcase=testcase, build_dir=build_dir,
+        test_dir=build_dir, extra_env={UNIT_ENV: unit}, timescale=("1ns", "1ps"),
+        results_xml=str(Path(build_dir) / f"results_{testcase}.xml"),
+    )
+    return _check(results, testcase, simulator)
 
 
 def run(testcase: str, config: AccelConfig, simulator: str = "icarus", report: Path | None = None,
@@ -92,10 +136,7 @@ def run(testcase: str, config: AccelConfig, simulator: str = "icarus", report: P
         test_dir=build_dir, extra_env=env, timescale=("1ns", "1ps"),
         results_xml=str(Path(build_dir) / f"results_{testcase}.xml"),
     )
-    tests, failures = get_results(results)
-    if tests == 0 or failures:
-        raise AssertionError(f"cocotb {testcase} on {simulator}: {failures} of {tests} failed (see {results})")
-    return results
+    return _check(results, testcase, simulator)
 
 
 def main() -> None:

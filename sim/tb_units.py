@@ -1,0 +1,95 @@
+"""cocotb testbenches of the integer units' generated Verilog against :mod:`model.intops`.
+
+One coroutine drives both streams, a cycle at a time: at the falling clock
+edge it sets the input side (a value, or a stall) and the output side's
+``ready`` (stalling at random), lets the combinational logic settle, and
+reads which transfers the next rising edge makes.  The units are small and
+their tests short (a few thousand cycles), so per-cycle Python is fast
+enough here.  Run through :func:`sim.runner.run_unit` (pytest:
+``tests/sim/test_units_sim.py``).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+import cocotb
+import numpy as np
+from cocotb.clock import Clock
+from cocotb.triggers import FallingEdge, Timer
+
+from hw.intunits import digits_units
+from model import intops
+from model.intvit import NORM_BITS, RESIDUAL_BITS
+from sim.runner import UNIT_ENV
+
+PERIOD_NS = 10
+
+
+def _pack(fields: list[tuple[int, int]]) -> int:
+    """Fields ``(value, bits)``, first field lowest: two's complement, concatenated as Amaranth lays out a struct."""
+    word, shift = 0, 0
+    for value, bits in fields:
+        word |= (value & ((1 << bits) - 1)) << shift
+        shift += bits
+    return word
+
+
+async def _stream(dut: object, items: list[int], answers: int, rng: random.Random, stall: float,
+                  limit: int = 100_000) -> list[int]:
+    """Send ``items`` on ``i`` and take ``answers`` words from ``o``, both sides stalling with probability ``stall``."""
+    got: list[int] = []
+    sent = 0
+    for _ in range(limit):
+        await FallingEdge(dut.clk)
+        offer = sent < len(items) and rng.random() >= stall
+        dut.i__valid.value = int(offer)
+        if offer:
+            dut.i__payload.value = items[sent]
+        take = rng.random() >= stall
+        dut.o__ready.value = int(take)
+        await Timer(1, "ns")
+        if offer and dut.i__ready.value:
+            sent += 1
+        if take and dut.o__valid.value:
+            got.append(dut.o__payload.value.to_signed())
+            if len(got) == answers:
+                return got
+    raise AssertionError(f"{len(got)} of {answers} answers after {limit} cycles ({sent} of {len(items)} items sent)")
+
+
+def _layernorm_tokens(rng: np.random.Generator, d: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Tokens at the extremes, identical ones and random ones; gains and biases across the int16 range."""
+    lo, hi = intops.signed_range(RESIDUAL_BITS)
+    g_lo, g_hi = intops.signed_range(NORM_BITS)
+    tokens = np.array([np.full(d, 7), np.resize([lo, hi], d), np.r_[hi, np.full(d - 1, lo)],
+                       rng.integers(lo, hi, d, endpoint=True), rng.integers(-40, 40, d)], np.int64)
+    gain = rng.integers(g_lo, g_hi, d, endpoint=True)
+    bias = rng.integers(g_lo, g_hi, d, endpoint=True)
+    return tokens, gain, bias, int(rng.integers(1, 1 << 20))
+
+
+@cocotb.test()
+async def layernorm(dut: object) -> None:
+    """Every output of a few tokens equals :func:`model.intops.layer_norm`, with both sides stalling."""
+    unit = digits_units()[os.environ[UNIT_ENV]]()
+    d, nb = unit.dim, unit.norm_bits
+    rng = np.random.default_rng(3)
+    tokens, gain, bias, eps = _layernorm_tokens(rng, d)
+    cocotb.start_soon(Clock(dut.clk, PERIOD_NS, unit="ns").start())
+    dut.rst.value = 1
+    dut.eps.value = eps
+    dut.i__valid.value = 0
+    dut.o__ready.value = 0
+    for _ in range(2):
+        await FallingEdge(dut.clk)
+    dut.rst.value = 0
+    items = []
+    for x in tokens:  # each token twice: the statistics, then the outputs
+        items += [_pack([(int(v), unit.in_bits), (0, nb), (0, nb)]) for v in x]
+        items += [_pack([(int(v), unit.in_bits), (int(g), nb), (int(b), nb)]) for v, g, b in zip(x, gain, bias)]
+    got = await _stream(dut, items, tokens.size, random.Random(5), stall=0.2)
+    want = intops.layer_norm(tokens, gain, bias, eps).reshape(-1)
+    wrong = [k for k, (g, w) in enumerate(zip(got, want)) if g != w]
+    assert not wrong, f"{len(wrong)} of {len(want)} outputs differ, first at {wrong[0]}: {got[wrong[0]]} != {want[wrong[0]]}"
