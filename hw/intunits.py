@@ -34,8 +34,10 @@ from hw.boards.ulx3s import ULX3SClock
 from hw.build import ONE_HOT_FSMS, ROOT, SYNTH_OPTS, TOOLS, run_toolchain, use_pypi_tools, yosys_cells
 from hw.layernorm import LayerNorm
 from hw.multithreshold import MultiThreshold, PipelinedMultiThreshold
+from hw.packer import Packer
 from hw.requantize import Requantize
 from hw.softmax import SoftmaxLevels
+from model.golden import PlaneKind
 
 #: The digits model (configs/digits.yaml): dim 64, 4 heads, MLP 128, 18 tokens, 10 classes.
 DIGITS = {"dim": 64, "heads": 4, "hidden": 128, "tokens": 18, "classes": 10}
@@ -53,6 +55,8 @@ def digits_units() -> dict[str, Callable[[], wiring.Component]]:
         # R = sat16(R + rq(Y, m, s) + b): bias within +-2**24 (the program's schema)
         "requantize": lambda: Requantize(ACC_BITS, 16, 26, 16),
         "argmax": lambda: Argmax(32, DIGITS["classes"]),
+        # fc2's unipolar input codes (GELU folded) to 16-bit x entries (the default preset's words)
+        "packer": lambda: Packer(16, DIGITS["hidden"], PlaneKind.UNIPOLAR, 4),
         "layernorm": lambda: LayerNorm(d, 16, 16, 40),
         "layernorm_reciprocal": lambda: LayerNorm(d, 16, 16, 40, "reciprocal"),
         # GSB's three step levels; A for every (level, head, row, column): 3 * 4 * 18 * 18 = 3888 words

@@ -1,0 +1,82 @@
+# amaranth: UnusedElaboratable=no
+"""hw.packer against hw.program's x entries, alone and behind LayerNorm and the thresholds (the sequencer's first stage)."""
+
+import numpy as np
+import pytest
+from amaranth.hdl import Module, Signal
+from amaranth.lib import wiring
+from amaranth.lib.memory import Memory
+
+from hw.layernorm import LayerNorm
+from hw.multithreshold import PipelinedMultiThreshold, row_layout, threshold_rows
+from hw.packer import Packer
+from hw.program import _entries
+from hw.streamsim import run_stream
+from model import intops
+from model.golden import Encoding, PlaneKind, pack_planes
+from model.intvit import NORM_BITS, RESIDUAL_BITS
+
+
+def _want(codes: np.ndarray, kind: PlaneKind, word_bits: int) -> list[int]:
+    """hw.program's x entries of ``codes`` (rows, n), row-major."""
+    (plane,) = pack_planes(codes, Encoding(kind.value), word_bits)
+    return [int(e) for e in _entries(plane, codes.shape[1], word_bits).ravel()]
+
+
+@pytest.mark.parametrize("kind", list(PlaneKind))
+@pytest.mark.parametrize("word_bits, n", [(8, 5), (8, 16), (16, 37), (32, 64), (64, 70)])
+def test_rows_of_codes_become_the_x_entries(kind, word_bits, n):
+    rng = np.random.default_rng(n * word_bits)
+    values = {PlaneKind.BIPOLAR: [-1, 1], PlaneKind.UNIPOLAR: [0, 1], PlaneKind.TERNARY: [-1, 0, 1]}[kind]
+    codes = rng.choice(values, (3, n))
+    dut = Packer(word_bits, n, kind)
+    want = _want(codes, kind, word_bits)
+    got, cycles = run_stream(dut, dut.i, dut.o, [int(c) for c in codes.ravel()], len(want), seed=n, stall=0.3)
+    assert got == want
+    got, cycles = run_stream(dut, dut.i, dut.o, [int(c) for c in codes.ravel()], len(want))
+    assert got == want and cycles <= codes.size + 3  # a code a cycle
+
+
+def test_layernorm_thresholds_and_packer_make_a_layers_x_entries():
+    """Tokens of the residual stream through LayerNorm (the reciprocal divider), a sign per channel and the
+    packer: the x entries of the next linear layer's bipolar input, as the host would compile them."""
+    d, word_bits = 64, 16
+    rng = np.random.default_rng(2)
+    tokens = rng.integers(-3000, 3000, (4, d))
+    gain, bias, eps = rng.integers(-9000, 9000, d), rng.integers(-2000, 2000, d), 99
+    sign_at = rng.integers(-3000, 3000, d)
+    hi = np.stack([sign_at, sign_at], axis=1)  # a sign: base -1, the same threshold twice
+    lo = np.full((d, 2), -(1 << 40))
+    codes = intops.multithreshold(intops.layer_norm(tokens, gain, bias, eps), -1, hi, lo)
+
+    m = Module()
+    m.submodules.norm = norm = LayerNorm(d, RESIDUAL_BITS, NORM_BITS, 40, "reciprocal")
+    in_bits = NORM_BITS + 1
+    m.submodules.thresholds = thresholds = PipelinedMultiThreshold(in_bits, d, 2, 4)
+    m.submodules.rows = rows = Memory(shape=row_layout(in_bits, 2), depth=d, init=threshold_rows(hi, lo, in_bits))
+    wiring.connect(m, rows.read_port(), thresholds.thresh)
+    m.submodules.packer = packer = Packer(word_bits, d, PlaneKind.BIPOLAR, code_bits=4)
+    channel = Signal(range(d))  # the glue a sequencer supplies: each LayerNorm output's channel
+    m.d.comb += [thresholds.i.valid.eq(norm.o.valid), norm.o.ready.eq(thresholds.i.ready),
+                 thresholds.i.payload.value.eq(norm.o.payload), thresholds.i.payload.channel.eq(channel),
+                 packer.i.valid.eq(thresholds.o.valid), thresholds.o.ready.eq(packer.i.ready),
+                 packer.i.payload.eq(thresholds.o.payload)]
+    with m.If(norm.o.valid & norm.o.ready):
+        m.d.sync += channel.eq(channel + 1)
+    m.d.comb += [norm.eps.eq(eps), thresholds.base.eq(-1)]
+    items = []
+    for x in tokens:  # each token twice: LayerNorm's statistics, then its outputs
+        items += [{"x": int(v), "gain": 0, "bias": 0} for v in x]
+        items += [{"x": int(v), "gain": int(g), "bias": int(b)} for v, g, b in zip(x, gain, bias)]
+    want = _want(codes, PlaneKind.BIPOLAR, word_bits)
+    got, _ = run_stream(m, norm.i, packer.o, items, len(want), seed=3, stall=0.2)
+    assert got == want
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(word_bits=12, n=4, kind=PlaneKind.BIPOLAR), "word_bits"), (dict(word_bits=8, n=0, kind=PlaneKind.BIPOLAR), "n"),
+    (dict(word_bits=8, n=4, kind="bipolar"), "kind"), (dict(word_bits=8, n=4, kind=PlaneKind.TERNARY, code_bits=1), "code_bits"),
+])
+def test_rejects_bad_parameters(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        Packer(**kwargs)
