@@ -29,7 +29,6 @@ timed rows.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -40,6 +39,7 @@ import numba
 import numpy as np
 
 from host.kernels import fast_operand_product, get_threads, prepare, set_threads
+from bench import write_report
 from model.golden import Operand, operand_product
 
 # (name, rows, cols, n): rows x n activations times cols x n weights.
@@ -216,14 +216,12 @@ def main(argv: list[str] | None = None) -> None:
     info["load_average_at_end"] = list(os.getloadavg())
     info["kernel_threads"] = get_threads()
     print_table(results)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     report = {
         "mac_definition": "one binary (bipolar) multiply-accumulate; float32 matmul counted as rows*cols*n MACs",
         "machine": info,
         "results": results,
     }
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_report(report, args.out)
 
 
 if __name__ == "__main__":

@@ -40,13 +40,14 @@ compiled program's time goes, kernel by kernel (:func:`kernel_breakdown`).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 from pathlib import Path
 from collections.abc import Callable
 
 import numpy as np
+
+from bench import write_report
 
 GSB_CHECKPOINT = Path("runs/results/digits/spc100/seed0/gsb/best.pt")
 #: the emulator's engines, each compared with torch_fp
@@ -234,9 +235,7 @@ def main(argv: list[str] | None = None) -> None:
         "compiled_equals_backend": agree,
         "emulator_integer_seconds_per_pass": breakdown,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_report(report, args.out)
 
 
 if __name__ == "__main__":

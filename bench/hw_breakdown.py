@@ -24,7 +24,6 @@ and abc2 alike), so the ECP5 top has no per-module breakdown.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import subprocess
 import tempfile
@@ -35,6 +34,7 @@ from amaranth.hdl import Module, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
+from bench import write_report
 from hw.boards import BOARDS, board
 from hw.build import KEEP_DUPLICATES, ONE_HOT_FSMS, SYNTH_OPTS, TOOLS, UNDEFINED_COLLISIONS, use_pypi_tools
 from hw.config import preset
@@ -194,9 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         for r in result["lanes"]:
             print(f"{r['form']:20s} {r['word_bits']:5d} {r['lut4']:6d} {r['ff']:6d} "
                   f"{r['lut4_per_bit']:9.2f} {r['ff_per_bit']:7.2f}")
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {a.out}")
+    write_report(result, a.out)
     return 0
 
 

@@ -31,10 +31,10 @@ No gateware is built or simulated.  Prints the tables and writes
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench import write_report
 from hw.argmax import Argmax
 from hw.boards import board
 from hw.config import preset
@@ -250,9 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         a.model = demo_model(Path("build/demo"), True)
     result = budget(intvit.program(load(str(a.model))), a.boards)
     _print(result)
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {a.out}")
+    write_report(result, a.out)
     return 0
 
 

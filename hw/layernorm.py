@@ -20,6 +20,15 @@ from amaranth.lib.wiring import In, Out
 from hw.config import _check_int
 
 
+def _restoring_step(m: Module, rest: Signal, low: Signal, quotient: Signal, divisor: Value, step: Signal) -> None:
+    """One step of a restoring division: the dividend's next bit (``low``'s top) into ``rest``,
+    one quotient bit out (shifted into ``quotient``), ``step`` counted down."""
+    widened = Cat(low[-1], rest)  # rest*2 + the dividend's next bit
+    diff, take = _trial_subtract(m, widened, divisor)
+    m.d.sync += [rest.eq(Mux(take, diff, widened)), quotient.eq(Cat(take, quotient)),
+                 low.eq(low << 1), step.eq(step - 1)]
+
+
 def _trial_subtract(m: Module, widened: Value, subtrahend: Value) -> tuple[Signal, Value]:
     """``widened - subtrahend`` on one carry chain, and whether it did not borrow (its top bit clear).
 
@@ -226,10 +235,7 @@ class LayerNorm(wiring.Component):
                 m.d.sync += [remainder.eq(a[nb:]), low.eq(a[:nb]), quotient.eq(0), step.eq(nb - 1)]
                 m.next = "divide"
             with m.State("divide"):
-                widened = Cat(low[-1], remainder)   # remainder*2 + the dividend's next bit
-                diff, take = _trial_subtract(m, widened, root)
-                m.d.sync += [remainder.eq(Mux(take, diff, widened)), quotient.eq(Cat(take, quotient)),
-                             low.eq(low << 1), step.eq(step - 1)]
+                _restoring_step(m, remainder, low, quotient, root, step)
                 with m.If(step == 0):
                     m.next = "floor"
             with m.State("floor"):  # floor: -q - 1 = ~q for a negative product that leaves a remainder
@@ -340,10 +346,7 @@ class LayerNorm(wiring.Component):
                              recip.eq(0), step.eq(r_bits - 1)]
                 m.next = "reciprocal"
             with m.State("reciprocal"):
-                widened = Cat(low[-1], rest)  # rest*2 + the numerator's next bit
-                diff, take = _trial_subtract(m, widened, normed)
-                m.d.sync += [rest.eq(Mux(take, diff, widened)), recip.eq(Cat(take, recip)),
-                             low.eq(low << 1), step.eq(step - 1)]
+                _restoring_step(m, rest, low, recip, normed, step)
                 with m.If(step == 0):
                     m.next = "latch"
             with m.State("latch"):  # the previous token's values have left the pipeline's inputs' constants
