@@ -35,6 +35,7 @@ from hw.build import ONE_HOT_FSMS, ROOT, SYNTH_OPTS, TOOLS, run_toolchain, use_p
 from hw.layernorm import LayerNorm
 from hw.multithreshold import MultiThreshold, PipelinedMultiThreshold
 from hw.packer import Packer
+from hw.results import ResultReader
 from hw.requantize import Requantize
 from hw.softmax import SoftmaxLevels
 from model.golden import PlaneKind
@@ -57,6 +58,8 @@ def digits_units() -> dict[str, Callable[[], wiring.Component]]:
         "argmax": lambda: Argmax(32, DIGITS["classes"]),
         # fc2's unipolar input codes (GELU folded) to 16-bit x entries (the default preset's words)
         "packer": lambda: Packer(16, DIGITS["hidden"], PlaneKind.UNIPOLAR, 4),
+        # the up5k preset's result buffer (4 lanes, 256 entries) back as fc1's 128 channels
+        "result_reader": lambda: ResultReader(4, ACC_BITS, 8, 7),
         "layernorm": lambda: LayerNorm(d, 16, 16, 40),
         "layernorm_reciprocal": lambda: LayerNorm(d, 16, 16, 40, "reciprocal"),
         # GSB's three step levels; A for every (level, head, row, column): 3 * 4 * 18 * 18 = 3888 words

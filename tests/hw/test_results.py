@@ -1,0 +1,125 @@
+# amaranth: UnusedElaboratable=no
+"""hw.results: the engine's result entries back as values and channels, alone and into the thresholds and the packer."""
+
+import random
+
+import numpy as np
+import pytest
+from amaranth.hdl import Module, signed
+from amaranth.lib import data, wiring
+from amaranth.lib.memory import Memory
+from amaranth.sim import Simulator
+
+from hw.config import ceil_log2
+from hw.multithreshold import PipelinedMultiThreshold, row_layout, threshold_rows
+from hw.packer import Packer
+from hw.program import _entries
+from hw.results import ResultReader
+from hw.simtools import receive
+from model import intops
+from model.golden import Encoding, PlaneKind, pack_planes
+
+ACC_BITS = 24
+ADDR_BITS = 8
+
+
+def _result_memory(y: np.ndarray, lanes: int) -> tuple[Memory, int]:
+    """The result buffer a run leaves for ``y`` (rows, channels): entry ``r * blocks + b`` holds lanes ``b*lanes ...``."""
+    rows, channels = y.shape
+    blocks = -(-channels // lanes)
+    padded = np.zeros((rows, blocks * lanes), np.int64)
+    padded[:, :channels] = y
+    init = [[int(v) for v in padded[r, b * lanes:(b + 1) * lanes]] for r in range(rows) for b in range(blocks)]
+    shape = data.ArrayLayout(signed(ACC_BITS), lanes)
+    return Memory(shape=shape, depth=1 << ADDR_BITS, init=init), blocks
+
+
+def _reader(y: np.ndarray, lanes: int, channel_bits: int = 16) -> tuple[Module, ResultReader, int]:
+    """A result buffer holding ``y`` and a ResultReader on it; returns the module, the reader and the blocks."""
+    m = Module()
+    mem, blocks = _result_memory(y, lanes)
+    m.submodules.mem = mem
+    m.submodules.reader = reader = ResultReader(lanes, ACC_BITS, ADDR_BITS, channel_bits)
+    wiring.connect(m, mem.read_port(), reader.result)
+    return m, reader, blocks
+
+
+def _simulate(m: Module, reader: ResultReader, sink: object, rows: int, blocks: int, channels: int, count: int,
+              stall: float, seed: int) -> tuple[list, int]:
+    """Start a pass and take ``count`` payloads from ``sink``; returns them and the cycles until the reader is idle."""
+    got, cycles = [], []
+
+    async def bench(ctx):
+        for port, value in ((reader.rows, rows), (reader.blocks, blocks), (reader.channels, channels),
+                            (reader.start, 1)):
+            ctx.set(port, value)
+        await ctx.tick()
+        ctx.set(reader.start, 0)
+        n = 1
+        rng = random.Random(seed)
+        while len(got) < count or ctx.get(reader.busy):
+            if n > 20 * count + 100:
+                raise TimeoutError(f"{len(got)} of {count} payloads after {n} cycles")
+            ready = rng.random() >= stall
+            ctx.set(sink.ready, ready)
+            _, _, valid, payload = await ctx.tick().sample(sink.valid, sink.payload)
+            n += 1
+            if ready and valid and len(got) < count:
+                got.append(payload)
+        cycles.append(n)
+
+    sim = Simulator(m)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    return got, cycles[0]
+
+
+@pytest.mark.parametrize("lanes, channels", [(4, 10), (4, 8), (16, 3), (1, 5)])
+@pytest.mark.parametrize("stall", [0.0, 0.4])
+def test_values_come_back_in_row_and_channel_order(lanes, channels, stall):
+    rows = 3
+    y = np.random.default_rng(lanes * channels).integers(-(1 << 23), 1 << 23, (rows, channels))
+    m, reader, blocks = _reader(y, lanes)
+    got, _ = _simulate(m, reader, reader.o, rows, blocks, channels, y.size, stall, seed=channels)
+    assert [(int(g.value), int(g.channel)) for g in got] == [(int(v), c) for r in y for c, v in enumerate(r)]
+
+
+def test_a_value_a_cycle_with_a_ready_sink():
+    y = np.arange(5 * 12).reshape(5, 12)
+    m, reader, blocks = _reader(y, 4)
+    got, cycles = _simulate(m, reader, reader.o, 5, blocks, 12, y.size, 0.0, seed=0)
+    assert len(got) == y.size and cycles <= y.size + 3  # start, the first read, the output register
+
+
+def test_results_through_the_thresholds_and_the_packer_make_the_next_x_entries():
+    """fc1's accumulators (GELU folded: two-sided thresholds, unipolar codes) to fc2's x entries."""
+    rows, channels, lanes, word_bits = 3, 40, 4, 16
+    rng = np.random.default_rng(7)
+    y = rng.integers(-5000, 5000, (rows, channels))
+    hi = np.stack([rng.integers(-500, 3000, channels), np.full(channels, 1 << 40)], axis=1)
+    lo = np.stack([rng.integers(-5000, -1000, channels), np.full(channels, -(1 << 40))], axis=1)
+    codes = intops.multithreshold(y, 0, hi, lo)
+    (plane,) = pack_planes(codes, Encoding("unipolar"), word_bits)
+    want = [int(e) for e in _entries(plane, channels, word_bits).ravel()]
+
+    m, reader, blocks = _reader(y, lanes, ceil_log2(channels))
+    m.submodules.thresholds = thresholds = PipelinedMultiThreshold(ACC_BITS, channels, 2, 4)
+    m.submodules.rows = table = Memory(shape=row_layout(ACC_BITS, 2), depth=channels,
+                                       init=threshold_rows(hi, lo, ACC_BITS))
+    wiring.connect(m, table.read_port(), thresholds.thresh)
+    m.submodules.packer = packer = Packer(word_bits, channels, PlaneKind.UNIPOLAR, 4)
+    wiring.connect(m, reader.o, thresholds.i)
+    wiring.connect(m, thresholds.o, packer.i)
+    m.d.comb += thresholds.base.eq(0)
+    got, _ = _simulate(m, reader, packer.o, rows, blocks, channels, len(want), 0.3, seed=1)
+    assert [int(g) for g in got] == want
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(lanes=0, acc_bits=24, addr_bits=8), "lanes"), (dict(lanes=4, acc_bits=1, addr_bits=8), "acc_bits"),
+    (dict(lanes=4, acc_bits=24, addr_bits=0), "addr_bits"),
+])
+def test_rejects_bad_parameters(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        ResultReader(**kwargs)
