@@ -35,6 +35,7 @@ from hw.build import ONE_HOT_FSMS, ROOT, SYNTH_OPTS, TOOLS, run_toolchain, use_p
 from hw.layernorm import LayerNorm
 from hw.multithreshold import MultiThreshold, PipelinedMultiThreshold
 from hw.packer import Packer
+from hw.residual import ResidualAdd
 from hw.results import ResultReader
 from hw.requantize import Requantize
 from hw.softmax import SoftmaxLevels
@@ -60,6 +61,8 @@ def digits_units() -> dict[str, Callable[[], wiring.Component]]:
         "packer": lambda: Packer(16, DIGITS["hidden"], PlaneKind.UNIPOLAR, 4),
         # the up5k preset's result buffer (4 lanes, 256 entries) back as fc1's 128 channels
         "result_reader": lambda: ResultReader(4, ACC_BITS, 8, 7),
+        # the residual stream (18 x 64 int16 words) plus rq(y) + bias in place, y a 24-bit accumulator
+        "residual_add": lambda: ResidualAdd(ACC_BITS, 16, 26, 11, 6),
         "layernorm": lambda: LayerNorm(d, 16, 16, 40),
         "layernorm_reciprocal": lambda: LayerNorm(d, 16, 16, 40, "reciprocal"),
         # GSB's three step levels; A for every (level, head, row, column): 3 * 4 * 18 * 18 = 3888 words

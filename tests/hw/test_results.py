@@ -1,5 +1,6 @@
 # amaranth: UnusedElaboratable=no
-"""hw.results: the engine's result entries back as values and channels, alone and into the thresholds and the packer."""
+"""hw.results and hw.residual: the engine's result entries back as values and channels, alone, into the thresholds
+and the packer, and added into the residual stream in place."""
 
 import random
 
@@ -14,8 +15,9 @@ from hw.config import ceil_log2
 from hw.multithreshold import PipelinedMultiThreshold, row_layout, threshold_rows
 from hw.packer import Packer
 from hw.program import _entries
+from hw.residual import ResidualAdd
 from hw.results import ResultReader
-from hw.simtools import receive
+from hw.simtools import send
 from model import intops
 from model.golden import Encoding, PlaneKind, pack_planes
 
@@ -123,3 +125,53 @@ def test_results_through_the_thresholds_and_the_packer_make_the_next_x_entries()
 def test_rejects_bad_parameters(kwargs, name):
     with pytest.raises(ValueError, match=name):
         ResultReader(**kwargs)
+
+
+@pytest.mark.parametrize("source", ["reader", "stalling"])
+def test_the_residual_add_in_place(source):
+    """proj's accumulators requantized and added into the residual memory, saturated: intops' integers, in place;
+    behind the ResultReader, and from a source that stalls at random."""
+    rows, channels, lanes = 4, 24, 4
+    rng = np.random.default_rng(11)
+    y = rng.integers(-(1 << 22), 1 << 22, (rows, channels))
+    residual = rng.integers(-(1 << 15), 1 << 15, (rows, channels))
+    residual[0, :3] = [32767, -32768, 32000]  # sums that saturate
+    bias = rng.integers(-(1 << 20), 1 << 20, channels)
+    multiplier, shift, r_base = 40503, 17, 5
+    want = intops.saturate(residual + intops.requantize(y, multiplier, shift) + bias, 16)
+
+    m, reader, blocks = _reader(y, lanes, 8)
+    m.submodules.add = add = ResidualAdd(ACC_BITS, 16, 26, 8, 8)
+    m.submodules.stream = stream_mem = Memory(shape=signed(16), depth=256,
+                                              init=[0] * r_base + [int(v) for v in residual.ravel()])
+    m.submodules.biases = biases = Memory(shape=signed(26), depth=256, init=[int(b) for b in bias])
+    wiring.connect(m, stream_mem.read_port(), add.r_read)
+    wiring.connect(m, stream_mem.write_port(), add.r_write)
+    wiring.connect(m, biases.read_port(), add.bias)
+    if source == "reader":
+        wiring.connect(m, reader.o, add.i)
+    m.d.comb += [add.multiplier.eq(multiplier), add.shift.eq(shift), add.r_base.eq(r_base), add.start.eq(reader.start)]
+    got = []
+
+    async def bench(ctx):
+        # start pulses the reader and the add together; with no rows the reader stays idle
+        for port, value in ((reader.rows, rows if source == "reader" else 0), (reader.blocks, blocks),
+                            (reader.channels, channels), (reader.start, 1)):
+            ctx.set(port, value)
+        await ctx.tick()
+        ctx.set(reader.start, 0)
+        if source == "stalling":
+            items = [{"value": int(v), "channel": c} for r in y for c, v in enumerate(r)]
+            await send(ctx, add.i, items, random.Random(2), 0.4)
+        for _ in range(10 * y.size + 50):
+            await ctx.tick()
+            if not ctx.get(reader.busy) and not ctx.get(add.busy):
+                break
+        got.extend(ctx.get(stream_mem.data[r_base + k]) for k in range(y.size))
+        assert ctx.get(stream_mem.data[r_base - 1]) == 0 and ctx.get(stream_mem.data[r_base + y.size]) == 0
+
+    sim = Simulator(m)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    assert np.array_equal(np.array(got).reshape(rows, channels), want)
