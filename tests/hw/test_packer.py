@@ -1,20 +1,27 @@
 # amaranth: UnusedElaboratable=no
-"""hw.packer against hw.program's x entries, alone and behind LayerNorm and the thresholds (the sequencer's first stage)."""
+"""hw.packer against hw.program's x entries: alone, behind LayerNorm and the thresholds (the sequencer's first stage),
+and behind SoftmaxLevels (the attention map as A V's x operand)."""
+
+import random
 
 import numpy as np
 import pytest
-from amaranth.hdl import Module, Signal
+from amaranth.hdl import Cat, Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
+from amaranth.sim import Simulator
 
+from hw.config import ceil_log2
 from hw.layernorm import LayerNorm
 from hw.multithreshold import PipelinedMultiThreshold, row_layout, threshold_rows
 from hw.packer import Packer
 from hw.program import _entries
+from hw.simtools import send
+from hw.softmax import SoftmaxLevels, level_words
 from hw.streamsim import run_stream
 from model import intops
 from model.golden import Encoding, PlaneKind, pack_planes
-from model.intvit import NORM_BITS, RESIDUAL_BITS
+from model.intvit import ATTN_FRAC_BITS, EXP_FRAC_BITS, NORM_BITS, RESIDUAL_BITS, SCORE_FRAC_BITS
 
 
 def _want(codes: np.ndarray, kind: PlaneKind, word_bits: int) -> list[int]:
@@ -80,3 +87,55 @@ def test_layernorm_thresholds_and_packer_make_a_layers_x_entries():
 def test_rejects_bad_parameters(kwargs, name):
     with pytest.raises(ValueError, match=name):
         Packer(**kwargs)
+
+
+def test_softmax_levels_and_packers_make_the_attention_operand():
+    """The scores of one head through SoftmaxLevels (GSB's three steps) into a Packer per level group: the
+    x entries of the A V product's three unipolar groups, as the host would compile them."""
+    t, word_bits, counts = 18, 16, (1, 1, 1)
+    rng = np.random.default_rng(8)
+    scores = rng.integers(-400, 400, (1, t, t))
+    levels = rng.integers(0, (1 << 16) + 2, (3, 1, t, t))
+    table = intops.exp_table(SCORE_FRAC_BITS, EXP_FRAC_BITS)
+    codes = intops.attention_codes(scores, table, levels, ATTN_FRAC_BITS, counts)  # (groups, 1, t, t)
+    want = [_want(codes[g, 0], PlaneKind.UNIPOLAR, word_bits) for g in range(3)]
+
+    words, per_row = level_words(levels)
+    m = Module()
+    m.submodules.softmax = softmax = SoftmaxLevels(16, t, len(table), counts, thresh_addr_bits=ceil_log2(len(words)))
+    m.submodules.table = table_mem = Memory(shape=16, depth=len(table), init=[int(e) for e in table])
+    m.submodules.thresh = thresh = Memory(shape=17, depth=len(words), init=words)
+    wiring.connect(m, table_mem.read_port(), softmax.table)
+    wiring.connect(m, thresh.read_port(), softmax.thresh)
+    packers = [Packer(word_bits, t, PlaneKind.UNIPOLAR, 2) for _ in counts]
+    for g, packer in enumerate(packers):
+        m.submodules[f"packer{g}"] = packer
+        # every group's packer takes the column's codes in the same cycle
+        m.d.comb += [packer.i.valid.eq(softmax.o.valid & softmax.o.ready), packer.i.payload.eq(softmax.o.payload[g])]
+    m.d.comb += softmax.o.ready.eq(Cat(*(p.i.ready for p in packers)).all())
+    items = [{"score": int(scores[0, i, j]), "last": j == t - 1, "base": i * per_row} for i in range(t) for j in range(t)]
+    got = [[] for _ in counts]
+
+    async def bench(ctx):
+        rng_stall = random.Random(4)
+        for p in packers:
+            ctx.set(p.o.ready, 1)
+        await send(ctx, softmax.i, items, rng_stall, 0.2)
+
+    async def collect(ctx):
+        for p in packers:
+            ctx.set(p.o.ready, 1)
+        for _ in range(20 * len(items)):
+            samples = await ctx.tick().sample(*(s for p in packers for s in (p.o.valid, p.o.payload)))
+            for g in range(len(packers)):
+                if samples[2 + 2 * g]:
+                    got[g].append(int(samples[3 + 2 * g]))
+            if all(len(got[g]) == len(want[g]) for g in range(len(packers))):
+                return
+
+    sim = Simulator(m)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.add_testbench(collect)
+    sim.run()
+    assert got == want
