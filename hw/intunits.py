@@ -39,6 +39,7 @@ from hw.residual import ResidualAdd
 from hw.results import ResultReader
 from hw.requantize import Requantize
 from hw.softmax import SoftmaxLevels
+from hw.transpose import TransposePacker
 from model.golden import PlaneKind
 
 #: The digits model (configs/digits.yaml): dim 64, 4 heads, MLP 128, 18 tokens, 10 classes.
@@ -63,6 +64,8 @@ def digits_units() -> dict[str, Callable[[], wiring.Component]]:
         "result_reader": lambda: ResultReader(4, ACC_BITS, 8, 7),
         # the residual stream (18 x 64 int16 words) plus rq(y) + bias in place, y a 24-bit accumulator
         "residual_add": lambda: ResidualAdd(ACC_BITS, 16, 26, 11, 6),
+        # a ternary Value group of 18 tokens x 64 channels to A V's transposed y entries
+        "transpose": lambda: TransposePacker(16, DIGITS["tokens"], d, PlaneKind.TERNARY, 4),
         "layernorm": lambda: LayerNorm(d, 16, 16, 40),
         "layernorm_reciprocal": lambda: LayerNorm(d, 16, 16, 40, "reciprocal"),
         # GSB's three step levels; A for every (level, head, row, column): 3 * 4 * 18 * 18 = 3888 words

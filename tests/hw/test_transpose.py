@@ -1,0 +1,50 @@
+# amaranth: UnusedElaboratable=no
+"""hw.transpose against hw.program's entries of the transposed codes (V as A V's y operand)."""
+
+import numpy as np
+import pytest
+
+from hw.program import _entries
+from hw.streamsim import run_stream
+from hw.transpose import TransposePacker
+from model.golden import Encoding, PlaneKind, pack_planes
+
+
+def _want(codes: np.ndarray, kind: PlaneKind, word_bits: int) -> list[int]:
+    """The entries of ``codes.T`` (cols rows of rows codes), row-major."""
+    (plane,) = pack_planes(codes.T, Encoding(kind.value), word_bits)
+    return [int(e) for e in _entries(plane, codes.shape[0], word_bits).ravel()]
+
+
+@pytest.mark.parametrize("kind", list(PlaneKind))
+@pytest.mark.parametrize("word_bits, rows, cols", [(16, 18, 16), (8, 5, 3), (32, 40, 4), (8, 8, 7)])
+def test_two_matrices_back_to_back_become_their_transposes_entries(kind, word_bits, rows, cols):
+    rng = np.random.default_rng(rows * cols + word_bits)
+    values = {PlaneKind.BIPOLAR: [-1, 1], PlaneKind.UNIPOLAR: [0, 1], PlaneKind.TERNARY: [-1, 0, 1]}[kind]
+    matrices = [rng.choice(values, (rows, cols)) for _ in range(2)]
+    dut = TransposePacker(word_bits, rows, cols, kind)
+    want = _want(matrices[0], kind, word_bits) + _want(matrices[1], kind, word_bits)
+    items = [int(c) for codes in matrices for c in codes.ravel()]
+    got, _ = run_stream(dut, dut.i, dut.o, items, len(want), seed=rows + cols, stall=0.3)
+    assert got == want
+
+
+def test_cycles_a_code_in_and_a_column_out():
+    rows, cols, word_bits = 18, 64, 16
+    codes = np.random.default_rng(1).choice([-1, 1], (rows, cols))
+    dut = TransposePacker(word_bits, rows, cols, PlaneKind.BIPOLAR)
+    want = _want(codes, PlaneKind.BIPOLAR, word_bits)
+    got, cycles = run_stream(dut, dut.i, dut.o, [int(c) for c in codes.ravel()], len(want))
+    assert got == want
+    assert cycles <= rows * cols + 2 + cols * (2 + 2) + 3
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(word_bits=12, rows=4, cols=4, kind=PlaneKind.BIPOLAR), "word_bits"),
+    (dict(word_bits=8, rows=0, cols=4, kind=PlaneKind.BIPOLAR), "rows"),
+    (dict(word_bits=8, rows=4, cols=2, kind=PlaneKind.BIPOLAR), "cols"),
+    (dict(word_bits=8, rows=4, cols=4, kind="ternary"), "kind"),
+])
+def test_rejects_bad_parameters(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        TransposePacker(**kwargs)
