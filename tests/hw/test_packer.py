@@ -1,13 +1,13 @@
 # amaranth: UnusedElaboratable=no
 """hw.packer against hw.program's x entries: alone, behind LayerNorm and the thresholds (the sequencer's first stage),
-and behind SoftmaxLevels (the attention map as A V's x operand)."""
+and behind SoftmaxLevels (the attention map as A V's x operand, from codes or from the engine's scores)."""
 
 import random
 
 import numpy as np
 import pytest
-from amaranth.hdl import Cat, Module, Signal
-from amaranth.lib import wiring
+from amaranth.hdl import Cat, Module, Mux, Signal, signed
+from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.sim import Simulator
 
@@ -16,6 +16,8 @@ from hw.layernorm import LayerNorm
 from hw.multithreshold import PipelinedMultiThreshold, row_layout, threshold_rows
 from hw.packer import Packer
 from hw.program import _entries
+from hw.requantize import Requantize
+from hw.results import ResultReader
 from hw.simtools import send
 from hw.softmax import SoftmaxLevels, level_words
 from hw.streamsim import run_stream
@@ -137,5 +139,73 @@ def test_softmax_levels_and_packers_make_the_attention_operand():
     sim.add_clock(1e-6)
     sim.add_testbench(bench)
     sim.add_testbench(collect)
+    sim.run()
+    assert got == want
+
+
+def test_the_attention_map_from_the_engines_scores():
+    """Q K^T's accumulators of one head in the result buffer, read back (ResultReader), requantized to scores
+    (Requantize, no residual), through SoftmaxLevels and a Packer per level group: A V's x operands,
+    equal to the host's from intops."""
+    t, lanes, word_bits, counts = 18, 4, 16, (1, 1, 1)
+    rng = np.random.default_rng(12)
+    y = rng.integers(-3000, 3000, (t, t))
+    multiplier, shift = 23170, 14
+    scores = intops.requantize(y, multiplier, shift)[None]
+    levels = rng.integers(0, (1 << 16) + 2, (3, 1, t, t))
+    table = intops.exp_table(SCORE_FRAC_BITS, EXP_FRAC_BITS)
+    codes = intops.attention_codes(scores, table, levels, ATTN_FRAC_BITS, counts)
+    want = [_want(codes[g, 0], PlaneKind.UNIPOLAR, word_bits) for g in range(3)]
+
+    m = Module()
+    blocks = -(-t // lanes)
+    padded = np.zeros((t, blocks * lanes), np.int64)
+    padded[:, :t] = y
+    result = Memory(shape=data.ArrayLayout(signed(24), lanes), depth=256,
+                    init=[[int(v) for v in padded[r, b * lanes:(b + 1) * lanes]] for r in range(t) for b in range(blocks)])
+    m.submodules.result = result
+    m.submodules.reader = reader = ResultReader(lanes, 24, 8, 5)
+    wiring.connect(m, result.read_port(), reader.result)
+    m.submodules.rq = rq = Requantize(24, 1, 1, 16)
+    m.d.comb += [rq.multiplier.eq(multiplier), rq.shift.eq(shift),
+                 rq.i.valid.eq(reader.o.valid), reader.o.ready.eq(rq.i.ready), rq.i.payload.y.eq(reader.o.payload.value)]
+    words, per_row = level_words(levels)
+    m.submodules.softmax = softmax = SoftmaxLevels(16, t, len(table), counts, thresh_addr_bits=ceil_log2(len(words)))
+    m.submodules.table = table_mem = Memory(shape=16, depth=len(table), init=[int(e) for e in table])
+    m.submodules.thresh = thresh = Memory(shape=17, depth=len(words), init=words)
+    wiring.connect(m, table_mem.read_port(), softmax.table)
+    wiring.connect(m, thresh.read_port(), softmax.thresh)
+    # the glue a sequencer supplies: each score's column (the row's last) and its row's first level word
+    column, row_base = Signal(range(t)), Signal(softmax.thresh.addr.shape())
+    m.d.comb += [softmax.i.valid.eq(rq.o.valid), rq.o.ready.eq(softmax.i.ready), softmax.i.payload.score.eq(rq.o.payload),
+                 softmax.i.payload.last.eq(column == t - 1), softmax.i.payload.base.eq(row_base)]
+    with m.If(rq.o.valid & rq.o.ready):
+        m.d.sync += [column.eq(Mux(column == t - 1, 0, column + 1)),
+                     row_base.eq(Mux(column == t - 1, row_base + per_row, row_base))]
+    packers = [Packer(word_bits, t, PlaneKind.UNIPOLAR, 2) for _ in counts]
+    for g, packer in enumerate(packers):
+        m.submodules[f"packer{g}"] = packer
+        m.d.comb += [packer.i.valid.eq(softmax.o.valid & softmax.o.ready), packer.i.payload.eq(softmax.o.payload[g])]
+    m.d.comb += softmax.o.ready.eq(Cat(*(p.i.ready for p in packers)).all())
+    got = [[] for _ in counts]
+
+    async def bench(ctx):
+        for port, value in ((reader.rows, t), (reader.blocks, blocks), (reader.channels, t), (reader.start, 1)):
+            ctx.set(port, value)
+        for p in packers:
+            ctx.set(p.o.ready, 1)
+        await ctx.tick()
+        ctx.set(reader.start, 0)
+        for _ in range(40 * t * t):
+            samples = await ctx.tick().sample(*(s for p in packers for s in (p.o.valid, p.o.payload)))
+            for g in range(len(packers)):
+                if samples[2 + 2 * g]:
+                    got[g].append(int(samples[3 + 2 * g]))
+            if all(len(got[g]) == len(want[g]) for g in range(len(packers))):
+                return
+
+    sim = Simulator(m)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
     sim.run()
     assert got == want
