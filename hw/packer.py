@@ -6,13 +6,15 @@ value a cycle, become the entries :func:`hw.program.compile_layer` lays out
 for a single-plane operand (``mask << word_bits | sign`` a word, words of a
 row in order, rows one after another; :func:`model.golden.pack_planes` and
 the implicit planes of ``hw.program``), so that the sequencer can write them
-to the x buffer without the host.
+to the x buffer without the host; :class:`EntryWriter` writes them there,
+each head's rows together where the operand is split by head (Q, K).
 """
 
 from __future__ import annotations
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import stream, wiring
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import WritePort
 from amaranth.lib.wiring import In, Out
 
 from hw.config import _check_int
@@ -73,4 +75,51 @@ class Packer(wiring.Component):
             with m.Else():
                 m.d.sync += [sign.eq(new_sign), mask.eq(new_mask), position.eq(position + 1)]
             m.d.sync += column.eq(Mux(row_end, 0, column + 1))
+        return m
+
+
+class EntryWriter(wiring.Component):
+    """Packed entries in, written to an operand buffer in the layout the engine reads.
+
+    The entries come as a :class:`Packer` gives them for rows split into
+    ``heads`` parts of ``words`` entries each (a token's Q or K codes, one
+    head after another); entry ``w`` of head ``h`` of row ``t`` goes to
+    ``base + (h * rows + t) * words + w``, so that every head's operand is
+    ``rows`` contiguous rows (one head: plain row order). ``start`` (a cycle)
+    restarts at ``base``; ``written`` counts the entries since. Always ready:
+    one entry a cycle.
+    """
+
+    def __init__(self, entry_bits: int, addr_bits: int, rows: int, words: int, heads: int = 1) -> None:
+        self.entry_bits = _check_int(entry_bits, "entry_bits", 2, 128)
+        self.addr_bits = _check_int(addr_bits, "addr_bits", 1, 24)
+        self.rows = _check_int(rows, "rows", 1, 1 << 16)
+        self.words = _check_int(words, "words", 1, 1 << 16)
+        self.heads = _check_int(heads, "heads", 1, 64)
+        if heads * rows * words > 1 << addr_bits:
+            raise ValueError(f"addr_bits {addr_bits} cannot address {heads} x {rows} x {words} entries")
+        super().__init__({
+            "i": In(stream.Signature(unsigned(entry_bits))),
+            "start": In(1), "base": In(addr_bits),
+            "written": Out(range(heads * rows * words + 1)),
+            "write": In(WritePort.Signature(addr_width=addr_bits, shape=data.ArrayLayout(entry_bits, 1))),
+        })
+
+    def elaborate(self, platform: object) -> Module:
+        m = Module()
+        rows, words, heads = self.rows, self.words, self.heads
+        word = Signal(range(words), reset_less=True)
+        head = Signal(range(heads), reset_less=True)
+        head_offset = Signal(self.addr_bits, reset_less=True)  # h * rows * words
+        row_offset = Signal(self.addr_bits, reset_less=True)   # t * words
+        m.d.comb += [self.i.ready.eq(1), self.write.addr.eq(self.base + head_offset + row_offset + word),
+                     self.write.data[0].eq(self.i.payload), self.write.en.eq(self.i.valid)]
+        with m.If(self.i.valid):
+            m.d.sync += [self.written.eq(self.written + 1), word.eq(word + 1)]
+            with m.If(word == words - 1):
+                m.d.sync += [word.eq(0), head.eq(head + 1), head_offset.eq(head_offset + rows * words)]
+                with m.If(head == heads - 1):
+                    m.d.sync += [head.eq(0), head_offset.eq(0), row_offset.eq(row_offset + words)]
+        with m.If(self.start):
+            m.d.sync += [word.eq(0), head.eq(0), head_offset.eq(0), row_offset.eq(0), self.written.eq(0)]
         return m

@@ -14,7 +14,7 @@ from amaranth.sim import Simulator
 from hw.config import ceil_log2
 from hw.layernorm import LayerNorm
 from hw.multithreshold import PipelinedMultiThreshold, row_layout, threshold_rows
-from hw.packer import Packer
+from hw.packer import EntryWriter, Packer
 from hw.program import _entries
 from hw.requantize import Requantize
 from hw.results import ResultReader
@@ -209,3 +209,43 @@ def test_the_attention_map_from_the_engines_scores():
     sim.add_testbench(bench)
     sim.run()
     assert got == want
+
+
+@pytest.mark.parametrize("heads, head_dim, base", [(4, 16, 3), (1, 64, 0), (2, 40, 7)])
+def test_q_codes_by_head_land_where_each_heads_operand_is(heads, head_dim, base):
+    """A token's codes split by head (a Packer with n = head_dim) and written by the EntryWriter: at ``base``
+    the host's operand of head 0, then head 1, and so on (each ``rows`` rows of head_dim codes)."""
+    rows, word_bits = 5, 16
+    codes = np.random.default_rng(heads + head_dim).choice([-1, 1], (rows, heads * head_dim))
+    words = -(-head_dim // word_bits)
+    want = [e for h in range(heads) for e in _want(codes[:, h * head_dim:(h + 1) * head_dim], PlaneKind.BIPOLAR, word_bits)]
+    m = Module()
+    m.submodules.packer = packer = Packer(word_bits, head_dim, PlaneKind.BIPOLAR)
+    m.submodules.writer = writer = EntryWriter(2 * word_bits, 8, rows, words, heads)
+    m.submodules.x = x = Memory(shape=data.ArrayLayout(2 * word_bits, 1), depth=256, init=[])
+    wiring.connect(m, x.write_port(), writer.write)
+    wiring.connect(m, packer.o, writer.i)
+    got = []
+
+    async def bench(ctx):
+        ctx.set(writer.base, base)
+        ctx.set(writer.start, 1)
+        await ctx.tick()
+        ctx.set(writer.start, 0)
+        await send(ctx, packer.i, [int(c) for c in codes.ravel()], random.Random(heads), 0.3)
+        for _ in range(10):
+            if ctx.get(writer.written) == len(want):
+                break
+            await ctx.tick()
+        got.extend(int(ctx.get(x.data[base + k])[0]) for k in range(len(want)))
+
+    sim = Simulator(m)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    assert got == want
+
+
+def test_the_entry_writer_refuses_a_layout_its_addresses_cannot_hold():
+    with pytest.raises(ValueError, match="addr_bits"):
+        EntryWriter(32, 4, rows=5, words=2, heads=2)

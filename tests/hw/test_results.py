@@ -17,7 +17,7 @@ from hw.engine import Engine
 from hw.isa import DESC_FIELD_STARTS
 from hw.layernorm import LayerNorm
 from hw.multithreshold import PipelinedMultiThreshold, row_layout, threshold_rows
-from hw.packer import Packer
+from hw.packer import EntryWriter, Packer
 from hw.program import _entries, compile_layer
 from hw.residual import ResidualAdd
 from hw.results import ResultReader
@@ -242,12 +242,9 @@ def test_a_linear_layer_on_chip_from_the_residual_stream_to_the_next_layers_entr
         m.submodules[f"mem_{name}"] = mem
     for name in ("x", "y", "prog", "thresh"):
         wiring.connect(m, mems[name].read_port(), getattr(engine, name))
-    x_write = mems["x"].write_port()
-    x_addr = Signal(range(c.x_depth))
-    m.d.comb += [pack_x.o.ready.eq(1), x_write.addr.eq(x_addr), x_write.data[0].eq(pack_x.o.payload),
-                 x_write.en.eq(pack_x.o.valid)]
-    with m.If(pack_x.o.valid):
-        m.d.sync += x_addr.eq(x_addr + 1)
+    m.submodules.x_writer = x_writer = EntryWriter(c.entry_bits, c.addr_bits(c.x_depth), t, image.words)
+    wiring.connect(m, mems["x"].write_port(), x_writer.write)
+    wiring.connect(m, pack_x.o, x_writer.i)
     wiring.connect(m, mems["result"].write_port(granularity=1), engine.result)
     # stage 2: the results to the next layer's entries
     m.submodules.reader = reader = ResultReader(c.lanes, c.acc_bits, c.addr_bits(c.result_depth), ceil_log2(out))
@@ -270,7 +267,7 @@ def test_a_linear_layer_on_chip_from_the_residual_stream_to_the_next_layers_entr
         await send(ctx, norm.i, items, random.Random(3), 0.2)
         for _ in range(500):
             await ctx.tick()
-            if ctx.get(x_addr) == len(image.x_entries):
+            if ctx.get(x_writer.written) == len(image.x_entries):
                 break
         written.extend(int(ctx.get(mems["x"].data[k])[0]) for k in range(len(image.x_entries)))
         for field, value in (("rows", image.rows_x), ("blocks", image.blocks), ("words", image.words),
