@@ -11,7 +11,7 @@ whole-model gateware would need for that model's integer program
   serial divider on the iCEBreaker, which has no multipliers to spare, and
   the reciprocal one on the ULX3S,
   ``hw/multithreshold.py``'s pipelined unit, ``hw/softmax.py``,
-  ``hw/requantize.py``, ``hw/argmax.py``: each unit's own cycle count, with
+  ``hw/requantize.py``, ``hw/argmax.py``, ``hw/transpose.py``: each unit's own cycle count, with
   no stalls), one unit of each kind and every step after the one before,
   which is what the units give without a sequencer that overlaps them;
 * the **images/s** this gives at each board's clock, against the issue's
@@ -42,7 +42,7 @@ from hw.cycles import product_cycles
 from hw.layernorm import LayerNorm
 from hw.softmax import SoftmaxLevels
 from model import intvit
-from model.golden import Encoding
+from model.golden import Encoding, words_for
 from model.layers import EngineLinear, EngineMatmul
 from model.modelfile import load
 
@@ -117,9 +117,12 @@ def quantizer_inputs(prog: intvit.IntegerProgram) -> dict[str, tuple[int, int]]:
     return out
 
 
-def unit_cycles(prog: intvit.IntegerProgram, divider: str = "serial") -> dict[str, int]:
+def unit_cycles(prog: intvit.IntegerProgram, divider: str = "serial", word_bits: int = 16) -> dict[str, int]:
     """Cycles per image of the non-product steps, one unit of each kind, one step after another
-    (LayerNorm with ``divider``; the reciprocal pipeline's drain counted once a token)."""
+    (LayerNorm with ``divider``; the reciprocal pipeline's drain counted once a token). The packing of
+    codes into entries runs behind the thresholds at their rate and is not counted, except V's
+    transpose (:class:`hw.transpose.TransposePacker`), whose columns go out after the last token's
+    codes: ``2 + words`` cycles a column of ``word_bits``-bit words."""
     arch = prog.model.architecture
     t, d = arch.tokens, arch.dim
     norm = LayerNorm(d, intvit.RESIDUAL_BITS, intvit.NORM_BITS, divider=divider)
@@ -137,6 +140,8 @@ def unit_cycles(prog: intvit.IntegerProgram, divider: str = "serial") -> dict[st
         "softmax": arch.depth * arch.heads * t * softmax.row_cycles(t),
         "requantize": requantized + 5,
         "argmax": arch.num_classes * Argmax.cycles_per_value,
+        "transpose": sum(prog.params[f"blocks.{i}.attn.v_groups"] for i in range(arch.depth))
+        * d * (2 + words_for(t, word_bits)),
     }
 
 
@@ -197,7 +202,7 @@ def budget(prog: intvit.IntegerProgram, boards: list[str]) -> dict:
         b = board(name)
         config = preset(b.config)
         engine = sum(pr.cycles(config.word_bits, config.lanes) for pr in products(prog))
-        units = unit_cycles(prog, DIVIDER[name])
+        units = unit_cycles(prog, DIVIDER[name], config.word_bits)
         cycles = engine + sum(units.values())
         streamed = cycles - sum(units[step] for step in STREAMED)
         memory = MEMORY_BITS[name]
