@@ -20,7 +20,10 @@ from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, Timer
 
 from hw.intunits import digits_units
+from hw.program import _entries as program_entries
+from hw.transpose import TransposePacker
 from model import intops
+from model.golden import Encoding, PlaneKind, pack_planes
 from model.intvit import NORM_BITS, RESIDUAL_BITS
 from sim.runner import UNIT_ENV
 
@@ -37,7 +40,7 @@ def _pack(fields: list[tuple[int, int]]) -> int:
 
 
 async def _stream(dut: object, items: list[int], answers: int, rng: random.Random, stall: float,
-                  limit: int = 100_000) -> list[int]:
+                  limit: int = 100_000, unsigned_out: bool = False) -> list[int]:
     """Send ``items`` on ``i`` and take ``answers`` words from ``o``, both sides stalling with probability ``stall``."""
     got: list[int] = []
     sent = 0
@@ -53,7 +56,8 @@ async def _stream(dut: object, items: list[int], answers: int, rng: random.Rando
         if offer and dut.i__ready.value:
             sent += 1
         if take and dut.o__valid.value:
-            got.append(dut.o__payload.value.to_signed())
+            value = dut.o__payload.value
+            got.append(value.to_unsigned() if unsigned_out else value.to_signed())
             if len(got) == answers:
                 return got
     raise AssertionError(f"{len(got)} of {answers} answers after {limit} cycles ({sent} of {len(items)} items sent)")
@@ -77,14 +81,8 @@ async def layernorm(dut: object) -> None:
     d, nb = unit.dim, unit.norm_bits
     rng = np.random.default_rng(3)
     tokens, gain, bias, eps = _layernorm_tokens(rng, d)
-    cocotb.start_soon(Clock(dut.clk, PERIOD_NS, unit="ns").start())
-    dut.rst.value = 1
     dut.eps.value = eps
-    dut.i__valid.value = 0
-    dut.o__ready.value = 0
-    for _ in range(2):
-        await FallingEdge(dut.clk)
-    dut.rst.value = 0
+    await _reset(dut)
     items = []
     for x in tokens:  # each token twice: the statistics, then the outputs
         items += [_pack([(int(v), unit.in_bits), (0, nb), (0, nb)]) for v in x]
@@ -93,3 +91,38 @@ async def layernorm(dut: object) -> None:
     want = intops.layer_norm(tokens, gain, bias, eps).reshape(-1)
     wrong = [k for k, (g, w) in enumerate(zip(got, want)) if g != w]
     assert not wrong, f"{len(wrong)} of {len(want)} outputs differ, first at {wrong[0]}: {got[wrong[0]]} != {want[wrong[0]]}"
+
+
+async def _reset(dut: object) -> None:
+    cocotb.start_soon(Clock(dut.clk, PERIOD_NS, unit="ns").start())
+    dut.rst.value = 1
+    dut.i__valid.value = 0
+    dut.o__ready.value = 0
+    for _ in range(2):
+        await FallingEdge(dut.clk)
+    dut.rst.value = 0
+
+
+def _entries(codes: np.ndarray, kind: PlaneKind, word_bits: int) -> list[int]:
+    """hw.program's entries of ``codes`` (rows, n), row-major."""
+    (plane,) = pack_planes(codes, Encoding(kind.value), word_bits)
+    return [int(e) for e in program_entries(plane, codes.shape[1], word_bits).ravel()]
+
+
+@cocotb.test()
+async def packing(dut: object) -> None:
+    """The Packer's and the TransposePacker's entries equal the host's, with both sides stalling."""
+    unit = digits_units()[os.environ[UNIT_ENV]]()
+    values = {PlaneKind.BIPOLAR: [-1, 1], PlaneKind.UNIPOLAR: [0, 1], PlaneKind.TERNARY: [-1, 0, 1]}[unit.kind]
+    rng = np.random.default_rng(6)
+    if isinstance(unit, TransposePacker):
+        matrices = [rng.choice(values, (unit.rows, unit.cols)) for _ in range(2)]
+        want = [e for codes in matrices for e in _entries(codes.T, unit.kind, unit.word_bits)]
+    else:
+        matrices = [rng.choice(values, (3, unit.n))]
+        want = _entries(matrices[0], unit.kind, unit.word_bits)
+    items = [int(c) & ((1 << unit.code_bits) - 1) for codes in matrices for c in codes.ravel()]
+    await _reset(dut)
+    got = await _stream(dut, items, len(want), random.Random(7), stall=0.2, unsigned_out=True)
+    wrong = [k for k, (g, w) in enumerate(zip(got, want)) if g != w]
+    assert len(got) == len(want) and not wrong, f"{len(wrong)} of {len(want)} entries differ"

@@ -14,6 +14,11 @@ def test_layernorm(unit):
     run_unit("layernorm", unit)
 
 
+@pytest.mark.parametrize("unit", ["packer", "transpose"])
+def test_packing(unit):
+    run_unit("packing", unit)
+
+
 def test_an_unknown_unit_is_refused():
     with pytest.raises(ValueError, match="unit must be one of"):
         run_unit("layernorm", "layernorm_newton")
