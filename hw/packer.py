@@ -12,13 +12,32 @@ each head's rows together where the operand is split by head (Q, K).
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import WritePort
 from amaranth.lib.wiring import In, Out
 
 from hw.config import _check_int
 from model.golden import PlaneKind, check_word_bits
+
+
+def check_packing(word_bits: int, kind: PlaneKind, code_bits: int) -> tuple[int, PlaneKind, int]:
+    """The parameters every packing unit shares, checked: a contract word width, a plane kind, a code width."""
+    if not isinstance(kind, PlaneKind):
+        raise ValueError(f"kind must be a PlaneKind, got {kind!r}")
+    return check_word_bits(word_bits), kind, _check_int(code_bits, "code_bits", 2, 8)
+
+
+def packing_ports(word_bits: int, code_bits: int) -> dict:
+    """A packing unit's ports: one signed code in a transfer, one entry ``mask << word_bits | sign`` out."""
+    return {"i": In(stream.Signature(signed(code_bits))), "o": Out(stream.Signature(unsigned(2 * word_bits)))}
+
+
+def plane_bits(kind: PlaneKind, code: Value) -> tuple[Value, Value]:
+    """A code's sign and mask bits in a plane of ``kind`` (a unipolar plane's sign and a bipolar one's mask are 1)."""
+    sign = Const(1) if kind is PlaneKind.UNIPOLAR else code > 0
+    mask = Const(1) if kind is PlaneKind.BIPOLAR else code != 0
+    return sign, mask
 
 
 class Packer(wiring.Component):
@@ -35,16 +54,9 @@ class Packer(wiring.Component):
     """
 
     def __init__(self, word_bits: int, n: int, kind: PlaneKind, code_bits: int = 2) -> None:
-        self.word_bits = check_word_bits(word_bits)
+        self.word_bits, self.kind, self.code_bits = check_packing(word_bits, kind, code_bits)
         self.n = _check_int(n, "n", 1, 1 << 16)
-        if not isinstance(kind, PlaneKind):
-            raise ValueError(f"kind must be a PlaneKind, got {kind!r}")
-        self.kind = kind
-        self.code_bits = _check_int(code_bits, "code_bits", 2, 8)
-        super().__init__({
-            "i": In(stream.Signature(signed(code_bits))),
-            "o": Out(stream.Signature(unsigned(2 * word_bits))),
-        })
+        super().__init__(packing_ports(word_bits, code_bits))
 
     def elaborate(self, platform: object) -> Module:
         m = Module()
@@ -59,9 +71,7 @@ class Packer(wiring.Component):
         with m.If(self.o.ready):
             m.d.sync += full.eq(0)
 
-        code = self.i.payload
-        sign_bit = Const(1) if self.kind is PlaneKind.UNIPOLAR else code > 0
-        mask_bit = Const(1) if self.kind is PlaneKind.BIPOLAR else code != 0
+        sign_bit, mask_bit = plane_bits(self.kind, self.i.payload)
         m.d.comb += self.i.ready.eq(~full | self.o.ready)
         with m.If(self.i.valid & self.i.ready):
             here = (Const(1, wb) << position)[:wb]

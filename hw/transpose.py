@@ -10,13 +10,13 @@ packed entries, as :class:`hw.packer.Packer` packs a row.
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import stream, wiring
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
+from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
-from amaranth.lib.wiring import In, Out
 
 from hw.config import _check_int
-from model.golden import PlaneKind, check_word_bits, words_for
+from hw.packer import check_packing, packing_ports, plane_bits
+from model.golden import PlaneKind, words_for
 
 
 class TransposePacker(wiring.Component):
@@ -36,17 +36,10 @@ class TransposePacker(wiring.Component):
     """
 
     def __init__(self, word_bits: int, rows: int, cols: int, kind: PlaneKind, code_bits: int = 2) -> None:
-        self.word_bits = check_word_bits(word_bits)
+        self.word_bits, self.kind, self.code_bits = check_packing(word_bits, kind, code_bits)
         self.rows = _check_int(rows, "rows", 1, 1 << 12)
         self.cols = _check_int(cols, "cols", 3, 1 << 12)
-        if not isinstance(kind, PlaneKind):
-            raise ValueError(f"kind must be a PlaneKind, got {kind!r}")
-        self.kind = kind
-        self.code_bits = _check_int(code_bits, "code_bits", 2, 8)
-        super().__init__({
-            "i": In(stream.Signature(signed(code_bits))),
-            "o": Out(stream.Signature(unsigned(2 * word_bits))),
-        })
+        super().__init__(packing_ports(word_bits, code_bits))
 
     def elaborate(self, platform: object) -> Module:
         m = Module()
@@ -72,9 +65,7 @@ class TransposePacker(wiring.Component):
         m.d.sync += [writing.eq(setting), wr.addr.eq(s_col),
                      wr.data.eq(Cat(old_sign | Mux(s_sign, here, 0), old_mask | Mux(s_mask, here, 0)))]
         m.d.comb += wr.en.eq(writing)
-        code = self.i.payload
-        sign_bit = Const(1) if self.kind is PlaneKind.UNIPOLAR else code > 0
-        mask_bit = Const(1) if self.kind is PlaneKind.BIPOLAR else code != 0
+        sign_bit, mask_bit = plane_bits(self.kind, self.i.payload)
         # the output: a column's word read, then its entries
         column = Signal(unsigned(2 * width), reset_less=True)
         word = Signal(range(words), reset_less=True)

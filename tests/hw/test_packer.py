@@ -91,6 +91,19 @@ def test_rejects_bad_parameters(kwargs, name):
         Packer(**kwargs)
 
 
+async def _take_entries(ctx, packers: list[Packer], want: list[list[int]], got: list[list[int]], limit: int) -> None:
+    """Take every packer's entries (always ready) into ``got`` until each has as many as ``want``, or ``limit`` cycles."""
+    for p in packers:
+        ctx.set(p.o.ready, 1)
+    for _ in range(limit):
+        samples = await ctx.tick().sample(*(s for p in packers for s in (p.o.valid, p.o.payload)))
+        for g in range(len(packers)):
+            if samples[2 + 2 * g]:
+                got[g].append(int(samples[3 + 2 * g]))
+        if all(len(got[g]) == len(want[g]) for g in range(len(packers))):
+            return
+
+
 def test_softmax_levels_and_packers_make_the_attention_operand():
     """The scores of one head through SoftmaxLevels (GSB's three steps) into a Packer per level group: the
     x entries of the A V product's three unipolar groups, as the host would compile them."""
@@ -120,20 +133,10 @@ def test_softmax_levels_and_packers_make_the_attention_operand():
 
     async def bench(ctx):
         rng_stall = random.Random(4)
-        for p in packers:
-            ctx.set(p.o.ready, 1)
         await send(ctx, softmax.i, items, rng_stall, 0.2)
 
     async def collect(ctx):
-        for p in packers:
-            ctx.set(p.o.ready, 1)
-        for _ in range(20 * len(items)):
-            samples = await ctx.tick().sample(*(s for p in packers for s in (p.o.valid, p.o.payload)))
-            for g in range(len(packers)):
-                if samples[2 + 2 * g]:
-                    got[g].append(int(samples[3 + 2 * g]))
-            if all(len(got[g]) == len(want[g]) for g in range(len(packers))):
-                return
+        await _take_entries(ctx, packers, want, got, 20 * len(items))
 
     sim = Simulator(m)
     sim.add_clock(1e-6)
@@ -192,17 +195,9 @@ def test_the_attention_map_from_the_engines_scores():
     async def bench(ctx):
         for port, value in ((reader.rows, t), (reader.blocks, blocks), (reader.channels, t), (reader.start, 1)):
             ctx.set(port, value)
-        for p in packers:
-            ctx.set(p.o.ready, 1)
         await ctx.tick()
         ctx.set(reader.start, 0)
-        for _ in range(40 * t * t):
-            samples = await ctx.tick().sample(*(s for p in packers for s in (p.o.valid, p.o.payload)))
-            for g in range(len(packers)):
-                if samples[2 + 2 * g]:
-                    got[g].append(int(samples[3 + 2 * g]))
-            if all(len(got[g]) == len(want[g]) for g in range(len(packers))):
-                return
+        await _take_entries(ctx, packers, want, got, 40 * t * t)
 
     sim = Simulator(m)
     sim.add_clock(1e-6)
