@@ -32,6 +32,7 @@ from hw.boards import board
 from hw.boards.icebreaker import ICEBreakerClock
 from hw.boards.ulx3s import ULX3SClock
 from hw.build import ONE_HOT_FSMS, ROOT, SYNTH_OPTS, TOOLS, run_toolchain, use_pypi_tools, yosys_cells
+from hw.config import DEFAULT
 from hw.layernorm import LayerNorm
 from hw.multithreshold import MultiThreshold, PipelinedMultiThreshold
 from hw.packer import Packer
@@ -39,6 +40,7 @@ from hw.residual import ResidualAdd
 from hw.results import ResultReader
 from hw.requantize import Requantize
 from hw.softmax import SoftmaxLevels
+from hw.steps import StepSequencer
 from hw.transpose import TransposePacker
 from model.golden import PlaneKind
 
@@ -66,6 +68,8 @@ def digits_units() -> dict[str, Callable[[], wiring.Component]]:
         "residual_add": lambda: ResidualAdd(ACC_BITS, 16, 26, 11, 6),
         # a ternary Value group of 18 tokens x 64 channels to A V's transposed y entries
         "transpose": lambda: TransposePacker(16, DIGITS["tokens"], d, PlaneKind.TERNARY, 4),
+        # the step program's controller, for the default preset's engine (256 steps)
+        "steps": lambda: StepSequencer(DEFAULT),
         "layernorm": lambda: LayerNorm(d, 16, 16, 40),
         "layernorm_reciprocal": lambda: LayerNorm(d, 16, 16, 40, "reciprocal"),
         # GSB's three step levels; A for every (level, head, row, column): 3 * 4 * 18 * 18 = 3888 words
