@@ -27,14 +27,17 @@ class Requantize(wiring.Component):
     held for a layer; ``i`` carries ``{y, r, bias}`` (an engine output, the
     residual value it adds to and the channel's bias).
 
-    Five pipeline stages, each registered: the product ``y*m`` (the one
-    multiplier, ``y_bits x multiplier_bits``: one DSP block where ``y_bits``
-    fits it, e.g. SB_MAC16 16 x 16 on the UP5K, two for a 24-bit
-    accumulator), and alongside it ``r + bias``; the rounding add; the shift
+    Five pipeline stages, each registered (six for ``y_bits`` above 16):
+    the product ``y*m`` (``y_bits x multiplier_bits``: one DSP block where
+    ``y_bits`` fits it, e.g. SB_MAC16 16 x 16 on the UP5K; a wider ``y``
+    is two partial products, ``y``'s low 16 bits and the rest, a DSP
+    block each, summed in a stage of their own, since a product split by
+    the synthesis tool with its adder in the same cycle misses the ECP5's
+    100 MHz), and alongside it ``r + bias``; the rounding add; the shift
     (a shift past the product's width gives 0 whatever its size, so the
     amount is clamped to it); the add; the saturation (no compare: the bits
-    above ``out_bits - 1`` must all equal the sign). Latency 5 cycles, one
-    item a cycle; ``o`` back-pressures the whole pipeline (a stage moves
+    above ``out_bits - 1`` must all equal the sign). Latency 5 (or 6)
+    cycles, one item a cycle; ``o`` back-pressures the whole pipeline (a stage moves
     when the output is free or taken). ``multiplier`` is read in the cycle
     an item is accepted and ``shift`` is registered inside, so both may
     change up to the cycle of a layer's first item, never while its items
@@ -50,6 +53,8 @@ class Requantize(wiring.Component):
         self.multiplier_bits = _check_int(multiplier_bits, "multiplier_bits", 1, 18)
         self.shift_bits = _check_int(shift_bits, "shift_bits", 1, 6)
         self.product_bits = y_bits + multiplier_bits  # |y*m| < 2**(y_bits - 1 + multiplier_bits)
+        self.split = y_bits > 16  # the product as two partial products, summed a stage later
+        self.latency = 6 if self.split else 5
         super().__init__({
             "i": In(stream.Signature(data.StructLayout({
                 "y": signed(y_bits), "r": signed(r_bits), "bias": signed(bias_bits)}))),
@@ -57,8 +62,6 @@ class Requantize(wiring.Component):
             "shift": In(unsigned(shift_bits)),
             "o": Out(stream.Signature(signed(out_bits))),
         })
-
-    latency = 5
 
     def elaborate(self, platform: object) -> Module:
         m = Module()
@@ -73,8 +76,8 @@ class Requantize(wiring.Component):
         clamped = Mux(self.shift > pb, pb, self.shift)
         m.d.sync += [shift.eq(clamped), half.eq((Const(1, pb + 1) << clamped)[1:])]
         rb_shape = signed(max(self.r_bits, self.bias_bits) + 1)
-        product = Signal(signed(pb), reset_less=True)            # stage 1: y*m (the DSP block)
-        rb = [Signal(rb_shape, name=f"rb{k}", reset_less=True) for k in range(1, 4)]  # r + bias, carried along
+        product = Signal(signed(pb), reset_less=True)            # stage 1 (or 2): y*m
+        rb = [Signal(rb_shape, name=f"rb{k}", reset_less=True) for k in range(1, self.latency - 1)]  # r + bias
         biased = Signal(signed(pb + 2), reset_less=True)         # stage 2: y*m + 2**(s-1)
         rounded = Signal(signed(pb), reset_less=True)            # stage 3: >> s
         total = Signal(signed(max(pb, rb_shape.width) + 1), reset_less=True)  # stage 4: + r + bias
@@ -90,13 +93,20 @@ class Requantize(wiring.Component):
         m.d.comb += self.o.payload.eq(out)
         with m.If(advance):
             m.d.sync += [valid[k].eq(valid[k - 1]) for k in range(1, self.latency)]
+            y = self.i.payload.y
+            if self.split:  # stage 1: y's low 16 bits and the rest times m, a DSP block each; stage 2: their sum
+                low = Signal(unsigned(16 + self.multiplier_bits), reset_less=True)
+                high = Signal(signed(pb - 16), reset_less=True)
+                m.d.sync += [low.eq(y[:16] * self.multiplier), high.eq(y[16:].as_signed() * self.multiplier),
+                             product.eq((high << 16) + low)]
+            else:
+                m.d.sync += product.eq(y * self.multiplier)
+            m.d.sync += [valid[0].eq(self.i.valid), rb[0].eq(self.i.payload.r + self.i.payload.bias)]
+            m.d.sync += [rb[k].eq(rb[k - 1]) for k in range(1, len(rb))]
             m.d.sync += [
-                valid[0].eq(self.i.valid),
-                product.eq(self.i.payload.y * self.multiplier),
-                rb[0].eq(self.i.payload.r + self.i.payload.bias),
-                biased.eq(product + half), rb[1].eq(rb[0]),
-                rounded.eq(biased >> shift), rb[2].eq(rb[1]),
-                total.eq(rounded + rb[2]),
+                biased.eq(product + half),
+                rounded.eq(biased >> shift),
+                total.eq(rounded + rb[-1]),
                 out.eq(saturated),
             ]
         return m
