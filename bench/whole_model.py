@@ -40,6 +40,7 @@ from hw.boards import board
 from hw.config import preset
 from hw.cycles import product_cycles
 from hw.layernorm import LayerNorm
+from hw.requantize import Requantize
 from hw.softmax import SoftmaxLevels
 from model import intvit
 from model.golden import Encoding, words_for
@@ -138,7 +139,9 @@ def unit_cycles(prog: intvit.IntegerProgram, divider: str = "serial", word_bits:
         "layernorm": (2 * t * arch.depth + len(prog.head_names)) * (norm.cycles_per_token + drain),
         "multithreshold": thresholds,
         "softmax": arch.depth * arch.heads * t * softmax.row_cycles(t),
-        "requantize": requantized + 5,
+        # the residual adds' requantizer (its y an engine accumulator): one a cycle, after its pipeline's latency
+        "requantize": requantized + Requantize(prog.model.layers["blocks.0.attn.proj"].accumulator_bits,
+                                               intvit.RESIDUAL_BITS, 26, intvit.RESIDUAL_BITS).latency,
         "argmax": arch.num_classes * Argmax.cycles_per_value,
         "transpose": sum(prog.params[f"blocks.{i}.attn.v_groups"] for i in range(arch.depth))
         * d * (2 + words_for(t, word_bits)),
