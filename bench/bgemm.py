@@ -38,8 +38,8 @@ from typing import Callable
 import numba
 import numpy as np
 
-from host.kernels import fast_operand_product, get_threads, prepare, set_threads
 from bench import write_report
+from host.kernels import fast_operand_product, get_threads, prepare, set_threads
 from model.golden import Operand, operand_product
 
 # (name, rows, cols, n): rows x n activations times cols x n weights.

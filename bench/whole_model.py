@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import write_report
+from host.integer_runtime import INT8
 from hw.argmax import Argmax
 from hw.boards import board
 from hw.config import preset
@@ -48,7 +49,6 @@ from model.layers import EngineLinear, EngineMatmul
 from model.modelfile import load
 
 OUT = Path(__file__).resolve().parent / "out" / "whole_model.json"
-INT8 = Encoding("int", 8)
 #: The issue's end-to-end targets, images/s.
 TARGETS = {"icebreaker": 300, "ulx3s": 1000}
 #: LayerNorm's divider per board (hw.layernorm.LayerNorm.DIVIDERS): the UP5K's 8 SB_MAC16 are the engine's.
@@ -93,10 +93,6 @@ def products(prog: intvit.IntegerProgram) -> list[Product]:
             x_enc, y_enc, _ = prog.engine_layer(name)
             out.append(Product(name, tuple(x_enc), tuple(y_enc), t, rows_y, n, arch.heads))
     return out
-
-
-def _levels(prog: intvit.IntegerProgram, name: str) -> int:
-    return prog.arrays[f"{name}.hi"].shape[1]
 
 
 def quantizer_inputs(prog: intvit.IntegerProgram) -> dict[str, tuple[int, int]]:

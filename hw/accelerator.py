@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from amaranth.back import verilog
 from amaranth.hdl import Module, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
@@ -94,18 +91,3 @@ class Accelerator(wiring.Component):
                 f"{spram_blocks_available(platform)}: put fewer or narrower buffers into SPRAM"
             )
         return m
-
-
-def write_verilog(config: AccelConfig, path: Path, name: str = "accelerator") -> bool:
-    """Generate the Verilog of an accelerator into the file ``path``.
-
-    The file is only rewritten when the text changed (so that simulators
-    rebuild exactly when the design did); returns whether it was.
-    """
-    text = verilog.convert(Accelerator(config), name=name)
-    path = Path(path)
-    if path.exists() and path.read_text() == text:
-        return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return True

@@ -5,8 +5,8 @@ The gateware form of :func:`model.intops.layer_norm` with
 every LayerNorm of the integer program (before qkv, before fc1, before the
 heads), one token at a time.  Two dividers: ``serial`` (one quotient bit a
 cycle, 23 cycles a value at 16 bits, 3 multipliers: the UP5K's choice) and
-``reciprocal`` (one value a cycle through a pipeline, 7 multipliers: for
-parts with DSP blocks to spare, the ECP5).
+``reciprocal`` (one value a cycle through a pipeline, 8 multipliers at the
+digits model's widths: for parts with DSP blocks to spare, the ECP5).
 """
 
 from __future__ import annotations
@@ -349,7 +349,7 @@ class LayerNorm(wiring.Component):
                 _restoring_step(m, rest, low, recip, normed, step)
                 with m.If(step == 0):
                     m.next = "latch"
-            with m.State("latch"):  # the previous token's values have left the pipeline's inputs' constants
+            with m.State("latch"):  # the token's constants replace the last one's once its values have left
                 with m.If(~busy):
                     m.d.sync += [sigma.eq(root), factor.eq(recip), shift.eq(top + nb + 1)]
                     m.next = "values"

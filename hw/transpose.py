@@ -70,18 +70,9 @@ class TransposePacker(wiring.Component):
         column = Signal(unsigned(2 * width), reset_less=True)
         word = Signal(range(words), reset_less=True)
         out_col = Signal.like(col, reset_less=True)
-        full = Signal()
-        sign_words = [column[k * wb:(k + 1) * wb] for k in range(words)]
-        mask_words = [column[width + k * wb:width + (k + 1) * wb] for k in range(words)]
-        all_ones = Const((1 << wb) - 1, wb)
-        sign_out = Signal(wb)
-        mask_out = Signal(wb)
-        with m.Switch(word):
-            for k in range(words):
-                with m.Case(k):
-                    m.d.comb += [sign_out.eq(all_ones if self.kind is PlaneKind.UNIPOLAR else sign_words[k]),
-                                 mask_out.eq(mask_words[k])]
-        m.d.comb += [self.o.valid.eq(full), self.o.payload.eq(Cat(sign_out, mask_out))]
+        sign_out = (Const((1 << wb) - 1, wb) if self.kind is PlaneKind.UNIPOLAR
+                    else column[:width].word_select(word, wb))
+        m.d.comb += self.o.payload.eq(Cat(sign_out, column[width:].word_select(word, wb)))
         m.d.sync += setting.eq(0)
 
         with m.FSM():
@@ -103,12 +94,13 @@ class TransposePacker(wiring.Component):
                 m.d.comb += rd.addr.eq(out_col)
                 m.next = "load"
             with m.State("load"):
-                m.d.sync += [column.eq(rd.data), word.eq(0), full.eq(1)]
+                m.d.sync += [column.eq(rd.data), word.eq(0)]
                 m.next = "emit"
             with m.State("emit"):
+                m.d.comb += self.o.valid.eq(1)
                 with m.If(self.o.ready):
                     with m.If(word == words - 1):
-                        m.d.sync += [full.eq(0), out_col.eq(out_col + 1)]
+                        m.d.sync += out_col.eq(out_col + 1)
                         with m.If(out_col == cols - 1):
                             m.next = "collect"
                         with m.Else():

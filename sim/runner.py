@@ -20,8 +20,9 @@ from cocotb_tools.check_results import get_results
 from cocotb_tools.runner import Runner, get_runner
 
 from amaranth.back import verilog
+from amaranth.lib import wiring
 
-from hw.accelerator import write_verilog
+from hw.accelerator import Accelerator
 from hw.config import AccelConfig, preset
 from hw.intunits import digits_units
 
@@ -56,8 +57,10 @@ def config_from_env() -> AccelConfig:
     return AccelConfig(**json.loads(os.environ[CONFIG_ENV]))
 
 
-def _write_if_changed(text: str, path: Path) -> None:
-    """Write ``text`` to ``path`` only when it differs, so that the simulator rebuilds exactly when the design did."""
+def _write_verilog(design: wiring.Component, path: Path, name: str) -> None:
+    """``design``'s Verilog (top module ``name``) into ``path``, rewritten only when the text changed,
+    so that the simulator rebuilds exactly when the design did."""
+    text = verilog.convert(design, name=name)
     if path.exists() and path.read_text() == text:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -91,12 +94,19 @@ def build(config: AccelConfig, simulator: str = "icarus") -> tuple[Runner, Path]
     text = config_to_json(config)
     key = hashlib.sha256(text.encode()).hexdigest()[:12]
     directory = OUT / key
-    write_verilog(config, directory / f"{TOPLEVEL}.v", TOPLEVEL)
+    _write_verilog(Accelerator(config), directory / f"{TOPLEVEL}.v", TOPLEVEL)
     (directory / "config.json").write_text(text)
     return _compile(directory / f"{TOPLEVEL}.v", TOPLEVEL, simulator)
 
 
-def _check(results: Path, testcase: str, simulator: str) -> Path:
+def _test(runner: Runner, build_dir: Path, module: str, toplevel: str, testcase: str, env: dict[str, str],
+          simulator: str) -> Path:
+    """Run cocotb test ``testcase`` of testbench ``module``; raises AssertionError when it fails."""
+    results = runner.test(
+        test_module=module, hdl_toplevel=toplevel, testcase=testcase, build_dir=build_dir,
+        test_dir=build_dir, extra_env=env, timescale=("1ns", "1ps"),
+        results_xml=str(Path(build_dir) / f"results_{testcase}.xml"),
+    )
     tests, failures = get_results(results)
     if tests == 0 or failures:
         raise AssertionError(f"cocotb {testcase} on {simulator}: {failures} of {tests} failed (see {results})")
@@ -110,14 +120,9 @@ def run_unit(testcase: str, unit: str, simulator: str = "icarus") -> Path:
     if unit not in units:
         raise ValueError(f"unit must be one of {', '.join(sorted(units))}, got {unit!r}")
     source = OUT / "units" / unit / f"{UNIT_TOPLEVEL}.v"
-    _write_if_changed(verilog.convert(units[unit](), name=UNIT_TOPLEVEL), source)
+    _write_verilog(units[unit](), source, UNIT_TOPLEVEL)
     runner, build_dir = _compile(source, UNIT_TOPLEVEL, simulator)
-    results = runner.test(
-        test_module=UNIT_TB_MODULE, hdl_toplevel=UNIT_TOPLEVEL, testcase=testcase, build_dir=build_dir,
-        test_dir=build_dir, extra_env={UNIT_ENV: unit}, timescale=("1ns", "1ps"),
-        results_xml=str(Path(build_dir) / f"results_{testcase}.xml"),
-    )
-    return _check(results, testcase, simulator)
+    return _test(runner, build_dir, UNIT_TB_MODULE, UNIT_TOPLEVEL, testcase, {UNIT_ENV: unit}, simulator)
 
 
 def run(testcase: str, config: AccelConfig, simulator: str = "icarus", report: Path | None = None,
@@ -131,12 +136,7 @@ def run(testcase: str, config: AccelConfig, simulator: str = "icarus", report: P
     env = {CONFIG_ENV: config_to_json(config), **(extra_env or {})}
     if report is not None:
         env[REPORT_ENV] = str(Path(report).resolve())
-    results = runner.test(
-        test_module=TB_MODULE, hdl_toplevel=TOPLEVEL, testcase=testcase, build_dir=build_dir,
-        test_dir=build_dir, extra_env=env, timescale=("1ns", "1ps"),
-        results_xml=str(Path(build_dir) / f"results_{testcase}.xml"),
-    )
-    return _check(results, testcase, simulator)
+    return _test(runner, build_dir, TB_MODULE, TOPLEVEL, testcase, env, simulator)
 
 
 def main() -> None:
