@@ -29,7 +29,6 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from amaranth.back import rtlil
 from amaranth.hdl import Module, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
@@ -38,6 +37,7 @@ from bench import write_report
 from hw.boards import BOARDS, board
 from hw.build import KEEP_DUPLICATES, ONE_HOT_FSMS, SYNTH_OPTS, TOOLS, UNDEFINED_COLLISIONS, use_pypi_tools
 from hw.config import preset
+from hw.intunits import unit_cells
 from hw.lanes import LaneArray, plane_word, popcount_tree
 from model import golden
 
@@ -84,13 +84,12 @@ def module_cells(log: str, family: str) -> dict[str, dict[str, int]]:
     return modules
 
 
-def synthesise(il: str, family: str, work: Path, flatten: bool = False) -> str:
-    """Run the board build's yosys script on RTLIL ``il`` in ``work``; returns the log."""
+def synthesise(il: str, family: str, work: Path) -> str:
+    """Run the board build's yosys script on RTLIL ``il`` in ``work``, without flattening; returns the log."""
     use_pypi_tools()
     (work / "top.il").write_text(il)
     prelude = "; ".join(f"{UNDEFINED_COLLISIONS}\n{KEEP_DUPLICATES}\n{ONE_HOT_FSMS}".splitlines())
-    keep = "" if flatten else "-noflatten"
-    script = f"read_rtlil top.il; {prelude}; synth_{family} {SYNTH_OPTS[family]} {keep} -top top; stat"
+    script = f"read_rtlil top.il; {prelude}; synth_{family} {SYNTH_OPTS[family]} -noflatten -top top; stat"
     subprocess.run([TOOLS["YOSYS"], "-q", "-l", "yosys.log", "-p", script], cwd=work,
                    capture_output=True, check=True)
     return (work / "yosys.log").read_text()
@@ -150,7 +149,8 @@ class SignMaskLanes(wiring.Component):
 
 
 def lane_costs(word_bits: tuple[int, ...] = LANE_WORD_BITS, lanes: int = LANE_COUNT) -> list[dict]:
-    """UP5K cells of each lane form at each word width, flattened, and LUT4 per lane bit."""
+    """UP5K cells of each lane form at each word width (synthesised alone, as :func:`hw.intunits.unit_cells`
+    synthesises a unit), and LUT4 per lane bit."""
     forms = {"sign_mask": lambda w: SignMaskLanes(w, lanes, False),
              "sign_mask_count_c": lambda w: SignMaskLanes(w, lanes, True),
              "xnor": lambda w: XnorLanes(w, lanes)}
@@ -158,8 +158,7 @@ def lane_costs(word_bits: tuple[int, ...] = LANE_WORD_BITS, lanes: int = LANE_CO
     for w in word_bits:
         for form, make in forms.items():
             with tempfile.TemporaryDirectory() as work:
-                log = synthesise(rtlil.convert(make(w), name="top"), "ice40", Path(work), flatten=True)
-            cells = module_cells(log, "ice40")["top"]
+                cells = unit_cells(lambda: make(w), Path(work))
             rows.append({"form": form, "word_bits": w, "lanes": lanes, **cells,
                          "lut4_per_bit": round(cells["lut4"] / (lanes * w), 2),
                          "ff_per_bit": round(cells["ff"] / (lanes * w), 2)})
