@@ -91,6 +91,13 @@ def _entries(plane: golden.PackedPlane, n: int, word_bits: int) -> np.ndarray:
     return mask.astype(object) << word_bits | sign.astype(object)
 
 
+def code_entries(codes: np.ndarray, kind: golden.PlaneKind, word_bits: int) -> list[int]:
+    """The entries, row-major, that :func:`compile_layer` lays out for ``codes`` (rows, n) as a single-plane
+    operand of ``kind``: what the whole-model gateware's packing stages must produce."""
+    (plane,) = golden.pack_planes(np.asarray(codes, np.int64), golden.Encoding(kind.value), word_bits)
+    return [int(e) for e in _entries(plane, np.shape(codes)[1], word_bits).ravel()]
+
+
 def split_coefficient(config: AccelConfig, value: int) -> tuple[int, int]:
     """``value`` as ``(q, s)`` with ``q << s == value`` and ``q`` in ``coef_bits``."""
     shift = 0

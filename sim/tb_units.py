@@ -20,10 +20,10 @@ from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, Timer
 
 from hw.intunits import digits_units
-from hw.program import _entries as program_entries
+from hw.program import code_entries
 from hw.transpose import TransposePacker
 from model import intops
-from model.golden import Encoding, PlaneKind, pack_planes
+from model.golden import PlaneKind
 from model.intvit import NORM_BITS, RESIDUAL_BITS
 from sim.runner import UNIT_ENV
 
@@ -103,12 +103,6 @@ async def _reset(dut: object) -> None:
     dut.rst.value = 0
 
 
-def _entries(codes: np.ndarray, kind: PlaneKind, word_bits: int) -> list[int]:
-    """hw.program's entries of ``codes`` (rows, n), row-major."""
-    (plane,) = pack_planes(codes, Encoding(kind.value), word_bits)
-    return [int(e) for e in program_entries(plane, codes.shape[1], word_bits).ravel()]
-
-
 @cocotb.test()
 async def packing(dut: object) -> None:
     """The Packer's and the TransposePacker's entries equal the host's, with both sides stalling."""
@@ -117,10 +111,10 @@ async def packing(dut: object) -> None:
     rng = np.random.default_rng(6)
     if isinstance(unit, TransposePacker):
         matrices = [rng.choice(values, (unit.rows, unit.cols)) for _ in range(2)]
-        want = [e for codes in matrices for e in _entries(codes.T, unit.kind, unit.word_bits)]
+        want = [e for codes in matrices for e in code_entries(codes.T, unit.kind, unit.word_bits)]
     else:
         matrices = [rng.choice(values, (3, unit.n))]
-        want = _entries(matrices[0], unit.kind, unit.word_bits)
+        want = code_entries(matrices[0], unit.kind, unit.word_bits)
     items = [int(c) & ((1 << unit.code_bits) - 1) for codes in matrices for c in codes.ravel()]
     await _reset(dut)
     got = await _stream(dut, items, len(want), random.Random(7), stall=0.2, unsigned_out=True)

@@ -15,21 +15,15 @@ from hw.config import ceil_log2
 from hw.layernorm import LayerNorm
 from hw.multithreshold import PipelinedMultiThreshold, row_layout, threshold_rows
 from hw.packer import EntryWriter, Packer
-from hw.program import _entries
+from hw.program import code_entries
 from hw.requantize import Requantize
 from hw.results import ResultReader
 from hw.simtools import send
 from hw.softmax import SoftmaxLevels, level_words
 from hw.streamsim import run_stream
 from model import intops
-from model.golden import Encoding, PlaneKind, pack_planes
+from model.golden import PlaneKind
 from model.intvit import ATTN_FRAC_BITS, EXP_FRAC_BITS, NORM_BITS, RESIDUAL_BITS, SCORE_FRAC_BITS
-
-
-def _want(codes: np.ndarray, kind: PlaneKind, word_bits: int) -> list[int]:
-    """hw.program's x entries of ``codes`` (rows, n), row-major."""
-    (plane,) = pack_planes(codes, Encoding(kind.value), word_bits)
-    return [int(e) for e in _entries(plane, codes.shape[1], word_bits).ravel()]
 
 
 @pytest.mark.parametrize("kind", list(PlaneKind))
@@ -39,7 +33,7 @@ def test_rows_of_codes_become_the_x_entries(kind, word_bits, n):
     values = {PlaneKind.BIPOLAR: [-1, 1], PlaneKind.UNIPOLAR: [0, 1], PlaneKind.TERNARY: [-1, 0, 1]}[kind]
     codes = rng.choice(values, (3, n))
     dut = Packer(word_bits, n, kind)
-    want = _want(codes, kind, word_bits)
+    want = code_entries(codes, kind, word_bits)
     got, cycles = run_stream(dut, dut.i, dut.o, [int(c) for c in codes.ravel()], len(want), seed=n, stall=0.3)
     assert got == want
     got, cycles = run_stream(dut, dut.i, dut.o, [int(c) for c in codes.ravel()], len(want))
@@ -77,7 +71,7 @@ def test_layernorm_thresholds_and_packer_make_a_layers_x_entries():
     for x in tokens:  # each token twice: LayerNorm's statistics, then its outputs
         items += [{"x": int(v), "gain": 0, "bias": 0} for v in x]
         items += [{"x": int(v), "gain": int(g), "bias": int(b)} for v, g, b in zip(x, gain, bias)]
-    want = _want(codes, PlaneKind.BIPOLAR, word_bits)
+    want = code_entries(codes, PlaneKind.BIPOLAR, word_bits)
     got, _ = run_stream(m, norm.i, packer.o, items, len(want), seed=3, stall=0.2)
     assert got == want
 
@@ -113,7 +107,7 @@ def test_softmax_levels_and_packers_make_the_attention_operand():
     levels = rng.integers(0, (1 << 16) + 2, (3, 1, t, t))
     table = intops.exp_table(SCORE_FRAC_BITS, EXP_FRAC_BITS)
     codes = intops.attention_codes(scores, table, levels, ATTN_FRAC_BITS, counts)  # (groups, 1, t, t)
-    want = [_want(codes[g, 0], PlaneKind.UNIPOLAR, word_bits) for g in range(3)]
+    want = [code_entries(codes[g, 0], PlaneKind.UNIPOLAR, word_bits) for g in range(3)]
 
     words, per_row = level_words(levels)
     m = Module()
@@ -158,7 +152,7 @@ def test_the_attention_map_from_the_engines_scores():
     levels = rng.integers(0, (1 << 16) + 2, (3, 1, t, t))
     table = intops.exp_table(SCORE_FRAC_BITS, EXP_FRAC_BITS)
     codes = intops.attention_codes(scores, table, levels, ATTN_FRAC_BITS, counts)
-    want = [_want(codes[g, 0], PlaneKind.UNIPOLAR, word_bits) for g in range(3)]
+    want = [code_entries(codes[g, 0], PlaneKind.UNIPOLAR, word_bits) for g in range(3)]
 
     m = Module()
     blocks = -(-t // lanes)
@@ -213,7 +207,8 @@ def test_q_codes_by_head_land_where_each_heads_operand_is(heads, head_dim, base)
     rows, word_bits = 5, 16
     codes = np.random.default_rng(heads + head_dim).choice([-1, 1], (rows, heads * head_dim))
     words = -(-head_dim // word_bits)
-    want = [e for h in range(heads) for e in _want(codes[:, h * head_dim:(h + 1) * head_dim], PlaneKind.BIPOLAR, word_bits)]
+    want = [e for h in range(heads)
+            for e in code_entries(codes[:, h * head_dim:(h + 1) * head_dim], PlaneKind.BIPOLAR, word_bits)]
     m = Module()
     m.submodules.packer = packer = Packer(word_bits, head_dim, PlaneKind.BIPOLAR)
     m.submodules.writer = writer = EntryWriter(2 * word_bits, 8, rows, words, heads)

@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 
 from hw.config import DEFAULT, SMALL
-from hw.program import DoesNotFit, compile_chunks, compile_layer, repack, split_coefficient, take_rows, y_layout
+from hw.program import (DoesNotFit, code_entries, compile_chunks, compile_layer, repack, split_coefficient, take_rows,
+                        y_layout)
 from model import golden
+from model.golden import Operand, PlaneKind
 
 
 def _op(values, enc, wb=16):
@@ -126,3 +128,13 @@ def test_repack_keeps_the_values():
     op = _op(np.random.default_rng(2).integers(-128, 128, (4, 70)), "int8", 64)
     again = repack(op, 16)
     assert again.word_bits == 16 and np.array_equal(again.to_values(), op.to_values())
+
+
+def test_code_entries_are_the_x_entries_compile_layer_lays_out():
+    rng = np.random.default_rng(3)
+    for kind, values in ((PlaneKind.BIPOLAR, [-1, 1]), (PlaneKind.TERNARY, [-1, 0, 1]), (PlaneKind.UNIPOLAR, [0, 1])):
+        codes = rng.choice(values, (3, 37))
+        y = rng.choice([-1, 1], (5, 37))
+        image = compile_layer(DEFAULT, [Operand.from_values(codes, kind.value, DEFAULT.word_bits)],
+                              [Operand.from_values(y, "bipolar", DEFAULT.word_bits)], np.array([[1]]))
+        assert code_entries(codes, kind, DEFAULT.word_bits) == list(image.x_entries)

@@ -14,12 +14,12 @@ from amaranth.sim import Simulator
 from hw.config import ceil_log2
 from hw.multithreshold import PipelinedMultiThreshold, row_layout, threshold_rows
 from hw.packer import Packer
-from hw.program import _entries
+from hw.program import code_entries
 from hw.residual import ResidualAdd
 from hw.results import ResultReader
 from hw.simtools import send
 from model import intops
-from model.golden import Encoding, PlaneKind, pack_planes
+from model.golden import PlaneKind
 
 ACC_BITS = 24
 ADDR_BITS = 8
@@ -102,8 +102,7 @@ def test_results_through_the_thresholds_and_the_packer_make_the_next_x_entries()
     hi = np.stack([rng.integers(-500, 3000, channels), np.full(channels, 1 << 40)], axis=1)
     lo = np.stack([rng.integers(-5000, -1000, channels), np.full(channels, -(1 << 40))], axis=1)
     codes = intops.multithreshold(y, 0, hi, lo)
-    (plane,) = pack_planes(codes, Encoding("unipolar"), word_bits)
-    want = [int(e) for e in _entries(plane, channels, word_bits).ravel()]
+    want = code_entries(codes, PlaneKind.UNIPOLAR, word_bits)
 
     m, reader, blocks = _reader(y, lanes, ceil_log2(channels))
     m.submodules.thresholds = thresholds = PipelinedMultiThreshold(ACC_BITS, channels, 2, 4)

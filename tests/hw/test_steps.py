@@ -16,12 +16,12 @@ from hw.isa import DESC_FIELD_STARTS
 from hw.layernorm import LayerNorm
 from hw.multithreshold import PipelinedMultiThreshold, row_layout, threshold_rows
 from hw.packer import EntryWriter, Packer
-from hw.program import _entries, compile_layer
+from hw.program import code_entries, compile_layer
 from hw.results import ResultReader
 from hw.simtools import receive, send
 from hw.steps import StepOp, StepSequencer, layer_steps, step_layout
 from model import intops
-from model.golden import Encoding, Operand, PlaneKind, layer_output, pack_planes
+from model.golden import Operand, PlaneKind, layer_output
 
 
 def _stored_descriptor(config, words: tuple[int, ...]) -> int:
@@ -56,8 +56,7 @@ def test_a_linear_layer_on_chip_ordered_by_its_step_program():
     y = layer_output(groups_x, groups_y, coefs)
     hi2 = np.stack([rng.integers(-20, 60, out), np.full(out, 1 << 40)], axis=1)
     lo2 = np.stack([rng.integers(-150, -60, out), np.full(out, -(1 << 40))], axis=1)
-    (plane,) = pack_planes(intops.multithreshold(y, 0, hi2, lo2), Encoding("unipolar"), c.word_bits)
-    want = [int(e) for e in _entries(plane, out, c.word_bits).ravel()]
+    want = code_entries(intops.multithreshold(y, 0, hi2, lo2), PlaneKind.UNIPOLAR, c.word_bits)
 
     m = Module()
     # stage 1: the residual stream to the x buffer

@@ -4,16 +4,10 @@
 import numpy as np
 import pytest
 
-from hw.program import _entries
+from hw.program import code_entries
 from hw.streamsim import run_stream
 from hw.transpose import TransposePacker
-from model.golden import Encoding, PlaneKind, pack_planes
-
-
-def _want(codes: np.ndarray, kind: PlaneKind, word_bits: int) -> list[int]:
-    """The entries of ``codes.T`` (cols rows of rows codes), row-major."""
-    (plane,) = pack_planes(codes.T, Encoding(kind.value), word_bits)
-    return [int(e) for e in _entries(plane, codes.shape[0], word_bits).ravel()]
+from model.golden import PlaneKind
 
 
 @pytest.mark.parametrize("kind", list(PlaneKind))
@@ -23,7 +17,7 @@ def test_two_matrices_back_to_back_become_their_transposes_entries(kind, word_bi
     values = {PlaneKind.BIPOLAR: [-1, 1], PlaneKind.UNIPOLAR: [0, 1], PlaneKind.TERNARY: [-1, 0, 1]}[kind]
     matrices = [rng.choice(values, (rows, cols)) for _ in range(2)]
     dut = TransposePacker(word_bits, rows, cols, kind)
-    want = _want(matrices[0], kind, word_bits) + _want(matrices[1], kind, word_bits)
+    want = code_entries(matrices[0].T, kind, word_bits) + code_entries(matrices[1].T, kind, word_bits)
     items = [int(c) for codes in matrices for c in codes.ravel()]
     got, _ = run_stream(dut, dut.i, dut.o, items, len(want), seed=rows + cols, stall=0.3)
     assert got == want
@@ -33,7 +27,7 @@ def test_cycles_a_code_in_and_a_column_out():
     rows, cols, word_bits = 18, 64, 16
     codes = np.random.default_rng(1).choice([-1, 1], (rows, cols))
     dut = TransposePacker(word_bits, rows, cols, PlaneKind.BIPOLAR)
-    want = _want(codes, PlaneKind.BIPOLAR, word_bits)
+    want = code_entries(codes.T, PlaneKind.BIPOLAR, word_bits)
     got, cycles = run_stream(dut, dut.i, dut.o, [int(c) for c in codes.ravel()], len(want))
     assert got == want
     assert cycles <= rows * cols + 2 + cols * (2 + 2) + 3
