@@ -29,3 +29,14 @@ def unpack_descriptor(config: AccelConfig, raw: Value) -> Value:
     """The stored form (:func:`descriptor_layout`) of a descriptor's three stream words."""
     layout = descriptor_layout(config)
     return Cat(*(raw[DESC_FIELD_STARTS[name]:DESC_FIELD_STARTS[name] + field.width] for name, field in layout))
+
+
+def stored_descriptor(config: AccelConfig, words: list[int] | tuple[int, ...]) -> int:
+    """:func:`unpack_descriptor` in Python: a descriptor's three stream words as the program buffer keeps
+    them (an on-chip program's descriptors, written without the decoder)."""
+    raw = sum(w << (32 * k) for k, w in enumerate(words))
+    stored, offset = 0, 0
+    for name, field in descriptor_layout(config):
+        stored |= ((raw >> DESC_FIELD_STARTS[name]) & ((1 << field.width) - 1)) << offset
+        offset += field.width
+    return stored

@@ -10,9 +10,8 @@ from amaranth.lib.memory import Memory
 from amaranth.sim import Simulator
 
 from hw.config import DEFAULT, ceil_log2
-from hw.descriptor import descriptor_layout
+from hw.descriptor import descriptor_layout, stored_descriptor
 from hw.engine import Engine
-from hw.isa import DESC_FIELD_STARTS
 from hw.layernorm import LayerNorm
 from hw.multithreshold import PipelinedMultiThreshold, row_layout, threshold_rows
 from hw.packer import EntryWriter, Packer
@@ -22,16 +21,6 @@ from hw.simtools import receive, send
 from hw.steps import StepOp, StepSequencer, layer_steps, step_layout
 from model import intops
 from model.golden import Operand, PlaneKind, layer_output
-
-
-def _stored_descriptor(config, words: tuple[int, ...]) -> int:
-    """A descriptor's three stream words in the form the prog buffer keeps (hw.descriptor.unpack_descriptor)."""
-    raw = sum(w << (32 * k) for k, w in enumerate(words))
-    stored, offset = 0, 0
-    for name, field in descriptor_layout(config):
-        stored |= ((raw >> DESC_FIELD_STARTS[name]) & ((1 << field.width) - 1)) << offset
-        offset += field.width
-    return stored
 
 
 def test_a_linear_layer_on_chip_ordered_by_its_step_program():
@@ -77,7 +66,7 @@ def test_a_linear_layer_on_chip_ordered_by_its_step_program():
         "x": Memory(shape=data.ArrayLayout(c.entry_bits, 1), depth=c.x_depth, init=[]),
         "y": Memory(shape=data.ArrayLayout(c.entry_bits, c.lanes), depth=c.y_depth, init=[list(r) for r in image.y_rows]),
         "prog": Memory(shape=data.ArrayLayout(descriptor_layout(c).size, 1), depth=c.prog_depth,
-                       init=[[_stored_descriptor(c, words)] for words in image.descriptors]),
+                       init=[[stored_descriptor(c, words)] for words in image.descriptors]),
         "thresh": Memory(shape=data.ArrayLayout(32, c.lanes), depth=c.thresh_depth, init=[]),
         "result": Memory(shape=data.ArrayLayout(signed(c.acc_bits), c.lanes), depth=c.result_depth, init=[]),
     }
