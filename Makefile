@@ -9,7 +9,7 @@
 #   make results  trains the GSB model family and baselines on digits and
 #                 Fashion-MNIST (about 50 min on one core), writes results/
 #   make results-long: FP, GSB + KD and 1-base binary at dim 96 / depth 3 and
-#                 250 epochs (configs/long/; about 75 min on 2 cores), writes results/long/
+#                 250 epochs (configs/long/; about 75 min on 2 cores) and the export check, writes results/long/
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -76,6 +76,7 @@ results-long: $(STAMP) fashion-mnist
 	    --results-dir runs/long/partial-$$ds --plot runs/long/partial-$$ds/accuracy_vs_bits.png & pids="$$pids $$!"; \
 	done; for pid in $$pids; do wait $$pid; done
 	$(PY) -m model.results --collect-only --root runs/long --results-dir results/long --plot results/long/accuracy_vs_bits.png
+	$(PY) -m host.integer_results --root runs/long --results-dir results/long --ptq-bits --quiet
 
 ptq-results: $(STAMP) fashion-mnist
 	$(PY) -m host.ptq_results
