@@ -33,15 +33,30 @@ def packing_ports(word_bits: int, code_bits: int) -> dict:
     return {"i": In(stream.Signature(signed(code_bits))), "o": Out(stream.Signature(unsigned(2 * word_bits)))}
 
 
-def plane_bits(kind: PlaneKind, code: Value) -> tuple[Value, Value]:
+#: The plane kinds as a packing unit's ``kind`` port numbers them.
+KIND_CODES = {PlaneKind.BIPOLAR: 0, PlaneKind.UNIPOLAR: 1, PlaneKind.TERNARY: 2}
+
+
+def kind_value(kind: PlaneKind | Value) -> Value:
+    """A plane kind as the 2-bit value of :data:`KIND_CODES` (a constant for a fixed kind, which synthesis folds)."""
+    return Const(KIND_CODES[kind], 2) if isinstance(kind, PlaneKind) else kind
+
+
+def plane_bits(kind: PlaneKind | Value, code: Value) -> tuple[Value, Value]:
     """A code's sign and mask bits in a plane of ``kind`` (a unipolar plane's sign and a bipolar one's mask are 1)."""
-    sign = Const(1) if kind is PlaneKind.UNIPOLAR else code > 0
-    mask = Const(1) if kind is PlaneKind.BIPOLAR else code != 0
+    k = kind_value(kind)
+    sign = Mux(k == KIND_CODES[PlaneKind.UNIPOLAR], 1, code > 0)
+    mask = Mux(k == KIND_CODES[PlaneKind.BIPOLAR], 1, code != 0)
     return sign, mask
 
 
 class Packer(wiring.Component):
     """A row of ``n`` codes of one single-plane kind in, its ``ceil(n / word_bits)`` entries out.
+
+    ``n`` and ``kind`` are also ports (``n`` up to the constructor's, ``kind``
+    numbered as :data:`KIND_CODES`), initialised to the constructor's values:
+    a design that leaves them undriven packs that one shape, and the
+    whole-model core sets them per layer.
 
     ``i`` carries one signed ``code_bits`` code a transfer, rows back to back
     (the unit counts the columns); ``o`` one entry ``mask << word_bits |
@@ -54,14 +69,16 @@ class Packer(wiring.Component):
     """
 
     def __init__(self, word_bits: int, n: int, kind: PlaneKind, code_bits: int = 2) -> None:
-        self.word_bits, self.kind, self.code_bits = check_packing(word_bits, kind, code_bits)
-        self.n = _check_int(n, "n", 1, 1 << 16)
-        super().__init__(packing_ports(word_bits, code_bits))
+        self.word_bits, kind, self.code_bits = check_packing(word_bits, kind, code_bits)
+        self.max_n = _check_int(n, "n", 1, 1 << 16)
+        super().__init__({**packing_ports(word_bits, code_bits),
+                          "n": In(range(1, self.max_n + 1), init=self.max_n),
+                          "kind": In(2, init=KIND_CODES[kind])})
 
     def elaborate(self, platform: object) -> Module:
         m = Module()
         wb = self.word_bits
-        column = Signal(range(self.n), reset_less=True)
+        column = Signal(range(self.max_n), reset_less=True)
         position = Signal(range(wb), reset_less=True)
         sign = Signal(wb, reset_less=True)  # this word's bits so far, the next at `position`
         mask = Signal(wb, reset_less=True)
@@ -79,7 +96,7 @@ class Packer(wiring.Component):
             row_end = column == self.n - 1
             with m.If(row_end | (position == wb - 1)):
                 # a unipolar plane's implicit sign covers the padding too
-                padded_sign = Const((1 << wb) - 1, wb) if self.kind is PlaneKind.UNIPOLAR else new_sign
+                padded_sign = Mux(self.kind == KIND_CODES[PlaneKind.UNIPOLAR], Const((1 << wb) - 1, wb), new_sign)
                 m.d.sync += [entry.eq(Cat(padded_sign, new_mask)), full.eq(1),
                              sign.eq(0), mask.eq(0), position.eq(0)]
             with m.Else():

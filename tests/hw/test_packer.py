@@ -14,13 +14,13 @@ from amaranth.sim import Simulator
 from hw.config import ceil_log2
 from hw.layernorm import LayerNorm
 from hw.multithreshold import PipelinedMultiThreshold, row_layout, threshold_rows
-from hw.packer import EntryWriter, Packer
+from hw.packer import KIND_CODES, EntryWriter, Packer
 from hw.program import code_entries
 from hw.requantize import Requantize
 from hw.results import ResultReader
 from hw.simtools import send
 from hw.softmax import SoftmaxLevels, level_words
-from hw.streamsim import run_stream
+from hw.streamsim import run_batches, run_stream
 from model import intops
 from model.golden import PlaneKind
 from model.intvit import ATTN_FRAC_BITS, EXP_FRAC_BITS, NORM_BITS, RESIDUAL_BITS, SCORE_FRAC_BITS
@@ -38,6 +38,27 @@ def test_rows_of_codes_become_the_x_entries(kind, word_bits, n):
     assert got == want
     got, cycles = run_stream(dut, dut.i, dut.o, [int(c) for c in codes.ravel()], len(want))
     assert got == want and cycles <= codes.size + 3  # a code a cycle
+
+
+def test_the_row_length_and_kind_ports_change_between_layers():
+    """One Packer built for rows of up to 40 codes packs, through its ports, rows of 40 bipolar, 20 unipolar
+    and 33 ternary codes one layer after another (how the whole-model core reuses it)."""
+    rng = np.random.default_rng(8)
+    layers = [(40, PlaneKind.BIPOLAR, [-1, 1]), (20, PlaneKind.UNIPOLAR, [0, 1]), (33, PlaneKind.TERNARY, [-1, 0, 1])]
+    dut = Packer(16, 40, PlaneKind.BIPOLAR)
+    batches, want = [], []
+    for n, kind, values in layers:
+        codes = rng.choice(values, (3, n))
+
+        async def setup(ctx, n=n, kind=kind):
+            ctx.set(dut.n, n)
+            ctx.set(dut.kind, KIND_CODES[kind])
+
+        entries = code_entries(codes, kind, 16)
+        batches.append((setup, [int(c) for c in codes.ravel()], len(entries)))
+        want += entries
+    got, _ = run_batches(dut, dut.i, dut.o, batches, seed=4, stall=0.3)
+    assert got == want
 
 
 def test_layernorm_thresholds_and_packer_make_a_layers_x_entries():
