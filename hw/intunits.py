@@ -32,7 +32,13 @@ from hw.boards import board
 from hw.boards.icebreaker import ICEBreakerClock
 from hw.boards.ulx3s import ULX3SClock
 from hw.build import ONE_HOT_FSMS, ROOT, SYNTH_OPTS, TOOLS, run_toolchain, use_pypi_tools, yosys_cells
+from dataclasses import replace
+
+import numpy as np
+
 from hw.config import DEFAULT
+from hw.core import Stage, core_registers
+from hw.core_program import mlp_image
 from hw.layernorm import LayerNorm
 from hw.multithreshold import MultiThreshold, PipelinedMultiThreshold
 from hw.packer import Packer
@@ -42,12 +48,25 @@ from hw.requantize import Requantize
 from hw.softmax import SoftmaxLevels
 from hw.steps import StepSequencer
 from hw.transpose import TransposePacker
+from model import intvit
 from model.golden import PlaneKind
+from model.modelfile import Architecture
+from model.random_model import random_integer_model
 
 #: The digits model (configs/digits.yaml): dim 64, 4 heads, MLP 128, 18 tokens, 10 classes.
 DIGITS = {"dim": 64, "heads": 4, "hidden": 128, "tokens": 18, "classes": 10}
 #: An engine accumulator's width there (the random TINY program's qkv needs 23 bits at dim 32).
 ACC_BITS = 24
+
+
+def digits_core_registers() -> object:
+    """The whole-model core's registers (:func:`hw.core.core_registers`) for a block of the digits model's shape,
+    on the default preset with room for fc1 and fc2 (a random integer program: only the shapes matter)."""
+    arch = Architecture(image_size=8, in_channels=1, patch_size=2, dim=DIGITS["dim"], depth=1, heads=DIGITS["heads"],
+                        mlp_hidden=DIGITS["hidden"], num_classes=DIGITS["classes"])
+    config = replace(DEFAULT, x_depth=192, y_depth=256, result_depth=1024)
+    image = mlp_image(config, intvit.program(random_integer_model(arch)), 0, np.zeros((arch.tokens, arch.dim), np.int64))
+    return core_registers(config, image)
 
 
 def digits_units() -> dict[str, Callable[[], wiring.Component]]:
@@ -68,8 +87,8 @@ def digits_units() -> dict[str, Callable[[], wiring.Component]]:
         "residual_add": lambda: ResidualAdd(ACC_BITS, 16, 26, 11, 6),
         # a ternary Value group of 18 tokens x 64 channels to A V's transposed y entries
         "transpose": lambda: TransposePacker(16, DIGITS["tokens"], d, PlaneKind.TERNARY, 4),
-        # the step program's controller, for the default preset's engine (256 steps)
-        "steps": lambda: StepSequencer(DEFAULT),
+        # the step program's controller with the whole-model core's registers (256 steps)
+        "steps": lambda: StepSequencer(digits_core_registers(), len(Stage)),
         "layernorm": lambda: LayerNorm(d, 16, 16, 40),
         "layernorm_reciprocal": lambda: LayerNorm(d, 16, 16, 40, "reciprocal"),
         # GSB's three step levels; A for every (level, head, row, column): 3 * 4 * 18 * 18 = 3888 words
