@@ -203,7 +203,7 @@ class ModelCore(wiring.Component):
                                                     _bits(image.channels))
         wiring.connect(m, self.result.read_port(), reader.result)
         m.d.comb += [reader.start.eq(go[Stage.READ_CODES] | go[Stage.READ_ADD]), reader.rows.eq(regs.rows),
-                     reader.blocks.eq(regs.blocks), reader.channels.eq(regs.channels)]
+                     reader.blocks.eq(regs.blocks), reader.row_stride.eq(regs.blocks), reader.channels.eq(regs.channels)]
         m.submodules.add = add = ResidualAdd(c.acc_bits, RESIDUAL_BITS, BIAS_BITS, _bits(len(image.residual)),
                                              _bits(image.channels))
         wiring.connect(m, self.residual.write_port(), add.r_write)

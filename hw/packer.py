@@ -111,42 +111,98 @@ class EntryWriter(wiring.Component):
     The entries come as a :class:`Packer` gives them for rows split into
     ``heads`` parts of ``words`` entries each (a token's Q or K codes, one
     head after another); entry ``w`` of head ``h`` of row ``t`` goes to
-    ``base + (h * rows + t) * words + w``, so that every head's operand is
-    ``rows`` contiguous rows (one head: plain row order). ``start`` (a cycle)
-    restarts at ``base``; ``written`` counts the entries since. Always ready:
-    one entry a cycle.
+    ``base + h * head_stride + t * row_stride + w``: with ``head_stride =
+    rows * words`` and ``row_stride = words`` (the constructor's, the
+    ports' initial values) every head's operand is ``rows`` contiguous rows
+    (one head: plain row order); the whole-model core sets the ports per
+    layer (e.g. one head's part of rows of all heads: ``row_stride`` the
+    whole row's words). ``start`` (a cycle) restarts at ``base``;
+    ``written`` counts the entries since. Always ready: one entry a cycle.
     """
 
     def __init__(self, entry_bits: int, addr_bits: int, rows: int, words: int, heads: int = 1) -> None:
         self.entry_bits = _check_int(entry_bits, "entry_bits", 2, 128)
         self.addr_bits = _check_int(addr_bits, "addr_bits", 1, 24)
         self.rows = _check_int(rows, "rows", 1, 1 << 16)
-        self.words = _check_int(words, "words", 1, 1 << 16)
-        self.heads = _check_int(heads, "heads", 1, 64)
+        self.max_words = _check_int(words, "words", 1, 1 << 16)
+        self.max_heads = _check_int(heads, "heads", 1, 64)
         if heads * rows * words > 1 << addr_bits:
             raise ValueError(f"addr_bits {addr_bits} cannot address {heads} x {rows} x {words} entries")
         super().__init__({
             "i": In(stream.Signature(unsigned(entry_bits))),
             "start": In(1), "base": In(addr_bits),
+            "words": In(range(1, words + 1), init=words), "heads": In(range(1, heads + 1), init=heads),
+            "head_stride": In(addr_bits + 1, init=rows * words), "row_stride": In(addr_bits + 1, init=words),
             "written": Out(range(heads * rows * words + 1)),
             "write": In(WritePort.Signature(addr_width=addr_bits, shape=data.ArrayLayout(entry_bits, 1))),
         })
 
     def elaborate(self, platform: object) -> Module:
         m = Module()
-        rows, words, heads = self.rows, self.words, self.heads
-        word = Signal(range(words), reset_less=True)
-        head = Signal(range(heads), reset_less=True)
-        head_offset = Signal(self.addr_bits, reset_less=True)  # h * rows * words
-        row_offset = Signal(self.addr_bits, reset_less=True)   # t * words
+        word = Signal(range(self.max_words), reset_less=True)
+        head = Signal(range(self.max_heads), reset_less=True)
+        head_offset = Signal(self.addr_bits, reset_less=True)  # h * head_stride
+        row_offset = Signal(self.addr_bits, reset_less=True)   # t * row_stride
         m.d.comb += [self.i.ready.eq(1), self.write.addr.eq(self.base + head_offset + row_offset + word),
                      self.write.data[0].eq(self.i.payload), self.write.en.eq(self.i.valid)]
         with m.If(self.i.valid):
             m.d.sync += [self.written.eq(self.written + 1), word.eq(word + 1)]
-            with m.If(word == words - 1):
-                m.d.sync += [word.eq(0), head.eq(head + 1), head_offset.eq(head_offset + rows * words)]
-                with m.If(head == heads - 1):
-                    m.d.sync += [head.eq(0), head_offset.eq(0), row_offset.eq(row_offset + words)]
+            with m.If(word == self.words - 1):
+                m.d.sync += [word.eq(0), head.eq(head + 1), head_offset.eq(head_offset + self.head_stride)]
+                with m.If(head == self.heads - 1):
+                    m.d.sync += [head.eq(0), head_offset.eq(0), row_offset.eq(row_offset + self.row_stride)]
         with m.If(self.start):
             m.d.sync += [word.eq(0), head.eq(0), head_offset.eq(0), row_offset.eq(0), self.written.eq(0)]
+        return m
+
+
+class LaneWriter(wiring.Component):
+    """Packed entries in, written as the rows of a y operand: one lane of the lane-banked y buffer each.
+
+    The y buffer holds word ``w`` of y rows ``b*lanes .. b*lanes + lanes-1``
+    at bank row ``b * words + w``, y row ``r``'s in lane ``r % lanes``
+    (:func:`hw.program.y_layout`). The entries come row by row, each row in
+    ``heads`` parts of ``words`` entries (K: a token's codes, head after
+    head, every head its own operand of the tokens as rows; V transposed,
+    ``heads = 1``: a channel's entries over the tokens, the channels as
+    rows); entry ``w`` of part ``h`` of row ``r`` goes to lane ``r % lanes``
+    of bank row ``base + h * head_stride + (r // lanes) * words + w``.
+    ``start`` (a cycle) restarts at ``base``; ``written`` counts the entries
+    since. Always ready: one entry a cycle.
+    """
+
+    def __init__(self, entry_bits: int, lanes: int, addr_bits: int, max_words: int, max_entries: int) -> None:
+        self.entry_bits = _check_int(entry_bits, "entry_bits", 2, 128)
+        self.lanes = _check_int(lanes, "lanes", 1, 64)
+        self.addr_bits = _check_int(addr_bits, "addr_bits", 1, 24)
+        self.max_words = _check_int(max_words, "max_words", 1, 1 << 16)
+        super().__init__({
+            "i": In(stream.Signature(unsigned(entry_bits))),
+            "start": In(1), "base": In(addr_bits),
+            "words": In(range(1, max_words + 1)), "heads": In(range(1, 65), init=1), "head_stride": In(addr_bits + 1),
+            "written": Out(range(_check_int(max_entries, "max_entries", 1, 1 << 24) + 1)),
+            "write": In(WritePort.Signature(addr_width=addr_bits, shape=data.ArrayLayout(entry_bits, lanes),
+                                            granularity=1)),
+        })
+
+    def elaborate(self, platform: object) -> Module:
+        m = Module()
+        word = Signal(range(self.max_words), reset_less=True)
+        head = Signal(range(64), reset_less=True)
+        lane = Signal(range(self.lanes), reset_less=True)
+        head_offset = Signal(self.addr_bits, reset_less=True)   # h * head_stride
+        block_offset = Signal(self.addr_bits, reset_less=True)  # (r // lanes) * words
+        m.d.comb += [self.i.ready.eq(1), self.write.addr.eq(self.base + head_offset + block_offset + word),
+                     self.write.en.eq(Mux(self.i.valid, 1 << lane, 0))]
+        m.d.comb += [self.write.data[k].eq(self.i.payload) for k in range(self.lanes)]
+        with m.If(self.i.valid):
+            m.d.sync += [self.written.eq(self.written + 1), word.eq(word + 1)]
+            with m.If(word == self.words - 1):
+                m.d.sync += [word.eq(0), head.eq(head + 1), head_offset.eq(head_offset + self.head_stride)]
+                with m.If(head == self.heads - 1):
+                    m.d.sync += [head.eq(0), head_offset.eq(0), lane.eq(lane + 1)]
+                    with m.If(lane == self.lanes - 1):
+                        m.d.sync += [lane.eq(0), block_offset.eq(block_offset + self.words)]
+        with m.If(self.start):
+            m.d.sync += [word.eq(0), head.eq(0), lane.eq(0), head_offset.eq(0), block_offset.eq(0), self.written.eq(0)]
         return m

@@ -24,11 +24,18 @@ from hw.config import _check_int
 class ResultReader(wiring.Component):
     """``rows * channels`` values out of a result buffer of ``lanes``-wide entries, one a cycle.
 
-    ``start`` (a cycle) begins a pass over ``rows`` x rows of ``blocks``
-    entries each; ``channels`` (at most ``blocks * lanes``) says how many
-    lanes of a row are outputs; the three are held while ``busy``.  The
-    entry after the current one is read while its lanes go out, so with a
-    ready sink a value leaves every cycle after the first entry's read.
+    ``start`` (a cycle) begins a pass over ``rows`` x rows of ``heads``
+    parts of ``blocks`` entries each: part ``h`` of row ``t`` is the
+    ``blocks`` entries from ``first + t * row_stride + h * head_stride``, and
+    its lanes are the row's channels ``(h * blocks + b) * lanes + lane``
+    (one run's result, ``heads = 1`` and ``row_stride = blocks``: entry
+    ``t * blocks + b``; a window of a row's channels, e.g. K of a ``qkv``
+    run: ``first`` its first block; every head's ``A V`` run one after
+    another: ``head_stride`` a run's entries). ``channels`` (at most
+    ``heads * blocks * lanes``) says how many lanes of a row are outputs.
+    All are held while ``busy``.  The entry after the current one is read
+    while its lanes go out, so with a ready sink a value leaves every cycle
+    after the first entry's read.
     """
 
     def __init__(self, lanes: int, acc_bits: int, addr_bits: int, channel_bits: int = 16) -> None:
@@ -39,6 +46,8 @@ class ResultReader(wiring.Component):
         super().__init__({
             "start": In(1),
             "rows": In(addr_bits + 1), "blocks": In(addr_bits + 1), "channels": In(channel_bits),
+            "first": In(addr_bits), "row_stride": In(addr_bits + 1),
+            "heads": In(range(1, 65), init=1), "head_stride": In(addr_bits + 1),
             "busy": Out(1),
             "result": In(ReadPort.Signature(addr_width=addr_bits, shape=data.ArrayLayout(signed(acc_bits), lanes))),
             "o": Out(stream.Signature(data.StructLayout({"value": signed(acc_bits), "channel": channel_bits}))),
@@ -50,7 +59,10 @@ class ResultReader(wiring.Component):
         # the reads: entry `addr` is x row `row`'s block `blk`, whose first channel is `base`
         addr = Signal(self.addr_bits, reset_less=True)
         row = Signal(self.addr_bits + 1, reset_less=True)
+        head = Signal(range(64), reset_less=True)
         blk = Signal(self.addr_bits + 1, reset_less=True)
+        row_addr = Signal(self.addr_bits, reset_less=True)   # the row's first entry
+        head_addr = Signal(self.addr_bits, reset_less=True)  # the row's part's first entry
         base = Signal(self.channel_bits, reset_less=True)
         more = Signal()             # entries left to read
         pending = Signal()          # the entry read last is on result.data (held there while en is low)
@@ -80,14 +92,19 @@ class ResultReader(wiring.Component):
             m.d.sync += full.eq(0)
         with m.If(read):
             m.d.sync += [pending.eq(1), pending_base.eq(base), addr.eq(addr + 1)]
-            last_blk = blk == self.blocks - 1
-            m.d.sync += [blk.eq(Mux(last_blk, 0, blk + 1)), base.eq(Mux(last_blk, 0, base + lanes)),
-                         row.eq(row + last_blk)]
-            with m.If(last_blk & (row == self.rows - 1)):
-                m.d.sync += more.eq(0)
+            last_blk, last_head = blk == self.blocks - 1, head == self.heads - 1
+            m.d.sync += [blk.eq(Mux(last_blk, 0, blk + 1)), base.eq(base + lanes)]
+            with m.If(last_blk & last_head):
+                m.d.sync += [head.eq(0), row.eq(row + 1), base.eq(0), row_addr.eq(row_addr + self.row_stride),
+                             head_addr.eq(row_addr + self.row_stride), addr.eq(row_addr + self.row_stride)]
+                with m.If(row == self.rows - 1):
+                    m.d.sync += more.eq(0)
+            with m.Elif(last_blk):
+                m.d.sync += [head.eq(head + 1), head_addr.eq(head_addr + self.head_stride),
+                             addr.eq(head_addr + self.head_stride)]
         with m.Elif(take):
             m.d.sync += pending.eq(0)
         with m.If(self.start):
-            m.d.sync += [addr.eq(0), row.eq(0), blk.eq(0), base.eq(0),
-                         more.eq((self.rows != 0) & (self.blocks != 0))]
+            m.d.sync += [addr.eq(self.first), row_addr.eq(self.first), head_addr.eq(self.first), row.eq(0), head.eq(0),
+                         blk.eq(0), base.eq(0), more.eq((self.rows != 0) & (self.blocks != 0))]
         return m

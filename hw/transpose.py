@@ -12,10 +12,11 @@ from __future__ import annotations
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import wiring
+from amaranth.lib.wiring import In
 from amaranth.lib.memory import Memory
 
 from hw.config import _check_int
-from hw.packer import check_packing, packing_ports, plane_bits
+from hw.packer import KIND_CODES, check_packing, packing_ports, plane_bits
 from model.golden import PlaneKind, words_for
 
 
@@ -32,14 +33,15 @@ class TransposePacker(wiring.Component):
     bipolar plane's mask the valid positions, a unipolar plane's sign all
     ones, zeros past the end): ``2 + ceil(rows / word_bits)`` cycles a
     column with a ready sink (its word's read, then an entry a cycle); then
-    the next matrix may come in.
+    the next matrix may come in. ``kind`` is also a port, as the
+    :class:`~hw.packer.Packer`'s (initialised to the constructor's).
     """
 
     def __init__(self, word_bits: int, rows: int, cols: int, kind: PlaneKind, code_bits: int = 2) -> None:
-        self.word_bits, self.kind, self.code_bits = check_packing(word_bits, kind, code_bits)
+        self.word_bits, kind, self.code_bits = check_packing(word_bits, kind, code_bits)
         self.rows = _check_int(rows, "rows", 1, 1 << 12)
         self.cols = _check_int(cols, "cols", 3, 1 << 12)
-        super().__init__(packing_ports(word_bits, code_bits))
+        super().__init__({**packing_ports(word_bits, code_bits), "kind": In(2, init=KIND_CODES[kind])})
 
     def elaborate(self, platform: object) -> Module:
         m = Module()
@@ -70,8 +72,8 @@ class TransposePacker(wiring.Component):
         column = Signal(unsigned(2 * width), reset_less=True)
         word = Signal(range(words), reset_less=True)
         out_col = Signal.like(col, reset_less=True)
-        sign_out = (Const((1 << wb) - 1, wb) if self.kind is PlaneKind.UNIPOLAR
-                    else column[:width].word_select(word, wb))
+        sign_out = Mux(self.kind == KIND_CODES[PlaneKind.UNIPOLAR], Const((1 << wb) - 1, wb),
+                       column[:width].word_select(word, wb))
         m.d.comb += self.o.payload.eq(Cat(sign_out, column[width:].word_select(word, wb)))
         m.d.sync += setting.eq(0)
 

@@ -4,6 +4,8 @@ and behind SoftmaxLevels (the attention map as A V's x operand, from codes or fr
 
 import random
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from amaranth.hdl import Cat, Module, Mux, Signal, signed
@@ -14,8 +16,11 @@ from amaranth.sim import Simulator
 from hw.config import ceil_log2
 from hw.layernorm import LayerNorm
 from hw.multithreshold import PipelinedMultiThreshold, row_layout, threshold_rows
-from hw.packer import KIND_CODES, EntryWriter, Packer
-from hw.program import code_entries
+from hw.packer import KIND_CODES, EntryWriter, LaneWriter, Packer
+from hw.config import DEFAULT
+from hw.program import code_entries, y_layout
+from hw.transpose import TransposePacker
+from model.golden import Operand
 from hw.requantize import Requantize
 from hw.results import ResultReader
 from hw.simtools import send
@@ -208,7 +213,8 @@ def test_the_attention_map_from_the_engines_scores():
     got = [[] for _ in counts]
 
     async def bench(ctx):
-        for port, value in ((reader.rows, t), (reader.blocks, blocks), (reader.channels, t), (reader.start, 1)):
+        for port, value in ((reader.rows, t), (reader.blocks, blocks), (reader.row_stride, blocks), (reader.channels, t),
+                            (reader.start, 1)):
             ctx.set(port, value)
         await ctx.tick()
         ctx.set(reader.start, 0)
@@ -255,6 +261,76 @@ def test_q_codes_by_head_land_where_each_heads_operand_is(heads, head_dim, base)
     sim.add_testbench(bench)
     sim.run()
     assert got == want
+
+
+def _lane_writes(source: object, writer: LaneWriter, codes: np.ndarray, settings: dict, entries: int, seed: int,
+                 lanes: int, m: Module) -> list[tuple[int, ...]]:
+    """Send ``codes`` row-major into ``source`` with ``writer`` (set by ``settings``) behind it into a y buffer;
+    the buffer's rows once the writer has written ``entries``."""
+    m.submodules.y = y = Memory(shape=data.ArrayLayout(writer.entry_bits, lanes), depth=64, init=[])
+    wiring.connect(m, y.write_port(granularity=1), writer.write)
+    got = []
+
+    async def bench(ctx):
+        for name, value in settings.items():
+            ctx.set(getattr(writer, name), value)
+        ctx.set(writer.start, 1)
+        await ctx.tick()
+        ctx.set(writer.start, 0)
+        await send(ctx, source.i, [int(c) for c in codes.ravel()], random.Random(seed), 0.3)
+        for _ in range(400):
+            if ctx.get(writer.written) == entries:
+                break
+            await ctx.tick()
+        got.extend(tuple(int(v) for v in ctx.get(y.data[k])) for k in range(64))
+
+    sim = Simulator(m)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    return got
+
+
+def _y_rows(codes: np.ndarray, kind: PlaneKind, word_bits: int, lanes: int) -> list[tuple[int, ...]]:
+    """The host's y buffer rows (hw.program.y_layout) of ``codes`` (rows, n) as one operand."""
+    config = replace(DEFAULT, word_bits=word_bits, lanes=lanes)
+    rows, _ = y_layout(config, [Operand.from_values(codes, kind.value, word_bits)])
+    return rows
+
+
+@pytest.mark.parametrize("lanes, heads, head_dim", [(4, 2, 16), (2, 3, 8)])
+def test_k_codes_by_head_land_as_each_heads_y_operand(lanes, heads, head_dim):
+    """K of 7 tokens through a Packer (n = head_dim) into the LaneWriter: head h's y operand (the tokens as rows)
+    at base + h * head_stride, as the host lays it out."""
+    tokens, word_bits, base = 7, 8, 3
+    codes = np.random.default_rng(lanes + heads).choice([-1, 1], (tokens, heads * head_dim))
+    words = -(-head_dim // word_bits)
+    stride = -(-tokens // lanes) * words
+    m = Module()
+    m.submodules.packer = packer = Packer(word_bits, head_dim, PlaneKind.BIPOLAR)
+    m.submodules.writer = writer = LaneWriter(2 * word_bits, lanes, 6, 4, 64)
+    wiring.connect(m, packer.o, writer.i)
+    got = _lane_writes(packer, writer, codes, {"base": base, "words": words, "heads": heads, "head_stride": stride},
+                       tokens * heads * words, 1, lanes, m)
+    for h in range(heads):
+        want = _y_rows(codes[:, h * head_dim:(h + 1) * head_dim], PlaneKind.BIPOLAR, word_bits, lanes)
+        assert got[base + h * stride:base + h * stride + len(want)] == [tuple(r) for r in want]
+
+
+@pytest.mark.parametrize("kind", [PlaneKind.BIPOLAR, PlaneKind.TERNARY])
+def test_v_transposed_lands_as_its_y_operand(kind):
+    """V (tokens x channels) through the TransposePacker into the LaneWriter: V^T as a y operand (the channels
+    as rows, the tokens as their words), every head's rows after the one before."""
+    tokens, channels, word_bits, lanes = 18, 8, 8, 4
+    codes = np.random.default_rng(9).choice([-1, 0, 1] if kind is PlaneKind.TERNARY else [-1, 1], (tokens, channels))
+    words = -(-tokens // word_bits)
+    m = Module()
+    m.submodules.transpose = transpose = TransposePacker(word_bits, tokens, channels, kind)
+    m.submodules.writer = writer = LaneWriter(2 * word_bits, lanes, 6, 4, 64)
+    wiring.connect(m, transpose.o, writer.i)
+    got = _lane_writes(transpose, writer, codes, {"base": 0, "words": words}, channels * words, 2, lanes, m)
+    want = _y_rows(codes.T, kind, word_bits, lanes)
+    assert got[:len(want)] == [tuple(r) for r in want]
 
 
 def test_the_entry_writer_refuses_a_layout_its_addresses_cannot_hold():

@@ -47,14 +47,15 @@ def _reader(y: np.ndarray, lanes: int, channel_bits: int = 16) -> tuple[Module, 
 
 
 def _simulate(m: Module, reader: ResultReader, sink: object, rows: int, blocks: int, channels: int, count: int,
-              stall: float, seed: int) -> tuple[list, int]:
-    """Start a pass and take ``count`` payloads from ``sink``; returns them and the cycles until the reader is idle."""
+              stall: float, seed: int, **layout: int) -> tuple[list, int]:
+    """Start a pass (one run's entries unless ``layout`` sets ``first``, ``row_stride``, ``heads``, ``head_stride``)
+    and take ``count`` payloads from ``sink``; returns them and the cycles until the reader is idle."""
     got, cycles = [], []
+    settings = {"rows": rows, "blocks": blocks, "channels": channels, "row_stride": blocks, **layout, "start": 1}
 
     async def bench(ctx):
-        for port, value in ((reader.rows, rows), (reader.blocks, blocks), (reader.channels, channels),
-                            (reader.start, 1)):
-            ctx.set(port, value)
+        for name, value in settings.items():
+            ctx.set(getattr(reader, name), value)
         await ctx.tick()
         ctx.set(reader.start, 0)
         n = 1
@@ -85,6 +86,35 @@ def test_values_come_back_in_row_and_channel_order(lanes, channels, stall):
     m, reader, blocks = _reader(y, lanes)
     got, _ = _simulate(m, reader, reader.o, rows, blocks, channels, y.size, stall, seed=channels)
     assert [(int(g.value), int(g.channel)) for g in got] == [(int(v), c) for r in y for c, v in enumerate(r)]
+
+
+@pytest.mark.parametrize("lanes", [4, 1])
+def test_a_window_of_each_rows_channels(lanes):
+    """K of a qkv run: the middle third of every row's channels, numbered from 0."""
+    rows, d = 3, 8
+    y = np.random.default_rng(lanes).integers(-(1 << 23), 1 << 23, (rows, 3 * d))
+    m, reader, blocks = _reader(y, lanes)
+    got, _ = _simulate(m, reader, reader.o, rows, d // lanes, d, rows * d, 0.3, seed=2,
+                       first=d // lanes, row_stride=blocks)
+    assert [(int(g.value), int(g.channel)) for g in got] == [(int(v), c) for r in y[:, d:2 * d] for c, v in enumerate(r)]
+
+
+@pytest.mark.parametrize("lanes, head_dim", [(4, 8), (2, 2)])
+def test_every_heads_run_gathered_into_rows(lanes, head_dim):
+    """Each head's A V run left its (rows, head_dim) result one after another: read back as rows of all heads."""
+    rows, heads = 5, 3
+    rng = np.random.default_rng(head_dim)
+    per_head = [rng.integers(-(1 << 23), 1 << 23, (rows, head_dim)) for _ in range(heads)]
+    m = Module()
+    blocks = head_dim // lanes
+    init = [[int(v) for v in y[r, b * lanes:(b + 1) * lanes]] for y in per_head for r in range(rows) for b in range(blocks)]
+    m.submodules.mem = mem = Memory(shape=data.ArrayLayout(signed(ACC_BITS), lanes), depth=1 << ADDR_BITS, init=init)
+    m.submodules.reader = reader = ResultReader(lanes, ACC_BITS, ADDR_BITS)
+    wiring.connect(m, mem.read_port(), reader.result)
+    got, _ = _simulate(m, reader, reader.o, rows, blocks, heads * head_dim, rows * heads * head_dim, 0.3, seed=3,
+                       heads=heads, head_stride=rows * blocks)
+    want = np.concatenate(per_head, axis=1)
+    assert [(int(g.value), int(g.channel)) for g in got] == [(int(v), c) for r in want for c, v in enumerate(r)]
 
 
 def test_a_value_a_cycle_with_a_ready_sink():
@@ -155,7 +185,7 @@ def test_the_residual_add_in_place(source):
     async def bench(ctx):
         # start pulses the reader and the add together; with no rows the reader stays idle
         for port, value in ((reader.rows, rows if source == "reader" else 0), (reader.blocks, blocks),
-                            (reader.channels, channels), (reader.start, 1)):
+                            (reader.row_stride, blocks), (reader.channels, channels), (reader.start, 1)):
             ctx.set(port, value)
         await ctx.tick()
         ctx.set(reader.start, 0)

@@ -4,8 +4,9 @@
 import numpy as np
 import pytest
 
+from hw.packer import KIND_CODES
 from hw.program import code_entries
-from hw.streamsim import run_stream
+from hw.streamsim import run_batches, run_stream
 from hw.transpose import TransposePacker
 from model.golden import PlaneKind
 
@@ -20,6 +21,24 @@ def test_two_matrices_back_to_back_become_their_transposes_entries(kind, word_bi
     want = code_entries(matrices[0].T, kind, word_bits) + code_entries(matrices[1].T, kind, word_bits)
     items = [int(c) for codes in matrices for c in codes.ravel()]
     got, _ = run_stream(dut, dut.i, dut.o, items, len(want), seed=rows + cols, stall=0.3)
+    assert got == want
+
+
+def test_the_kind_port_changes_between_matrices():
+    """V's three groups through one unit: a bipolar matrix, then two ternary ones, the kind set in between."""
+    rng = np.random.default_rng(5)
+    dut = TransposePacker(16, 18, 8, PlaneKind.UNIPOLAR)
+    batches, want = [], []
+    for kind, values in ((PlaneKind.BIPOLAR, [-1, 1]), (PlaneKind.TERNARY, [-1, 0, 1]), (PlaneKind.TERNARY, [-1, 0, 1])):
+        codes = rng.choice(values, (18, 8))
+
+        async def setup(ctx, kind=kind):
+            ctx.set(dut.kind, KIND_CODES[kind])
+
+        entries = code_entries(codes.T, kind, 16)
+        batches.append((setup, [int(c) for c in codes.ravel()], len(entries)))
+        want += entries
+    got, _ = run_batches(dut, dut.i, dut.o, batches, seed=6, stall=0.3)
     assert got == want
 
 
