@@ -1,14 +1,20 @@
 """A model's integer program as a :class:`hw.core.CoreImage`: the core's tables, weights and step program.
 
-:class:`CoreCompiler` lays out, stage by stage, what the core needs to run
-a part of :func:`model.intvit.forward` with no host: each LayerNorm's gains
-and biases, each quantizer's threshold rows, each residual add's biases,
-each linear layer's weight rows (resident, one after another in the y
-buffer) and pass descriptors (one store, each layer at its ``prog_base``),
-and the SET and GO steps that give every stage its constants. Its methods
-are the stages (:meth:`CoreCompiler.norm`, :meth:`~CoreCompiler.run`,
-:meth:`~CoreCompiler.read_codes`, :meth:`~CoreCompiler.read_add`);
-:func:`mlp_image` writes the MLP half of a block with them.
+:class:`CoreCompiler` lays out what the core needs to run the transformer
+blocks of :func:`model.intvit.forward` with no host: every block's linear
+weights, resident one after another in the y buffer, with the regions for
+K and the Value groups after them; every product's pass descriptors in
+one store; each LayerNorm's gains and biases, each quantizer's threshold
+rows, each residual add's biases and each block's attention levels as
+tables; and the SET and GO steps that give every stage its constants.
+Its methods are the stages of a block (:meth:`CoreCompiler.attention`,
+:meth:`CoreCompiler.mlp`); :func:`blocks_image` writes a whole program.
+
+The buffers' regions, in entries: the x buffer holds a linear layer's
+input at 0, or during attention Q by head at 0 and ``A``'s groups after
+it; the result buffer a linear layer's results at 0, or ``Q K^T``'s at 0
+and every head's ``A V`` after it, head after head, which the proj input
+reads back as rows of all heads.
 """
 
 from __future__ import annotations
@@ -22,19 +28,32 @@ from hw.core import LEVELS, CoreImage, Stage, core_registers
 from hw.descriptor import stored_descriptor
 from hw.multithreshold import threshold_rows
 from hw.packer import KIND_CODES
-from hw.program import LayerImage, compile_layer, y_layout
+from hw.program import DoesNotFit, LayerImage, compile_layer, y_layout
+from hw.softmax import level_words
 from hw.steps import END_STEP, go_step, set_steps
 from model import golden
-from model.golden import Operand, PlaneKind
-from model.intvit import RESIDUAL_BITS, IntegerProgram
-from model.layers import EngineLinear
+from model.golden import Encoding, Operand, PlaneKind
+from model.intvit import RESIDUAL_BITS, IntegerProgram, level_counts
+from model.layers import EngineLinear, EngineMatmul
 
 #: Far past any accumulator: a padding level that is never reached.
 NEVER = 1 << 40
 
 
+def _kind(encoding: Encoding) -> int:
+    """The Packer's kind number of a single-plane encoding."""
+    if encoding.name not in ("bipolar", "unipolar", "ternary"):
+        raise ValueError(f"the core packs single-plane codes (bipolar, unipolar, ternary); got {encoding.name}")
+    return KIND_CODES[PlaneKind(encoding.name)]
+
+
+def _shapes(encodings: list[Encoding], rows: int, n: int, word_bits: int) -> list[Operand]:
+    """Operands of ``rows x n`` of each encoding (their values do not matter: a layer's layout only)."""
+    return [Operand.from_values(np.full((rows, n), e.value_range[0]), e, word_bits) for e in encodings]
+
+
 class CoreCompiler:
-    """Accumulates the core's tables and steps for a part of a model's integer program, from residual ``R``."""
+    """The core's tables and steps for a model's integer program, from residual ``R`` (tokens, dim)."""
 
     def __init__(self, config: AccelConfig, prog: IntegerProgram, residual: np.ndarray) -> None:
         arch = prog.model.architecture
@@ -44,17 +63,45 @@ class CoreCompiler:
         residual = np.asarray(residual)
         if residual.shape != (arch.tokens, arch.dim):
             raise ValueError(f"residual must be (tokens, dim) = {(arch.tokens, arch.dim)}, got {residual.shape}")
-        self.config, self.prog = config, prog
-        self.tokens, self.dim = arch.tokens, arch.dim
+        if arch.head_dim % config.lanes:
+            raise ValueError(f"the core gathers the heads' A V results by whole blocks: head_dim {arch.head_dim} "
+                             f"must be a multiple of the configuration's {config.lanes} lanes")
+        self.config, self.prog, self.arch = config, prog, arch
+        wb, lanes, t = config.word_bits, config.lanes, arch.tokens
         self.residual = tuple(int(v) for v in residual.ravel())
         self.norms: list[tuple[int, int]] = []
         self.thresholds: list[dict] = []
         self.biases: list[int] = []
+        self.levels: list[int] = []
         self.y_rows: list[tuple[int, ...]] = []
         self.descriptors: list[int] = []
-        self.channels = self.dim
+        self.channels = max(arch.dim, t)
         self.plan: list[dict | tuple[str, dict]] = []  # SET values (encoded once the registers are known) and GOs
         self.layers: dict[str, tuple[LayerImage, int]] = {}
+        self.quantizers: dict[str, int] = {}
+        # the words and blocks of the attention operands
+        self.wq, self.wt = golden.words_for(arch.head_dim, wb), golden.words_for(t, wb)
+        self.bt, self.bh = -(-t // lanes), arch.head_dim // lanes
+        self.counts: tuple[int, ...] = ()
+        self.score_bits = 2
+        # every block's weights first, then the K and Value regions of the y buffer
+        for i in range(arch.depth):
+            for name in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"):
+                self._linear(f"blocks.{i}.{name}")
+        self.k_base = len(self.y_rows)
+        self.v_bases: list[int] = []
+        for i in range(arch.depth):
+            self._products(f"blocks.{i}")
+        self._check_fits("y", len(self.y_rows), config.y_depth, "y bank rows")
+        self.a_base = arch.heads * t * self.wq  # A's groups after Q in the x buffer
+        self.av_base = t * self.bt              # the heads' A V after Q K^T in the result buffer
+        self._check_fits("x", self.a_base + len(self.counts) * t * self.wt, config.x_depth, "x entries")
+        self._check_fits("result", self.av_base + arch.heads * t * self.bh, config.result_depth, "result entries")
+
+    @staticmethod
+    def _check_fits(what: str, used: int, depth: int, unit: str) -> None:
+        if used > depth:
+            raise DoesNotFit(f"the {what} buffer: the model needs {used} {unit}, the configuration has {depth}")
 
     def _set(self, **values: int) -> None:
         self.plan.append(("set", values))
@@ -62,85 +109,178 @@ class CoreCompiler:
     def _go(self, stage: Stage) -> None:
         self.plan.append(go_step(stage))
 
-    def _quantizer(self, name: str) -> int:
-        """Lays out quantizer ``name``'s threshold rows; returns their base."""
-        hi, lo = self.prog.arrays[f"{name}.hi"], self.prog.arrays[f"{name}.lo"]
-        channels, levels = hi.shape
-        if levels > LEVELS:
-            raise ValueError(f"{name}: {levels} threshold levels; the core's rows hold {LEVELS}")
-        pad = ((0, 0), (0, LEVELS - levels))
-        hi, lo = np.pad(hi, pad, constant_values=NEVER), np.pad(lo, pad, constant_values=-NEVER)
-        base = len(self.thresholds)
-        self.thresholds += threshold_rows(hi, lo, self.config.acc_bits)
-        self.channels = max(self.channels, channels)
-        return base
+    def _add_layer(self, name: str, image: LayerImage) -> None:
+        self._check_fits(f"{name} descriptors", image.passes, self.config.prog_depth, "passes")
+        self.layers[name] = (image, len(self.descriptors))
+        self.descriptors += [stored_descriptor(self.config, words) for words in image.descriptors]
+        self.channels = max(self.channels, image.rows_y)
 
-    def _layer(self, name: str) -> tuple[LayerImage, int]:
-        """Linear layer ``name``'s weights placed in the y buffer and descriptors in the store, once."""
-        if name not in self.layers:
-            c = self.config
-            layer = self.prog.model.layers[name]
-            if not isinstance(layer, EngineLinear):
-                raise ValueError(f"{name}: the core runs binary linear layers; this one is {type(layer).__name__}")
-            x_enc, _, coefs = self.prog.engine_layer(name)
-            weights = [Operand.from_values(w.operand.to_values(), w.operand.encoding, c.word_bits) for w in layer.weights]
-            rows, firsts = y_layout(c, weights)
-            bases = [len(self.y_rows) + first for first in firsts]
-            self.y_rows += rows
-            n = weights[0].n
-            shapes = [Operand.from_values(np.full((self.tokens, n), e.value_range[0]), e, c.word_bits) for e in x_enc]
-            if sum(len(g.planes) for g in shapes) != 1:
-                raise ValueError(f"{name}: the core packs single-plane inputs; this layer's is {x_enc}")
-            image = compile_layer(c, shapes, weights, coefs, y_bases=bases)
-            self.layers[name] = (image, len(self.descriptors))
-            self.descriptors += [stored_descriptor(c, words) for words in image.descriptors]
-            self.channels = max(self.channels, image.rows_y)
-        return self.layers[name]
+    def _linear(self, name: str) -> None:
+        """Binary linear layer ``name``: its weights in the y buffer, its descriptors in the store."""
+        c = self.config
+        layer = self.prog.model.layers[name]
+        if not isinstance(layer, EngineLinear):
+            raise ValueError(f"{name}: the core runs binary linear layers; this one is {type(layer).__name__}")
+        x_enc, _, coefs = self.prog.engine_layer(name)
+        if len(x_enc) != 1:
+            raise ValueError(f"{name}: the core packs single-plane inputs; this layer's is {x_enc}")
+        _kind(x_enc[0])
+        weights = [Operand.from_values(w.operand.to_values(), w.operand.encoding, c.word_bits) for w in layer.weights]
+        rows, firsts = y_layout(c, weights)
+        bases = [len(self.y_rows) + first for first in firsts]
+        self.y_rows += rows
+        self._add_layer(name, compile_layer(c, _shapes(x_enc, self.arch.tokens, weights[0].n, c.word_bits), weights,
+                                            coefs, y_bases=bases))
 
-    def _pack_into(self, quantizer: str, layer: str) -> dict:
-        """The registers that quantize into ``layer``'s x entries through ``quantizer``."""
-        image, _ = self._layer(layer)
+    def _products(self, pre: str) -> None:
+        """Block ``pre``'s ``Q K^T`` and ``A V``: descriptors for one head, run at each head's offsets."""
+        c, arch, t, hd = self.config, self.arch, self.arch.tokens, self.arch.head_dim
+        qk, av = self.prog.model.layers[f"{pre}.attn.qk"], self.prog.model.layers[f"{pre}.attn.av"]
+        assert isinstance(qk, EngineMatmul) and isinstance(av, EngineMatmul)
+        x_enc, y_enc, coefs = self.prog.engine_layer(f"{pre}.attn.qk")
+        if len(x_enc) != 1 or len(y_enc) != 1:
+            raise ValueError(f"{pre}.attn.qk: the core packs single-plane Q and K; got {x_enc} and {y_enc}")
+        for e in x_enc + y_enc:
+            _kind(e)
+        self._add_layer(f"{pre}.attn.qk", compile_layer(c, _shapes(x_enc, t, hd, c.word_bits),
+                                                        _shapes(y_enc, t, hd, c.word_bits), coefs, y_bases=[0]))
+        counts = tuple(level_counts(av))
+        if any(n != 1 for n in counts) or (self.counts and counts != self.counts):
+            raise ValueError(f"{pre}.attn.av: the core packs one unipolar plane per attention level group, the same "
+                             f"groups in every block; got level counts {counts}")
+        self.counts = counts
+        x_enc, y_enc, coefs = self.prog.engine_layer(f"{pre}.attn.av")
+        v_rows = arch.dim // c.lanes * self.wt  # a Value group's y rows, every head's
+        if not self.v_bases:
+            self.v_bases = [self.k_base + arch.heads * self.bt * self.wq + g * v_rows for g in range(len(y_enc))]
+            self.y_rows += [tuple([0] * c.lanes)] * (self.v_bases[-1] + v_rows - self.k_base)
+        if len(y_enc) != len(self.v_bases):
+            raise ValueError(f"{pre}.attn.av: {len(y_enc)} Value groups; an earlier block has {len(self.v_bases)}")
+        for e in y_enc:
+            _kind(e)
+        self._add_layer(f"{pre}.attn.av", compile_layer(c, _shapes(x_enc, t, t, c.word_bits),
+                                                        _shapes(y_enc, hd, t, c.word_bits), coefs,
+                                                        y_bases=self.v_bases))
+        # the scores' width: the requantized Q K^T accumulator's bound
+        p = self.prog.params
+        bound = ((1 << qk.accumulator_bits(hd)) * p[f"{pre}.attn.scores.multiplier"] >> p[f"{pre}.attn.scores.shift"]) + 1
+        self.score_bits = max(self.score_bits, bound.bit_length() + 1)
+
+    def _quantizer(self, name: str) -> dict:
+        """The registers of quantizer ``name``: its threshold rows (laid out once) and code base."""
+        if name not in self.quantizers:
+            hi, lo = self.prog.arrays[f"{name}.hi"], self.prog.arrays[f"{name}.lo"]
+            levels = hi.shape[1]
+            if levels > LEVELS:
+                raise ValueError(f"{name}: {levels} threshold levels; the core's rows hold {LEVELS}")
+            pad = ((0, 0), (0, LEVELS - levels))
+            hi, lo = np.pad(hi, pad, constant_values=NEVER), np.pad(lo, pad, constant_values=-NEVER)
+            self.quantizers[name] = len(self.thresholds)
+            self.thresholds += threshold_rows(hi, lo, self.config.acc_bits)
+        return {"thresh_base": self.quantizers[name], "code_base": self.prog.params[f"{name}.base"]}
+
+    def _rows_into(self, quantizer: str, layer: str) -> dict:
+        """The registers that quantize rows of all channels into linear layer ``layer``'s x entries at 0."""
+        image, _ = self.layers[layer]
         (encoding,) = self.prog.engine_layer(layer)[0]
         n = self.prog.arrays[f"{quantizer}.hi"].shape[0]
         if golden.words_for(n, self.config.word_bits) != image.words:
             raise ValueError(f"{quantizer}: {n} channels, but {layer} takes {image.words} words a row")
-        return {"thresh_base": self._quantizer(quantizer), "code_base": self.prog.params[f"{quantizer}.base"],
-                "pack_n": n, "kind": KIND_CODES[PlaneKind(encoding.name)], "x_base": 0,
-                "entries": self.tokens * golden.words_for(n, self.config.word_bits)}
+        return {**self._quantizer(quantizer), "pack_n": n, "kind": _kind(encoding), "write_base": 0,
+                "write_words": image.words, "write_heads": 1, "write_row_stride": image.words,
+                "entries": self.arch.tokens * image.words}
 
-    def norm(self, name: str, quantizer: str, layer: str) -> None:
-        """LayerNorm ``name`` of R, quantized by ``quantizer`` into linear layer ``layer``'s x entries."""
-        base = len(self.norms)
-        gain, bias = self.prog.arrays[f"{name}.gain"], self.prog.arrays[f"{name}.bias"]
-        self.norms += [(int(g), int(b)) for g, b in zip(gain, bias)]
-        self._set(eps=self.prog.params[f"{name}.eps"], norm_base=base, **self._pack_into(quantizer, layer))
-        self._go(Stage.NORM)
+    def _read(self, rows: int, blocks: int, channels: int, first: int = 0, stride: int | None = None, heads: int = 1,
+              head_stride: int = 0) -> dict:
+        return {"read_rows": rows, "read_blocks": blocks, "read_first": first,
+                "read_stride": blocks if stride is None else stride, "read_heads": heads,
+                "read_head_stride": head_stride, "channels": channels}
 
-    def run(self, layer: str) -> None:
-        """The engine's run of linear layer ``layer`` on the x entries."""
-        image, prog_base = self._layer(layer)
+    def _run(self, layer: str, x_offset: int = 0, y_offset: int = 0, result_offset: int = 0) -> None:
+        image, prog_base = self.layers[layer]
         self._set(rows=image.rows_x, blocks=image.blocks, words=image.words, passes=image.passes,
-                  offset=image.offset, prog_base=prog_base)
+                  offset=image.offset, prog_base=prog_base, x_offset=x_offset, y_offset=y_offset,
+                  result_offset=result_offset)
         self._go(Stage.RUN)
 
-    def read_codes(self, quantizer: str, layer: str) -> None:
-        """The last run's results, quantized by ``quantizer`` into linear layer ``layer``'s x entries."""
-        values = self._pack_into(quantizer, layer)
-        self._set(channels=values["pack_n"], **values)
-        self._go(Stage.READ_CODES)
+    def _norm(self, name: str, quantizer: str, layer: str) -> None:
+        """LayerNorm ``name`` of R, quantized by ``quantizer`` into linear layer ``layer``'s x entries."""
+        base = len(self.norms)
+        a = self.prog.arrays
+        self.norms += [(int(g), int(b)) for g, b in zip(a[f"{name}.gain"], a[f"{name}.bias"])]
+        self._set(eps=self.prog.params[f"{name}.eps"], norm_base=base, **self._rows_into(quantizer, layer))
+        self._go(Stage.NORM)
 
-    def read_add(self, name: str, channels: int) -> None:
-        """The last run's ``channels`` results requantized by ``name`` (its multiplier, shift and bias) into R."""
-        p = self.prog.params
+    def _read_add(self, name: str, layer: str) -> None:
+        """Linear layer ``layer``'s results requantized by ``name`` (its multiplier, shift and bias) into R."""
+        p, image = self.prog.params, self.layers[layer][0]
         base = len(self.biases)
         self.biases += [int(b) for b in self.prog.arrays[f"{name}.bias"]]
-        self._set(channels=channels, multiplier=p[f"{name}.multiplier"], shift=p[f"{name}.shift"], bias_base=base)
+        self._set(multiplier=p[f"{name}.multiplier"], shift=p[f"{name}.shift"], bias_base=base,
+                  **self._read(image.rows_x, image.blocks, image.rows_y))
         self._go(Stage.READ_ADD)
+
+    def attention(self, block: int) -> None:
+        """Block ``block``'s attention: norm1, qkv, K by head and the Value groups into the y buffer, Q by head,
+        then per head ``Q K^T``, the softmax levels and ``A V``, then proj on every head's result and the add."""
+        arch, t, d, heads = self.arch, self.arch.tokens, self.arch.dim, self.arch.heads
+        lanes, pre = self.config.lanes, f"blocks.{block}"
+        p = self.prog.params
+        self._norm(f"{pre}.norm1", f"{pre}.attn.qkv.in", f"{pre}.attn.qkv")
+        self._run(f"{pre}.attn.qkv")
+        qkv_blocks, window = self.layers[f"{pre}.attn.qkv"][0].blocks, d // lanes
+        qk_x, qk_y, _ = self.prog.engine_layer(f"{pre}.attn.qk")
+        k_stride = self.bt * self.wq  # a head's K rows
+        self._set(**self._quantizer(f"{pre}.attn.k"), pack_n=arch.head_dim, kind=_kind(qk_y[0]), write_base=self.k_base,
+                  write_words=self.wq, write_heads=heads, write_head_stride=k_stride, entries=t * heads * self.wq,
+                  **self._read(t, window, d, first=window, stride=qkv_blocks))
+        self._go(Stage.READ_K)
+        _, v_enc, _ = self.prog.engine_layer(f"{pre}.attn.av")
+        for g, encoding in enumerate(v_enc):
+            self._set(**self._quantizer(f"{pre}.attn.v{g}"), kind=_kind(encoding), write_base=self.v_bases[g],
+                      write_words=self.wt, write_heads=1, entries=d * self.wt,
+                      **self._read(t, window, d, first=2 * window, stride=qkv_blocks))
+            self._go(Stage.READ_V)
+        self._set(**self._quantizer(f"{pre}.attn.q"), pack_n=arch.head_dim, kind=_kind(qk_x[0]), write_base=0,
+                  write_words=self.wq, write_heads=heads, write_head_stride=t * self.wq, write_row_stride=self.wq,
+                  entries=t * heads * self.wq, **self._read(t, window, d, stride=qkv_blocks))
+        self._go(Stage.READ_CODES)
+        words, per_row = level_words(self.prog.arrays[f"{pre}.attn.levels"])
+        level_base = len(self.levels)
+        self.levels += words
+        for h in range(heads):
+            self._run(f"{pre}.attn.qk", x_offset=h * t * self.wq, y_offset=self.k_base + h * k_stride)
+            self._set(multiplier=p[f"{pre}.attn.scores.multiplier"], shift=p[f"{pre}.attn.scores.shift"],
+                      level_base=level_base + h * t * per_row, write_base=self.a_base, write_head_stride=t * self.wt,
+                      entries=len(self.counts) * t * self.wt, **self._read(t, self.bt, t))
+            self._go(Stage.SCORES)
+            self._run(f"{pre}.attn.av", x_offset=self.a_base, y_offset=h * self.bh * self.wt,
+                      result_offset=self.av_base + h * t * self.bh)
+        self._set(**self._rows_into(f"{pre}.attn.proj.in", f"{pre}.attn.proj"),
+                  **self._read(t, self.bh, d, first=self.av_base, stride=self.bh, heads=heads, head_stride=t * self.bh))
+        self._go(Stage.READ_CODES)
+        self._run(f"{pre}.attn.proj")
+        self._read_add(f"{pre}.attn.proj.out", f"{pre}.attn.proj")
+
+    def mlp(self, block: int) -> None:
+        """Block ``block``'s MLP: norm2, fc1, the GELU fold into fc2's input, fc2 and the residual add."""
+        pre = f"blocks.{block}"
+        self._norm(f"{pre}.norm2", f"{pre}.mlp.fc1.in", f"{pre}.mlp.fc1")
+        self._run(f"{pre}.mlp.fc1")
+        fc1 = self.layers[f"{pre}.mlp.fc1"][0]
+        self._set(**self._rows_into(f"{pre}.mlp.fc2.in", f"{pre}.mlp.fc2"),
+                  **self._read(fc1.rows_x, fc1.blocks, fc1.rows_y))
+        self._go(Stage.READ_CODES)
+        self._run(f"{pre}.mlp.fc2")
+        self._read_add(f"{pre}.mlp.fc2.out", f"{pre}.mlp.fc2")
 
     def image(self) -> CoreImage:
         """The core's memories and program for the stages so far, ending with END."""
-        image = CoreImage(self.dim, self.tokens, self.channels, self.residual, tuple(self.norms),
-                          tuple(self.thresholds), tuple(self.biases), tuple(self.y_rows), tuple(self.descriptors), ())
+        a = self.arch
+        image = CoreImage(a.dim, a.heads, a.tokens, self.channels, self.counts, self.score_bits, self.residual,
+                          tuple(self.norms), tuple(self.thresholds), tuple(self.biases), tuple(self.levels),
+                          tuple(int(e) for e in self.prog.arrays["exp_table"]), tuple(self.y_rows),
+                          tuple(self.descriptors), ())
         registers = core_registers(self.config, image)
         steps = []
         for item in self.plan:
@@ -148,14 +288,14 @@ class CoreCompiler:
         return replace(image, steps=tuple(steps + [END_STEP]))
 
 
-def mlp_image(config: AccelConfig, prog: IntegerProgram, block: int, residual: np.ndarray) -> CoreImage:
-    """The MLP half of block ``block`` from residual ``R`` (tokens, dim): norm2, fc1, the GELU fold, fc2 and the
-    residual add; the core leaves ``R`` as :func:`model.intvit.forward`'s ``blocks.<block>.mlp.residual``."""
-    pre = f"blocks.{block}"
+def blocks_image(config: AccelConfig, prog: IntegerProgram, residual: np.ndarray,
+                 stages: list[tuple[int, str]] | None = None) -> CoreImage:
+    """The core's image that runs ``stages`` (``(block, "attention" or "mlp")``, default every block's both) from
+    residual ``R`` (tokens, dim); the core leaves ``R`` as :func:`model.intvit.forward` has it after the last."""
     core = CoreCompiler(config, prog, residual)
-    core.norm(f"{pre}.norm2", f"{pre}.mlp.fc1.in", f"{pre}.mlp.fc1")
-    core.run(f"{pre}.mlp.fc1")
-    core.read_codes(f"{pre}.mlp.fc2.in", f"{pre}.mlp.fc2")
-    core.run(f"{pre}.mlp.fc2")
-    core.read_add(f"{pre}.mlp.fc2.out", prog.model.architecture.dim)
+    depth = prog.model.architecture.depth
+    for block, half in stages if stages is not None else [(i, h) for i in range(depth) for h in ("attention", "mlp")]:
+        if half not in ("attention", "mlp") or not 0 <= block < depth:
+            raise ValueError(f"a stage is (block 0..{depth - 1}, 'attention' or 'mlp'); got {(block, half)!r}")
+        getattr(core, half)(block)
     return core.image()

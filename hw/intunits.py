@@ -38,7 +38,7 @@ import numpy as np
 
 from hw.config import DEFAULT
 from hw.core import Stage, core_registers
-from hw.core_program import mlp_image
+from hw.core_program import blocks_image
 from hw.layernorm import LayerNorm
 from hw.multithreshold import MultiThreshold, PipelinedMultiThreshold
 from hw.packer import Packer
@@ -61,11 +61,11 @@ ACC_BITS = 24
 
 def digits_core_registers() -> object:
     """The whole-model core's registers (:func:`hw.core.core_registers`) for a block of the digits model's shape,
-    on the default preset with room for fc1 and fc2 (a random integer program: only the shapes matter)."""
+    on the default preset with room for its weights and qkv's results (a random integer program: only the shapes matter)."""
     arch = Architecture(image_size=8, in_channels=1, patch_size=2, dim=DIGITS["dim"], depth=1, heads=DIGITS["heads"],
                         mlp_hidden=DIGITS["hidden"], num_classes=DIGITS["classes"])
-    config = replace(DEFAULT, x_depth=192, y_depth=256, result_depth=1024)
-    image = mlp_image(config, intvit.program(random_integer_model(arch)), 0, np.zeros((arch.tokens, arch.dim), np.int64))
+    config = replace(DEFAULT, x_depth=192, y_depth=1024, result_depth=1024)
+    image = blocks_image(config, intvit.program(random_integer_model(arch)), np.zeros((arch.tokens, arch.dim), np.int64))
     return core_registers(config, image)
 
 

@@ -116,31 +116,33 @@ class EntryWriter(wiring.Component):
     ports' initial values) every head's operand is ``rows`` contiguous rows
     (one head: plain row order); the whole-model core sets the ports per
     layer (e.g. one head's part of rows of all heads: ``row_stride`` the
-    whole row's words). ``start`` (a cycle) restarts at ``base``;
-    ``written`` counts the entries since. Always ready: one entry a cycle.
+    whole row's words; the ports are as wide as the addresses, up to 64
+    heads). ``start`` (a cycle) restarts at ``base``; ``written`` counts the
+    entries since. Always ready: one entry a cycle.
     """
 
     def __init__(self, entry_bits: int, addr_bits: int, rows: int, words: int, heads: int = 1) -> None:
         self.entry_bits = _check_int(entry_bits, "entry_bits", 2, 128)
         self.addr_bits = _check_int(addr_bits, "addr_bits", 1, 24)
         self.rows = _check_int(rows, "rows", 1, 1 << 16)
-        self.max_words = _check_int(words, "words", 1, 1 << 16)
-        self.max_heads = _check_int(heads, "heads", 1, 64)
+        _check_int(words, "words", 1, 1 << 16)
+        _check_int(heads, "heads", 1, 64)
         if heads * rows * words > 1 << addr_bits:
             raise ValueError(f"addr_bits {addr_bits} cannot address {heads} x {rows} x {words} entries")
+        space = 1 << addr_bits
         super().__init__({
             "i": In(stream.Signature(unsigned(entry_bits))),
             "start": In(1), "base": In(addr_bits),
-            "words": In(range(1, words + 1), init=words), "heads": In(range(1, heads + 1), init=heads),
+            "words": In(range(1, space + 1), init=words), "heads": In(range(1, 65), init=heads),
             "head_stride": In(addr_bits + 1, init=rows * words), "row_stride": In(addr_bits + 1, init=words),
-            "written": Out(range(heads * rows * words + 1)),
+            "written": Out(range(space + 1)),
             "write": In(WritePort.Signature(addr_width=addr_bits, shape=data.ArrayLayout(entry_bits, 1))),
         })
 
     def elaborate(self, platform: object) -> Module:
         m = Module()
-        word = Signal(range(self.max_words), reset_less=True)
-        head = Signal(range(self.max_heads), reset_less=True)
+        word = Signal(range(1 << self.addr_bits), reset_less=True)
+        head = Signal(range(64), reset_less=True)
         head_offset = Signal(self.addr_bits, reset_less=True)  # h * head_stride
         row_offset = Signal(self.addr_bits, reset_less=True)   # t * row_stride
         m.d.comb += [self.i.ready.eq(1), self.write.addr.eq(self.base + head_offset + row_offset + word),

@@ -10,12 +10,12 @@ from amaranth.sim import Simulator
 
 from hw.config import DEFAULT
 from hw.core import ModelCore
-from hw.core_program import mlp_image
+from hw.core_program import blocks_image
 from model import intvit
 from model.random_model import TINY, random_integer_model
 
-#: The default preset with a result buffer for fc1's 18 rows x 16 blocks.
-CONFIG = replace(DEFAULT, result_depth=512)
+#: The default preset with room for the TINY model's two blocks of weights and qkv's 18 rows x 24 blocks of results.
+CONFIG = replace(DEFAULT, x_depth=192, y_depth=512, result_depth=512)
 
 
 def trace_of(seed: int) -> tuple[intvit.IntegerProgram, dict]:
@@ -58,6 +58,26 @@ def test_the_mlp_half_of_a_block_runs_on_chip(block):
     pre = f"blocks.{block}"
     start, want = values[f"{pre}.attn.residual"][0], values[f"{pre}.mlp.residual"][0]
     assert not np.array_equal(start, want)
-    core = ModelCore(CONFIG, mlp_image(CONFIG, prog, block, start), divider="reciprocal")
+    core = ModelCore(CONFIG, blocks_image(CONFIG, prog, start, [(block, "mlp")]), divider="reciprocal")
+    got, cycles = run_core(core)
+    assert got == [int(v) for v in want.ravel()]
+
+
+def test_the_attention_half_of_a_block_runs_on_chip():
+    """norm1, qkv, K by head and the three Value groups into the y buffer, Q by head, per head Q K^T, the
+    softmax levels and A V, proj over every head's result and the residual add: R ends as the trace's."""
+    prog, values = trace_of(5)
+    start, want = values["embed"][0], values["blocks.0.attn.residual"][0]
+    core = ModelCore(CONFIG, blocks_image(CONFIG, prog, start, [(0, "attention")]), divider="reciprocal")
+    got, cycles = run_core(core)
+    assert got == [int(v) for v in want.ravel()]
+
+
+def test_every_block_runs_on_chip_one_program():
+    """Both blocks of the random TINY program, attention and MLP each, from the embedded tokens: one program,
+    the weights of both blocks resident; R ends as the trace's residual after the last block."""
+    prog, values = trace_of(7)
+    start, want = values["embed"][0], values["blocks.1.mlp.residual"][0]
+    core = ModelCore(CONFIG, blocks_image(CONFIG, prog, start), divider="reciprocal")
     got, cycles = run_core(core)
     assert got == [int(v) for v in want.ravel()]
