@@ -18,10 +18,8 @@ from host.backend import Backend, OperandStack
 from host import intkernels
 from model import intops, intvit
 from model.golden import Encoding, Operand
+from model.intvit import INT8
 from model.layers import EngineLinear
-
-#: the encoding of the 8-bit weights of the patch embedding and the heads
-INT8 = Encoding("int", 8)
 
 
 class BackendEngine:

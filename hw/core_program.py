@@ -24,7 +24,7 @@ from dataclasses import replace
 import numpy as np
 
 from hw.config import AccelConfig
-from hw.core import LEVELS, CoreImage, Stage, core_registers
+from hw.core import BIAS_BITS, LEVELS, VALUE_BITS, CoreImage, Stage, core_registers
 from hw.descriptor import stored_descriptor
 from hw.multithreshold import threshold_rows
 from hw.packer import KIND_CODES
@@ -33,7 +33,7 @@ from hw.softmax import level_words
 from hw.steps import END_STEP, go_step, set_steps
 from model import golden
 from model.golden import Encoding, Operand, PlaneKind
-from model.intvit import RESIDUAL_BITS, IntegerProgram, level_counts
+from model.intvit import INT8, RESIDUAL_BITS, IntegerProgram, level_counts
 from model.layers import EngineLinear, EngineMatmul
 
 #: Far past any accumulator: a padding level that is never reached.
@@ -55,13 +55,16 @@ def _shapes(encodings: list[Encoding], rows: int, n: int, word_bits: int) -> lis
 class CoreCompiler:
     """The core's tables and steps for a model's integer program, from residual ``R`` (tokens, dim)."""
 
-    def __init__(self, config: AccelConfig, prog: IntegerProgram, residual: np.ndarray) -> None:
+    def __init__(self, config: AccelConfig, prog: IntegerProgram, residual: np.ndarray | None = None) -> None:
         arch = prog.model.architecture
         if prog.params["residual_bits"] != RESIDUAL_BITS:
             raise ValueError(f"the core keeps a {RESIDUAL_BITS}-bit residual stream; this program's is "
                              f"{prog.params['residual_bits']} bits")
-        residual = np.asarray(residual)
-        if residual.shape != (arch.tokens, arch.dim):
+        if arch.in_channels != 1:
+            raise ValueError(f"the core's patch embedding adds one channel's product; this model has "
+                             f"{arch.in_channels} input channels")
+        residual = np.zeros((0,), np.int64) if residual is None else np.asarray(residual)
+        if residual.size and residual.shape != (arch.tokens, arch.dim):
             raise ValueError(f"residual must be (tokens, dim) = {(arch.tokens, arch.dim)}, got {residual.shape}")
         if arch.head_dim % config.lanes:
             raise ValueError(f"the core gathers the heads' A V results by whole blocks: head_dim {arch.head_dim} "
@@ -75,7 +78,9 @@ class CoreCompiler:
         self.levels: list[int] = []
         self.y_rows: list[tuple[int, ...]] = []
         self.descriptors: list[int] = []
-        self.channels = max(arch.dim, t)
+        self.channels = max(arch.dim, t, arch.num_classes)
+        self.norm_bases: dict[str, int] = {}
+        self.values = max(arch.num_patches * arch.patch_size**2, arch.dim)
         self.plan: list[dict | tuple[str, dict]] = []  # SET values (encoded once the registers are known) and GOs
         self.layers: dict[str, tuple[LayerImage, int]] = {}
         self.quantizers: dict[str, int] = {}
@@ -84,10 +89,13 @@ class CoreCompiler:
         self.bt, self.bh = -(-t // lanes), arch.head_dim // lanes
         self.counts: tuple[int, ...] = ()
         self.score_bits = 2
-        # every block's weights first, then the K and Value regions of the y buffer
+        # every layer's weights first, then the K and Value regions of the y buffer
+        self._int8("patch_embed.c0", arch.num_patches)
         for i in range(arch.depth):
             for name in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"):
                 self._linear(f"blocks.{i}.{name}")
+        for name in prog.head_names:
+            self._int8(name, 1)
         self.k_base = len(self.y_rows)
         self.v_bases: list[int] = []
         for i in range(arch.depth):
@@ -115,6 +123,23 @@ class CoreCompiler:
         self.descriptors += [stored_descriptor(self.config, words) for words in image.descriptors]
         self.channels = max(self.channels, image.rows_y)
 
+    def _place(self, name: str, x_enc: list[Encoding], weights: list[Operand], coefs: np.ndarray, rows: int) -> None:
+        """Layer ``name``'s weights into the y buffer, after the layers before; its descriptors into the store."""
+        c = self.config
+        y_rows, firsts = y_layout(c, weights)
+        bases = [len(self.y_rows) + first for first in firsts]
+        self.y_rows += y_rows
+        self._add_layer(name, compile_layer(c, _shapes(x_enc, rows, weights[0].n, c.word_bits), weights, coefs,
+                                            y_bases=bases))
+
+    def _int8(self, name: str, rows: int) -> None:
+        """The 8-bit patch embedding or a head: multi-bit inputs (``uint`` pixels, an ``int16`` LayerNorm) on
+        ``rows`` rows, as their bit-planes."""
+        x_enc, (codes,), coefs = self.prog.engine_layer(name)
+        if len(x_enc) != 1 or x_enc[0].name not in ("int", "uint") or x_enc[0].bits > VALUE_BITS:
+            raise ValueError(f"{name}: the core packs an int or uint input of up to {VALUE_BITS} bits; got {x_enc}")
+        self._place(name, x_enc, [Operand.from_values(codes, INT8, self.config.word_bits)], coefs, rows)
+
     def _linear(self, name: str) -> None:
         """Binary linear layer ``name``: its weights in the y buffer, its descriptors in the store."""
         c = self.config
@@ -126,11 +151,7 @@ class CoreCompiler:
             raise ValueError(f"{name}: the core packs single-plane inputs; this layer's is {x_enc}")
         _kind(x_enc[0])
         weights = [Operand.from_values(w.operand.to_values(), w.operand.encoding, c.word_bits) for w in layer.weights]
-        rows, firsts = y_layout(c, weights)
-        bases = [len(self.y_rows) + first for first in firsts]
-        self.y_rows += rows
-        self._add_layer(name, compile_layer(c, _shapes(x_enc, self.arch.tokens, weights[0].n, c.word_bits), weights,
-                                            coefs, y_bases=bases))
+        self._place(name, x_enc, weights, coefs, self.arch.tokens)
 
     def _products(self, pre: str) -> None:
         """Block ``pre``'s ``Q K^T`` and ``A V``: descriptors for one head, run at each head's offsets."""
@@ -203,22 +224,67 @@ class CoreCompiler:
                   result_offset=result_offset)
         self._go(Stage.RUN)
 
+    def _norm_registers(self, name: str, first: int, tokens: int) -> dict:
+        """The registers of LayerNorm ``name`` (its table laid out once) on ``tokens`` tokens of R from ``first``."""
+        if name not in self.norm_bases:
+            a = self.prog.arrays
+            self.norm_bases[name] = len(self.norms)
+            self.norms += [(int(g), int(b)) for g, b in zip(a[f"{name}.gain"], a[f"{name}.bias"])]
+        return {"eps": self.prog.params[f"{name}.eps"], "norm_base": self.norm_bases[name],
+                "norm_from": first * self.arch.dim, "norm_tokens": tokens}
+
     def _norm(self, name: str, quantizer: str, layer: str) -> None:
         """LayerNorm ``name`` of R, quantized by ``quantizer`` into linear layer ``layer``'s x entries."""
-        base = len(self.norms)
-        a = self.prog.arrays
-        self.norms += [(int(g), int(b)) for g, b in zip(a[f"{name}.gain"], a[f"{name}.bias"])]
-        self._set(eps=self.prog.params[f"{name}.eps"], norm_base=base, **self._rows_into(quantizer, layer))
+        self._set(**self._norm_registers(name, 0, self.arch.tokens), **self._rows_into(quantizer, layer))
         self._go(Stage.NORM)
 
-    def _read_add(self, name: str, layer: str) -> None:
-        """Linear layer ``layer``'s results requantized by ``name`` (its multiplier, shift and bias) into R."""
+    def _bias_base(self, name: str) -> int:
+        bias = self.prog.arrays[name]
+        if np.abs(bias).max(initial=0) >= 1 << (BIAS_BITS - 1):
+            raise ValueError(f"{name}: a bias beyond the core's {BIAS_BITS} bits")
+        self.biases += [int(b) for b in bias]
+        return len(self.biases) - len(bias)
+
+    def _read_add(self, name: str, layer: str, bias: str | None = None, first: int = 0,
+                  stage: Stage = Stage.READ_ADD, **registers: int) -> None:
+        """Layer ``layer``'s results requantized by ``name`` (its multiplier and shift) plus the ``bias`` array
+        (default ``<name>.bias``) into R from token ``first`` (READ_ADD), or into the logits (LOGITS)."""
         p, image = self.prog.params, self.layers[layer][0]
-        base = len(self.biases)
-        self.biases += [int(b) for b in self.prog.arrays[f"{name}.bias"]]
-        self._set(multiplier=p[f"{name}.multiplier"], shift=p[f"{name}.shift"], bias_base=base,
-                  **self._read(image.rows_x, image.blocks, image.rows_y))
-        self._go(Stage.READ_ADD)
+        self._set(multiplier=p[f"{name}.multiplier"], shift=p[f"{name}.shift"],
+                  bias_base=self._bias_base(bias or f"{name}.bias"), residual_base=first * self.arch.dim,
+                  **self._read(image.rows_x, image.blocks, image.rows_y), **registers)
+        self._go(stage)
+
+    def _bits(self, layer: str, count: int) -> None:
+        """BITS: the values memory's first ``count`` values as linear layer ``layer``'s multi-bit input planes."""
+        image = self.layers[layer][0]
+        (encoding,), (codes,), _ = self.prog.engine_layer(layer)
+        n = codes.shape[1]
+        self._set(planes=encoding.bits, bits_count=count, pack_n=n, kind=KIND_CODES[PlaneKind.UNIPOLAR],
+                  write_base=0, write_words=image.words, write_heads=1, write_row_stride=image.words,
+                  entries=encoding.bits * image.rows_x * image.words)
+        self._go(Stage.BITS)
+
+    def embed(self) -> None:
+        """The patch embedding: R takes the tokens; the pixels' planes, the 8-bit product, requantized and added
+        with the embedding's bias into the patch tokens."""
+        arch = self.arch
+        self._go(Stage.TOKENS)
+        self._bits("patch_embed.c0", arch.num_patches * arch.patch_size**2)
+        self._run("patch_embed.c0")
+        self._read_add("patch_embed.c0", "patch_embed.c0", "patch_embed.bias", arch.tokens - arch.num_patches)
+
+    def heads(self) -> None:
+        """The classifier heads, each on its token's LayerNorm (``norm``) as an int16 input, their requantized
+        products summed with their biases into the logits; then the argmax."""
+        d = self.arch.dim
+        for token, name in enumerate(self.prog.head_names):
+            self._set(**self._norm_registers("norm", token, 1), entries=d)
+            self._go(Stage.NORM_VALUES)
+            self._bits(name, d)
+            self._run(name)
+            self._read_add(name, name, stage=Stage.LOGITS, accumulate=int(token > 0))
+        self._go(Stage.ARGMAX)
 
     def attention(self, block: int) -> None:
         """Block ``block``'s attention: norm1, qkv, K by head and the Value groups into the y buffer, Q by head,
@@ -277,7 +343,8 @@ class CoreCompiler:
     def image(self) -> CoreImage:
         """The core's memories and program for the stages so far, ending with END."""
         a = self.arch
-        image = CoreImage(a.dim, a.heads, a.tokens, self.channels, self.counts, self.score_bits, self.residual,
+        image = CoreImage(a.dim, a.heads, a.tokens, a.num_classes, self.channels, self.counts, self.score_bits,
+                          self.values, self.residual, tuple(int(v) for v in self.prog.arrays["tokens"].ravel()),
                           tuple(self.norms), tuple(self.thresholds), tuple(self.biases), tuple(self.levels),
                           tuple(int(e) for e in self.prog.arrays["exp_table"]), tuple(self.y_rows),
                           tuple(self.descriptors), ())
@@ -298,4 +365,16 @@ def blocks_image(config: AccelConfig, prog: IntegerProgram, residual: np.ndarray
         if half not in ("attention", "mlp") or not 0 <= block < depth:
             raise ValueError(f"a stage is (block 0..{depth - 1}, 'attention' or 'mlp'); got {(block, half)!r}")
         getattr(core, half)(block)
+    return core.image()
+
+
+def model_image(config: AccelConfig, prog: IntegerProgram) -> CoreImage:
+    """The whole model: the patch embedding, every block, the heads and the argmax; the core takes an image's
+    pixels and leaves its class and logits as :func:`model.intvit.forward` computes them."""
+    core = CoreCompiler(config, prog)
+    core.embed()
+    for block in range(prog.model.architecture.depth):
+        core.attention(block)
+        core.mlp(block)
+    core.heads()
     return core.image()

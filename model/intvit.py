@@ -56,6 +56,7 @@ ATTN_FRAC_BITS = 16   #: fraction bits of an attention-level threshold
 CALIBRATION_BITS = 20  #: residual width of the calibration pass that chooses the residual's fraction bits
 CALIBRATION_FRAC = 8
 GELU_ARGMIN = -0.7517915241  #: where GELU turns: decreasing below, increasing above
+INT8 = Encoding("int", 8)  #: the encoding of the 8-bit weights of the patch embedding and the heads
 
 
 class Engine(Protocol):
