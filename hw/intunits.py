@@ -64,7 +64,7 @@ def digits_core_registers() -> object:
     on the default preset with room for its weights and qkv's results (a random integer program: only the shapes matter)."""
     arch = Architecture(image_size=8, in_channels=1, patch_size=2, dim=DIGITS["dim"], depth=1, heads=DIGITS["heads"],
                         mlp_hidden=DIGITS["hidden"], num_classes=DIGITS["classes"])
-    config = replace(DEFAULT, x_depth=192, y_depth=1024, result_depth=1024)
+    config = replace(DEFAULT, x_depth=192, y_depth=1024, result_depth=1024, prog_depth=256)
     image = blocks_image(config, intvit.program(random_integer_model(arch)), np.zeros((arch.tokens, arch.dim), np.int64))
     return core_registers(config, image)
 
