@@ -84,7 +84,7 @@ EPS_BITS = 40
 #: Bits of an exp table entry and of an attention level.
 EXP_BITS, LEVEL_BITS = 16, 17
 #: Bits of a values-memory word: a LayerNorm output (a pixel is narrower).
-VALUE_BITS = NORM_BITS + 1
+VALUE_WORD_BITS = NORM_BITS + 1
 #: Bits of a pixel on the ``pixels`` stream.
 PIXEL_BITS = 8
 
@@ -162,7 +162,7 @@ def core_registers(config: AccelConfig, image: CoreImage) -> data.StructLayout:
         "read_heads": range(1, 65), "read_head_stride": result + 1, "channels": range(image.channels + 1),
         "eps": EPS_BITS, "norm_base": _bits(len(image.norms)), "norm_from": r_addr, "norm_tokens": range(image.tokens + 1),
         "thresh_base": _bits(len(image.thresholds)), "code_base": signed(CODE_BITS),
-        "pack_n": range(image.channels + 1), "kind": 2, "planes": range(VALUE_BITS + 1),
+        "pack_n": range(image.channels + 1), "kind": 2, "planes": range(VALUE_WORD_BITS + 1),
         "bits_count": range(image.values + 1),
         "write_base": write, "write_words": range(c.max_words + 1), "write_heads": range(1, 65),
         "write_head_stride": write + 1, "write_row_stride": write + 1,
@@ -209,7 +209,7 @@ class ModelCore(wiring.Component):
         self.biases = _memory(signed(BIAS_BITS), image.biases)
         self.levels = _memory(LEVEL_BITS, image.levels)
         self.exp_table = _memory(EXP_BITS, image.exp_table)
-        self.values = _memory(signed(VALUE_BITS), [], image.values)
+        self.values = _memory(signed(VALUE_WORD_BITS), [], image.values)
         self.logits = _memory(signed(LOGIT_BITS), [], image.classes)
         self.x = Memory(shape=data.ArrayLayout(c.entry_bits, 1), depth=c.x_depth, init=[])
         self.y = Memory(shape=data.ArrayLayout(c.entry_bits, c.lanes), depth=c.y_depth,
@@ -467,7 +467,7 @@ class ModelCore(wiring.Component):
         image = self.image
         port = self.values.read_port()
         index = Signal(range(image.values), reset_less=True)
-        plane = Signal(range(VALUE_BITS + 1), reset_less=True)
+        plane = Signal(range(VALUE_WORD_BITS + 1), reset_less=True)
         plane_read = Signal.like(plane, reset_less=True)   # the plane of the value on the port
         active, have = Signal(), Signal()                  # values left to read; the port holds one
         out = stream.Signature(signed(CODE_BITS)).create()

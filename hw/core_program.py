@@ -24,7 +24,7 @@ from dataclasses import replace
 import numpy as np
 
 from hw.config import AccelConfig
-from hw.core import BIAS_BITS, LEVELS, VALUE_BITS, CoreImage, Stage, core_registers
+from hw.core import BIAS_BITS, LEVELS, VALUE_WORD_BITS, CoreImage, Stage, core_registers
 from hw.descriptor import stored_descriptor
 from hw.multithreshold import threshold_rows
 from hw.packer import KIND_CODES
@@ -33,7 +33,7 @@ from hw.softmax import level_words
 from hw.steps import END_STEP, go_step, set_steps
 from model import golden
 from model.golden import Encoding, Operand, PlaneKind
-from model.intvit import INT8, RESIDUAL_BITS, IntegerProgram, level_counts
+from model.intvit import INT8, NORM_BITS, RESIDUAL_BITS, IntegerProgram, level_counts
 from model.layers import EngineLinear, EngineMatmul
 
 #: Far past any accumulator: a padding level that is never reached.
@@ -84,6 +84,7 @@ class CoreCompiler:
         self.plan: list[dict | tuple[str, dict]] = []  # SET values (encoded once the registers are known) and GOs
         self.layers: dict[str, tuple[LayerImage, int]] = {}
         self.quantizers: dict[str, int] = {}
+        self.x_encodings: dict[str, Encoding] = {}  # the multi-bit inputs' encodings, as the core packs them
         # the words and blocks of the attention operands
         self.wq, self.wt = golden.words_for(arch.head_dim, wb), golden.words_for(t, wb)
         self.bt, self.bh = -(-t // lanes), arch.head_dim // lanes
@@ -94,13 +95,10 @@ class CoreCompiler:
         for i in range(arch.depth):
             for name in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"):
                 self._linear(f"blocks.{i}.{name}")
-        for name in prog.head_names:
-            self._int8(name, 1)
         self.k_base = len(self.y_rows)
         self.v_bases: list[int] = []
         for i in range(arch.depth):
             self._products(f"blocks.{i}")
-        self._check_fits("y", len(self.y_rows), config.y_depth, "y bank rows")
         self.a_base = arch.heads * t * self.wq  # A's groups after Q in the x buffer
         self.av_base = t * self.bt              # the heads' A V after Q K^T in the result buffer
         self._check_fits("x", self.a_base + len(self.counts) * t * self.wt, config.x_depth, "x entries")
@@ -132,12 +130,15 @@ class CoreCompiler:
         self._add_layer(name, compile_layer(c, _shapes(x_enc, rows, weights[0].n, c.word_bits), weights, coefs,
                                             y_bases=bases))
 
-    def _int8(self, name: str, rows: int) -> None:
-        """The 8-bit patch embedding or a head: multi-bit inputs (``uint`` pixels, an ``int16`` LayerNorm) on
-        ``rows`` rows, as their bit-planes."""
+    def _int8(self, name: str, rows: int, x_bits: int | None = None) -> None:
+        """The 8-bit patch embedding or a head: multi-bit inputs (``uint`` pixels, an ``int`` LayerNorm output,
+        ``x_bits`` wide when given) on ``rows`` rows, as their bit-planes."""
         x_enc, (codes,), coefs = self.prog.engine_layer(name)
-        if len(x_enc) != 1 or x_enc[0].name not in ("int", "uint") or x_enc[0].bits > VALUE_BITS:
-            raise ValueError(f"{name}: the core packs an int or uint input of up to {VALUE_BITS} bits; got {x_enc}")
+        if len(x_enc) != 1 or x_enc[0].name not in ("int", "uint") or x_enc[0].bits > VALUE_WORD_BITS:
+            raise ValueError(f"{name}: the core packs an int or uint input of up to {VALUE_WORD_BITS} bits; got {x_enc}")
+        if x_bits is not None:
+            x_enc = [Encoding(x_enc[0].name, x_bits)]
+        self.x_encodings[name] = x_enc[0]
         self._place(name, x_enc, [Operand.from_values(codes, INT8, self.config.word_bits)], coefs, rows)
 
     def _linear(self, name: str) -> None:
@@ -258,8 +259,8 @@ class CoreCompiler:
     def _bits(self, layer: str, count: int) -> None:
         """BITS: the values memory's first ``count`` values as linear layer ``layer``'s multi-bit input planes."""
         image = self.layers[layer][0]
-        (encoding,), (codes,), _ = self.prog.engine_layer(layer)
-        n = codes.shape[1]
+        _, (codes,), _ = self.prog.engine_layer(layer)
+        n, encoding = codes.shape[1], self.x_encodings[layer]
         self._set(planes=encoding.bits, bits_count=count, pack_n=n, kind=KIND_CODES[PlaneKind.UNIPOLAR],
                   write_base=0, write_words=image.words, write_heads=1, write_row_stride=image.words,
                   entries=encoding.bits * image.rows_x * image.words)
@@ -277,8 +278,12 @@ class CoreCompiler:
     def heads(self) -> None:
         """The classifier heads, each on its token's LayerNorm (``norm``) as an int16 input, their requantized
         products summed with their biases into the logits; then the argmax."""
-        d = self.arch.dim
+        d, a = self.arch.dim, self.prog.arrays
+        # the int16 head input as the planes its values need: |out| <= |gain| + |bias| + 1 (numeric contract)
+        bound = int(np.max(np.abs(a["norm.gain"]) + np.abs(a["norm.bias"]))) + 1
         for token, name in enumerate(self.prog.head_names):
+            if name not in self.layers:
+                self._int8(name, 1, min(NORM_BITS, bound.bit_length() + 1))
             self._set(**self._norm_registers("norm", token, 1), entries=d)
             self._go(Stage.NORM_VALUES)
             self._bits(name, d)
@@ -348,6 +353,7 @@ class CoreCompiler:
                           tuple(self.norms), tuple(self.thresholds), tuple(self.biases), tuple(self.levels),
                           tuple(int(e) for e in self.prog.arrays["exp_table"]), tuple(self.y_rows),
                           tuple(self.descriptors), ())
+        self._check_fits("y", len(self.y_rows), self.config.y_depth, "y bank rows")
         registers = core_registers(self.config, image)
         steps = []
         for item in self.plan:

@@ -61,7 +61,8 @@ ACC_BITS = 24
 
 def digits_core_registers() -> object:
     """The whole-model core's registers (:func:`hw.core.core_registers`) for a block of the digits model's shape,
-    on the default preset with room for its weights and qkv's results (a random integer program: only the shapes matter)."""
+    on the default preset with room for its weights, qkv's results and the heads' passes (a random integer program:
+    only the shapes matter)."""
     arch = Architecture(image_size=8, in_channels=1, patch_size=2, dim=DIGITS["dim"], depth=1, heads=DIGITS["heads"],
                         mlp_hidden=DIGITS["hidden"], num_classes=DIGITS["classes"])
     config = replace(DEFAULT, x_depth=192, y_depth=1024, result_depth=1024, prog_depth=256)
