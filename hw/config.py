@@ -71,6 +71,11 @@ class AccelConfig:
     is taken modulo its register (:func:`hw.engine.run_layout`).  The checks
     cost about 660 iCE40 logic cells: the iCEBreaker's preset pays for them
     with its lanes' ``C`` trees and a 36 MHz clock (docs/boards.md).
+    ``row_words`` caps the longest row (:attr:`max_words`, and so the
+    accumulator's width) below what the buffers could hold: the
+    whole-model core (:mod:`hw.core`) keeps many short rows and every
+    layer's weights in its buffers; 0 (the default) is ``min(x_depth,
+    y_depth)``.
     """
 
     word_bits: int = 16
@@ -86,6 +91,7 @@ class AccelConfig:
     count_c: bool = True
     spram: tuple[str, ...] = ()
     check_requests: bool = True
+    row_words: int = 0
 
     def __post_init__(self) -> None:
         golden.check_word_bits(self.word_bits)
@@ -105,6 +111,7 @@ class AccelConfig:
             raise ValueError(f"spram must name distinct buffers of {BUFFERS}, got {tuple(self.spram)!r}")
         # a list (from JSON, see sim/runner.py) becomes a tuple, so the config stays hashable
         object.__setattr__(self, "spram", tuple(self.spram))
+        _check_int(self.row_words, "row_words", 0, min(self.x_depth, self.y_depth))
         if self.acc_bits + 1 > VALUE_BITS:
             raise ValueError(
                 f"the accumulator needs {self.acc_bits} bits for max_n={self.max_n} and "
@@ -116,8 +123,8 @@ class AccelConfig:
 
     @property
     def max_words(self) -> int:
-        """Most words in one row of a plane: the row must fit both buffers."""
-        return min(self.x_depth, self.y_depth)
+        """Most words in one row of a plane: the row must fit both buffers (and ``row_words``, when set)."""
+        return self.row_words or min(self.x_depth, self.y_depth)
 
     @property
     def max_n(self) -> int:

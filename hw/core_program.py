@@ -101,8 +101,18 @@ class CoreCompiler:
             self._products(f"blocks.{i}")
         self.a_base = arch.heads * t * self.wq  # A's groups after Q in the x buffer
         self.av_base = t * self.bt              # the heads' A V after Q K^T in the result buffer
-        self._check_fits("x", self.a_base + len(self.counts) * t * self.wt, config.x_depth, "x entries")
-        self._check_fits("result", self.av_base + arch.heads * t * self.bh, config.result_depth, "result entries")
+        self.need = {"x_depth": self.a_base + len(self.counts) * t * self.wt,
+                     "result_depth": self.av_base + arch.heads * t * self.bh, "prog_depth": 1}
+        for name, (image, _) in self.layers.items():
+            self._need(image)
+        self._check_fits("x", self.need["x_depth"], config.x_depth, "x entries")
+        self._check_fits("result", self.need["result_depth"], config.result_depth, "result entries")
+
+    def _need(self, image: LayerImage) -> None:
+        """Keeps the buffers' sizes the model needs (:func:`core_config`) up to date with a layer."""
+        for key, used in (("x_depth", len(image.x_entries)), ("result_depth", image.rows_x * image.blocks),
+                          ("prog_depth", image.passes)):
+            self.need[key] = max(self.need[key], used)
 
     @staticmethod
     def _check_fits(what: str, used: int, depth: int, unit: str) -> None:
@@ -120,6 +130,8 @@ class CoreCompiler:
         self.layers[name] = (image, len(self.descriptors))
         self.descriptors += [stored_descriptor(self.config, words) for words in image.descriptors]
         self.channels = max(self.channels, image.rows_y)
+        if hasattr(self, "need"):  # a head, placed after the rest
+            self._need(image)
 
     def _place(self, name: str, x_enc: list[Encoding], weights: list[Operand], coefs: np.ndarray, rows: int) -> None:
         """Layer ``name``'s weights into the y buffer, after the layers before; its descriptors into the store."""
@@ -374,13 +386,29 @@ def blocks_image(config: AccelConfig, prog: IntegerProgram, residual: np.ndarray
     return core.image()
 
 
-def model_image(config: AccelConfig, prog: IntegerProgram) -> CoreImage:
-    """The whole model: the patch embedding, every block, the heads and the argmax; the core takes an image's
-    pixels and leaves its class and logits as :func:`model.intvit.forward` computes them."""
+def _whole_model(config: AccelConfig, prog: IntegerProgram) -> CoreCompiler:
     core = CoreCompiler(config, prog)
     core.embed()
     for block in range(prog.model.architecture.depth):
         core.attention(block)
         core.mlp(block)
     core.heads()
-    return core.image()
+    return core
+
+
+def model_image(config: AccelConfig, prog: IntegerProgram) -> CoreImage:
+    """The whole model: the patch embedding, every block, the heads and the argmax; the core takes an image's
+    pixels and leaves its class and logits as :func:`model.intvit.forward` computes them."""
+    return _whole_model(config, prog).image()
+
+
+def core_config(base: AccelConfig, prog: IntegerProgram) -> AccelConfig:
+    """``base`` with buffers sized (powers of two) for the whole model of ``prog`` on the core: every layer's
+    weights resident in the y buffer, the largest x operand and result, the most passes; its longest row, and so
+    its accumulator, as ``base``'s. Raises :class:`hw.program.DoesNotFit` if ``base``'s accumulator is too narrow."""
+    rows = base.max_words
+    probe = replace(base, x_depth=1 << 16, y_depth=1 << 16, result_depth=1 << 16, prog_depth=1 << 16, row_words=rows)
+    core = _whole_model(probe, prog)
+    sizes = {**core.need, "y_depth": len(core.y_rows)}
+    sizes = {key: 1 << max(1, (value - 1).bit_length()) for key, value in sizes.items()}
+    return replace(base, **sizes, row_words=min(rows, sizes["x_depth"], sizes["y_depth"]))

