@@ -181,7 +181,7 @@ class ModelCore(wiring.Component):
     """The engine and the units around a residual memory, run by the step program of ``image``.
 
     Ports: ``pixels`` (a stream, taken while idle: the next image's values,
-    patch by patch), ``start`` (runs the program from its first step; the
+    patch by patch; with ``pixels_first`` high a pixel is an image's first), ``start`` (runs the program from its first step; the
     next pixels go to the memory's start again), ``busy`` (until its END),
     ``klass`` (the last ARGMAX's index), ``logit_addr`` and ``logit`` (the
     logits memory, read a cycle after the address, while idle). The
@@ -218,7 +218,7 @@ class ModelCore(wiring.Component):
         self.result = Memory(shape=data.ArrayLayout(signed(c.acc_bits), c.lanes), depth=c.result_depth, init=[])
         self.program = _memory(step_layout(self.registers, len(Stage)), image.steps)
         super().__init__({
-            "pixels": In(stream.Signature(unsigned(PIXEL_BITS))),
+            "pixels": In(stream.Signature(unsigned(PIXEL_BITS))), "pixels_first": In(1),
             "start": In(1), "busy": Out(1),
             "klass": Out(_bits(image.classes)),
             "logit_addr": In(_bits(image.classes)), "logit": Out(signed(LOGIT_BITS)),
@@ -500,9 +500,10 @@ class ModelCore(wiring.Component):
             with m.If(norm.o.valid):
                 m.d.sync += written.eq(written + 1)
         with m.Elif(~self.busy):
-            m.d.comb += [write.addr.eq(pixel_addr), write.data.eq(self.pixels.payload), write.en.eq(self.pixels.valid)]
+            addr = Mux(self.pixels_first, 0, pixel_addr)
+            m.d.comb += [write.addr.eq(addr), write.data.eq(self.pixels.payload), write.en.eq(self.pixels.valid)]
             with m.If(self.pixels.valid):
-                m.d.sync += pixel_addr.eq(pixel_addr + 1)
+                m.d.sync += pixel_addr.eq(addr + 1)
         with m.If(self.start):
             m.d.sync += pixel_addr.eq(0)
         with m.If(go[Stage.NORM_VALUES]):

@@ -69,11 +69,11 @@ class Packer(wiring.Component):
     """
 
     def __init__(self, word_bits: int, n: int, kind: PlaneKind, code_bits: int = 2) -> None:
-        self.word_bits, kind, self.code_bits = check_packing(word_bits, kind, code_bits)
+        self.word_bits, self.plane_kind, self.code_bits = check_packing(word_bits, kind, code_bits)
         self.max_n = _check_int(n, "n", 1, 1 << 16)
         super().__init__({**packing_ports(word_bits, code_bits),
                           "n": In(range(1, self.max_n + 1), init=self.max_n),
-                          "kind": In(2, init=KIND_CODES[kind])})
+                          "kind": In(2, init=KIND_CODES[self.plane_kind])})
 
     def elaborate(self, platform: object) -> Module:
         m = Module()

@@ -38,10 +38,10 @@ class TransposePacker(wiring.Component):
     """
 
     def __init__(self, word_bits: int, rows: int, cols: int, kind: PlaneKind, code_bits: int = 2) -> None:
-        self.word_bits, kind, self.code_bits = check_packing(word_bits, kind, code_bits)
+        self.word_bits, self.plane_kind, self.code_bits = check_packing(word_bits, kind, code_bits)
         self.rows = _check_int(rows, "rows", 1, 1 << 12)
         self.cols = _check_int(cols, "cols", 3, 1 << 12)
-        super().__init__({**packing_ports(word_bits, code_bits), "kind": In(2, init=KIND_CODES[kind])})
+        super().__init__({**packing_ports(word_bits, code_bits), "kind": In(2, init=KIND_CODES[self.plane_kind])})
 
     def elaborate(self, platform: object) -> Module:
         m = Module()

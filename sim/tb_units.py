@@ -20,6 +20,7 @@ from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, Timer
 
 from hw.intunits import digits_units
+from hw.packer import KIND_CODES
 from hw.program import code_entries
 from hw.transpose import TransposePacker
 from model import intops
@@ -105,17 +106,22 @@ async def _reset(dut: object) -> None:
 
 @cocotb.test()
 async def packing(dut: object) -> None:
-    """The Packer's and the TransposePacker's entries equal the host's, with both sides stalling."""
+    """The Packer's and the TransposePacker's entries equal the host's (the kind and row length they are built
+    with, their ports' initial values), with both sides stalling."""
     unit = digits_units()[os.environ[UNIT_ENV]]()
-    values = {PlaneKind.BIPOLAR: [-1, 1], PlaneKind.UNIPOLAR: [0, 1], PlaneKind.TERNARY: [-1, 0, 1]}[unit.kind]
+    kind = unit.plane_kind
+    values = {PlaneKind.BIPOLAR: [-1, 1], PlaneKind.UNIPOLAR: [0, 1], PlaneKind.TERNARY: [-1, 0, 1]}[kind]
     rng = np.random.default_rng(6)
     if isinstance(unit, TransposePacker):
         matrices = [rng.choice(values, (unit.rows, unit.cols)) for _ in range(2)]
-        want = [e for codes in matrices for e in code_entries(codes.T, unit.kind, unit.word_bits)]
+        want = [e for codes in matrices for e in code_entries(codes.T, kind, unit.word_bits)]
     else:
-        matrices = [rng.choice(values, (3, unit.n))]
-        want = code_entries(matrices[0], unit.kind, unit.word_bits)
+        matrices = [rng.choice(values, (3, unit.max_n))]
+        want = code_entries(matrices[0], kind, unit.word_bits)
     items = [int(c) & ((1 << unit.code_bits) - 1) for codes in matrices for c in codes.ravel()]
+    dut.kind.value = KIND_CODES[kind]  # the ports a design around the unit drives (the core: per layer)
+    if not isinstance(unit, TransposePacker):
+        dut.n.value = unit.max_n
     await _reset(dut)
     got = await _stream(dut, items, len(want), random.Random(7), stall=0.2, unsigned_out=True)
     wrong = [k for k, (g, w) in enumerate(zip(got, want)) if g != w]
