@@ -3,7 +3,8 @@
 #   make test     the whole fast test suite and the import contracts (what CI runs)
 #   make sim      the full cocotb/RTL simulation suite under Icarus
 #   make bench    benchmarks: writes bench/out/*.json and prints tables
-#   make bitstream BOARD=icebreaker|ulx3s [CONFIG=...] [BAUD=...] [SEED=...] [TRIES=...]; make program BOARD=...
+#   make bitstream BOARD=icebreaker|ulx3s [CONFIG=...] [BAUD=...] [SEED=...] [TRIES=...] [MODEL=...]; make program BOARD=...
+#                 (MODEL: the whole model on the chip, into build/<board>-model, its cycles from the simulated chip)
 #   make ptq-results / make lowrank: the PTQ and low-rank results
 #   make integer-results: integer-only GSB and PTQ programs against float-host
 #   make results  trains the GSB model family and baselines on digits and
@@ -88,9 +89,11 @@ BOARD ?=
 CONFIG ?=
 SEED ?=
 TRIES ?=
+MODEL ?=
 bitstream: $(STAMP)
-	@test -n "$(BOARD)" || { echo "usage: make bitstream BOARD=icebreaker|ulx3s [CONFIG=preset] [BAUD=n] [SEED=n] [TRIES=n]" >&2; exit 1; }
-	nice -n 5 $(PY) -m hw.build bitstream --board $(BOARD) $(if $(CONFIG),--config $(CONFIG)) $(if $(BAUD),--baud $(BAUD)) $(if $(SEED),--seed $(SEED)) $(if $(TRIES),--tries $(TRIES))
+	@test -n "$(BOARD)" || { echo "usage: make bitstream BOARD=icebreaker|ulx3s [CONFIG=preset] [BAUD=n] [SEED=n] [TRIES=n] [MODEL=file.gsbf]" >&2; exit 1; }
+	nice -n 5 $(PY) -m hw.build bitstream --board $(BOARD) $(if $(CONFIG),--config $(CONFIG)) $(if $(BAUD),--baud $(BAUD)) $(if $(SEED),--seed $(SEED)) $(if $(TRIES),--tries $(TRIES)) $(if $(MODEL),--model $(MODEL) --out build/$(BOARD)-model)
+	$(if $(MODEL),$(PY) -m host.core_sim --report build/$(BOARD)-model/report.json)
 
 program: $(STAMP)
 	@test -n "$(BOARD)" || { echo "usage: make program BOARD=icebreaker|ulx3s" >&2; exit 1; }

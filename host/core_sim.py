@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
@@ -152,3 +153,48 @@ class CoreSim:
         """What crosses per image: the pixels in (a byte each), the class and the int32 logits out."""
         arch = self.prog.model.architecture
         return arch.in_channels * arch.image_size**2, 1 + 4 * arch.num_classes
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m host.core_sim --report build/<board>/report.json``: the cycles per image of a whole-model
+    bitstream's design, measured on the simulated chip (one test image of the model's dataset), written into its
+    report with the images/s they give at the achieved clock, and the lower of that and the link's bound."""
+    import argparse
+
+    from host.cli import test_images
+    from hw.config import AccelConfig as Config
+    from model import intvit, modelfile
+
+    parser = argparse.ArgumentParser(prog="python -m host.core_sim", description=main.__doc__.split("\n\n")[0])
+    parser.add_argument("--report", type=Path, required=True, help="a report.json of make bitstream ... MODEL=...")
+    parser.add_argument("--simulator", default="verilator", choices=SIMULATORS)
+    args = parser.parse_args(argv)
+    try:
+        report = json.loads(args.report.read_text())
+        section = report["model"]
+        params = {k: tuple(v) if isinstance(v, list) else v for k, v in report["config"]["parameters"].items()}
+    except (OSError, ValueError, KeyError) as exc:
+        parser.error(f"--report {args.report}: not a whole-model build's report ({exc})")
+    model = modelfile.load(section["file"])
+    prog = intvit.program(model)
+    sim = CoreSim(prog, Config(**params), args.simulator, section["divider"])
+    if asdict(sim.config) != asdict(Config(**params)):
+        parser.error(f"--report {args.report}: its configuration is not what the model's sizing gives today; "
+                     "build the bitstream again")
+    images, _ = test_images(model.preprocessing.dataset)
+    sim.run(images[:1])
+    cycles = sim.cycles()
+    fmax = min(report["clock"]["fmax_mhz"].values()) if report["clock"]["met"] else None
+    clock = report["clock"]["freq_mhz"] if fmax is None else min(fmax, report["clock"]["freq_mhz"])
+    compute = clock * 1e6 / cycles
+    section.update({"cycles_per_image": cycles, "compute_bound_images_per_s": round(compute, 1),
+                    "images_per_s": round(min(compute, section["link_bound_images_per_s"]), 1),
+                    "clock_mhz_used": clock, "simulator": args.simulator})
+    args.report.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"{args.report}: {cycles} cycles per image at {clock:g} MHz: compute bound {compute:.1f} images/s, "
+          f"link bound {section['link_bound_images_per_s']:g}: {section['images_per_s']:g} images/s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

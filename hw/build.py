@@ -28,8 +28,10 @@ from hw.boards import BOARDS, Board, board
 from hw.boards.common import BoardTop, ClockedTop, uart_divisor
 from hw.frames import BAUD
 from hw.config import STREAM_BITS, AccelConfig, preset
+from hw.core_program import core_config, model_image
 from hw.descriptor import descriptor_layout
 from hw.pipeline import DUPLICATE_SUFFIX
+from model import intvit, modelfile
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The PyPI tools, by the environment variable amaranth looks them up with.
@@ -163,9 +165,29 @@ def parse_report(family: str, nextpnr: dict, yosys_log: str, freq_hz: float) -> 
     return resources, clock
 
 
+def core_top(b: Board, config: AccelConfig, freq_hz: float, baud: int, model_path: Path) -> tuple[BoardTop, dict]:
+    """The whole-model design of the model file ``model_path`` for board ``b`` (``config``'s engine, its buffers
+    sized for the model, the model in its memories), and the report's ``model`` section: the link's bytes per
+    image and the images/s they allow at ``baud``; the cycles per image come from the simulated chip
+    (``python -m host.core_sim --report``)."""
+    prog = intvit.program(modelfile.load(model_path))
+    arch = prog.model.architecture
+    sized = core_config(config, prog)
+    pixels = arch.in_channels * arch.image_size**2
+    top = b.core_top(sized, freq_hz, baud, model_image(sized, prog), pixels, b.divider)
+    answer = 1 + 4 * arch.num_classes
+    return top, {"file": str(model_path), "divider": b.divider, "bytes_in_per_image": pixels,
+                 "bytes_out_per_image": answer, "link_bound_images_per_s": round(baud / 10 / (pixels + answer), 1),
+                 "cycles_per_image": None, "compute_bound_images_per_s": None, "images_per_s": None}
+
+
 def build(b: Board, config: AccelConfig, config_name: str, out: Path, freq_hz: float | None = None,
-          seed: int = 1, tries: int = 1, baud: int = BAUD) -> dict:
+          seed: int = 1, tries: int = 1, baud: int = BAUD, model_path: Path | None = None) -> dict:
     """Build ``config`` for board ``b`` into ``out``, its UART at ``baud``; returns (and writes) the report.
+
+    With ``model_path`` (a model file with an integer program) the design
+    is the whole model on the chip (:func:`core_top`) instead of the layer
+    accelerator; the report gets a ``model`` section.
 
     Placement is seeded: with ``tries`` > 1 place and route (not synthesis)
     is repeated with seeds ``seed``, ``seed + 1``, ... until timing is met
@@ -177,7 +199,9 @@ def build(b: Board, config: AccelConfig, config_name: str, out: Path, freq_hz: f
     use_pypi_tools()
     (out / "report.json").unlink(missing_ok=True)
     freq_hz = b.freq_hz if freq_hz is None else freq_hz
-    top = b.top(config, freq_hz, baud)
+    top, model = b.top(config, freq_hz, baud), None
+    if model_path is not None:
+        top, model = core_top(b, config, freq_hz, baud, model_path)
     attempts = []
     for s in range(seed, seed + tries):
         report = _build_once(b, top, config_name, out, freq_hz, s, synthesize=(s == seed))
@@ -185,6 +209,8 @@ def build(b: Board, config: AccelConfig, config_name: str, out: Path, freq_hz: f
         if report["clock"]["met"]:
             break
     report["tries"] = attempts
+    if model is not None:
+        report["model"] = model
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     return report
 
@@ -254,6 +280,12 @@ def summary(report: dict) -> str:
     lines.append(f"  clock {c['freq_mhz']:g} MHz, Fmax {fmax}: {'met' if c['met'] else 'NOT met'}")
     u = report["uart"]
     lines.append(f"  uart {u['baud']} baud: {u['divisor']} cycles a bit ({u['real_baud']} baud); host: --baud {u['baud']}")
+    if "model" in report:
+        mo = report["model"]
+        lines.append(f"  the whole model of {mo['file']}: {mo['bytes_in_per_image']} bytes in, {mo['bytes_out_per_image']} out "
+                     f"per image, link bound {mo['link_bound_images_per_s']:g} images/s"
+                     + (f"; {mo['cycles_per_image']} cycles per image, {mo['images_per_s']:g} images/s"
+                        if mo["cycles_per_image"] else "; cycles per image: python -m host.core_sim --report"))
     return "\n".join(lines)
 
 
@@ -281,6 +313,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1, help="nextpnr's placement seed (default: 1)")
     parser.add_argument("--baud", type=int, default=BAUD,
                         help=f"the UART's rate; the host's --baud must match (default: {BAUD}, what both boards' USB UARTs carry)")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="a model file (.gsbf) with an integer program: build the whole model on the chip (its "
+                             "weights and tables in the design's memories; pixels in, class and logits out) instead "
+                             "of the layer accelerator")
     parser.add_argument("--tries", type=int, default=3,
                         help="place-and-route tries, with seeds seed, seed+1, ..., until timing is met (default: 3)")
     args = parser.parse_args(argv)
@@ -300,7 +336,12 @@ def main(argv: list[str] | None = None) -> int:
         uart_divisor(freq_hz, args.baud)
     except ValueError as e:
         parser.error(f"--baud: {e}")
-    report = build(b, config, name, out, freq_hz, args.seed, args.tries, args.baud)
+    if args.model is not None and not args.model.is_file():
+        parser.error(f"--model: {args.model} is not a file")
+    try:
+        report = build(b, config, name, out, freq_hz, args.seed, args.tries, args.baud, args.model)
+    except (modelfile.ModelFileError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
     print(summary(report))
     print(f"wrote {out / b.bitstream} and {out / 'report.json'}")
     return 0

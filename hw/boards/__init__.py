@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hw.boards.common import BoardTop
-from hw.boards.icebreaker import ICEBreakerTop
-from hw.boards.ulx3s import ULX3STop
+from hw.boards.common import BoardTop, CoreBoardTop
+from hw.boards.icebreaker import ICEBreakerCoreTop, ICEBreakerTop
+from hw.boards.ulx3s import ULX3SCoreTop, ULX3STop
 
 
 @dataclass(frozen=True)
@@ -17,10 +17,14 @@ class Board:
     requested from the PLL, ``bitstream`` the file name the toolchain
     writes, ``programmers`` the commands that load it (the first one found
     on PATH is used) and ``install`` what to install when none is.
+    ``core_top`` is the whole-model design's top and ``divider`` its
+    LayerNorm's (the reciprocal one where multipliers are to spare).
     """
 
     name: str
     top: type[BoardTop]
+    core_top: type[CoreBoardTop]
+    divider: str
     family: str
     config: str
     freq_hz: float
@@ -31,13 +35,13 @@ class Board:
 
 BOARDS = {
     "icebreaker": Board(
-        "icebreaker", ICEBreakerTop, "ice40", "up5k", 36e6, "top.bin",
+        "icebreaker", ICEBreakerTop, ICEBreakerCoreTop, "serial", "ice40", "up5k", 36e6, "top.bin",
         (("iceprog", "{bitstream}"), ("openFPGALoader", "-b", "ice40_generic", "{bitstream}")),
         "iceprog (Debian/Ubuntu: apt-get install fpga-icestorm) or openFPGALoader "
         "(apt-get install openfpgaloader)",
     ),
     "ulx3s": Board(
-        "ulx3s", ULX3STop, "ecp5", "ecp5", 100e6, "top.bit",
+        "ulx3s", ULX3STop, ULX3SCoreTop, "reciprocal", "ecp5", "ecp5", 100e6, "top.bit",
         (("openFPGALoader", "-b", "ulx3s", "{bitstream}"), ("fujprog", "{bitstream}")),
         "openFPGALoader (Debian/Ubuntu: apt-get install openfpgaloader) or fujprog",
     ),

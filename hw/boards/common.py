@@ -7,6 +7,8 @@ from amaranth.lib import io
 
 from hw.boards.pll import PLLSetting
 from hw.config import AccelConfig
+from hw.core import CoreImage
+from hw.core_link import CoreLink
 from hw.frames import BAUD, BAUD_TOLERANCE
 from hw.top import Top
 from hw.uart import MIN_DIVISOR
@@ -96,10 +98,14 @@ class BoardTop(ClockedTop):
         #: UART clock cycles per bit at ``baud`` (:func:`uart_divisor`)
         self.divisor = uart_divisor(self.freq_hz, baud)
 
+    def design(self) -> Elaboratable:
+        """What sits between the UART pins: the frame bridge and the accelerator (:class:`hw.top.Top`)."""
+        return Top(self.config, self.divisor, self.buffer_words)
+
     def elaborate(self, platform: object) -> Module:
         m = Module()
         self.clock_domains(m, platform)
-        m.submodules.top = top = Top(self.config, self.divisor, self.buffer_words)
+        m.submodules.top = top = self.design()
         uart = platform.request("uart", 0, dir="-")
         m.submodules.rx = rx = io.Buffer("i", uart.rx)
         m.submodules.tx = tx = io.Buffer("o", uart.tx)
@@ -117,3 +123,16 @@ class BoardTop(ClockedTop):
         with m.Elif(top.busy):
             m.d.sync += seen.eq(1)
         return m
+
+
+class CoreBoardTop(BoardTop):
+    """The whole-model core (:class:`hw.core_link.CoreLink`, ``image`` in its memories) on a board: pixels in
+    over the UART, the class and logits back; LED 0 as :class:`BoardTop`'s, while an image is in flight."""
+
+    def __init__(self, config: AccelConfig, freq_hz: float, baud: int, image: CoreImage, pixels: int,
+                 divider: str) -> None:
+        self.image, self.pixels, self.divider = image, pixels, divider
+        super().__init__(config, freq_hz, baud)
+
+    def design(self) -> Elaboratable:
+        return CoreLink(self.config, self.image, self.divisor, self.pixels, self.divider)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from amaranth.hdl import Instance, Module, Signal, Value
 from amaranth_boards.icebreaker import ICEBreakerPlatform
 
-from hw.boards.common import BoardTop, ClockedTop
+from hw.boards.common import BoardTop, ClockedTop, CoreBoardTop
 from hw.boards.pll import PLLSetting, ice40_pll
 
 OSC_HZ = 12e6
@@ -37,3 +37,7 @@ class ICEBreakerClock(ClockedTop):
 
 class ICEBreakerTop(ICEBreakerClock, BoardTop):
     """The accelerator on the iCEBreaker; buffers named in ``config.spram`` go into the UP5K's SPRAM."""
+
+
+class ICEBreakerCoreTop(ICEBreakerClock, CoreBoardTop):
+    """The whole-model core on the iCEBreaker."""

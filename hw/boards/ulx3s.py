@@ -6,7 +6,7 @@ from amaranth.hdl import Instance, Module, Signal, Value
 from amaranth.lib import io
 from amaranth_boards.ulx3s import ULX3S_85F_Platform
 
-from hw.boards.common import BoardTop, ClockedTop
+from hw.boards.common import BoardTop, ClockedTop, CoreBoardTop
 from hw.boards.pll import PLLSetting, ecp5_pll
 
 OSC_HZ = 25e6
@@ -41,3 +41,7 @@ class ULX3SClock(ClockedTop):
 
 class ULX3STop(ULX3SClock, BoardTop):
     """The accelerator on the ULX3S."""
+
+
+class ULX3SCoreTop(ULX3SClock, CoreBoardTop):
+    """The whole-model core on the ULX3S."""
