@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import write_report
-from host.integer_runtime import INT8
+from model.intvit import INT8
 from hw.argmax import Argmax
 from hw.boards import board
 from hw.config import preset

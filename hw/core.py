@@ -52,11 +52,12 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from hw.accelerator import SkidBuffer
 from hw.argmax import Argmax
 from hw.config import AccelConfig, ceil_log2
 from hw.descriptor import descriptor_layout
@@ -243,10 +244,10 @@ class ModelCore(wiring.Component):
         engine = self._engine(m, regs, go)
         r_port, r_write = self.residual.read_port(), self.residual.write_port()
         norm, norm_source = self._norm_source(m, regs, go, route, r_port)
-        reader = self._reader(m, regs, go)
-        adding = self._adders(m, regs, go, route, reader, r_port, r_write, norm_source)
-        quantize = self._quantizer(m, regs, go, route, reader, norm)
-        score_write, score_written = self._scores(m, regs, go, route, reader)
+        values, reading = self._reader(m, regs, go)
+        adding = self._adders(m, regs, go, route, values, reading, r_port, r_write, norm_source)
+        quantize = self._quantizer(m, regs, go, route, values, norm)
+        score_write, score_written = self._scores(m, regs, go, route, values)
         bits_source = self._bits_source(m, regs, go)
         values_written = self._values(m, go, route, norm)
         pack_written, lanes_written = self._packing(m, regs, go, route, quantize, bits_source, score_write)
@@ -335,8 +336,9 @@ class ModelCore(wiring.Component):
         return norm, {"r_addr": token_base + column, "advance": advance, "copying": (copy_left != 0) | copy_write,
                       "copy_write": copy_write, "copy_addr": write_addr, "copy_data": tokens.data}
 
-    def _reader(self, m: Module, regs: object, go: object) -> ResultReader:
-        """The result reader, started by every stage that reads results."""
+    def _reader(self, m: Module, regs: object, go: object) -> tuple[stream.Interface, Value]:
+        """The result reader, started by every stage that reads results; returns its values, registered, and
+        whether any are still to come."""
         c, image = self.config, self.image
         m.submodules.reader = reader = ResultReader(c.lanes, c.acc_bits, c.addr_bits(c.result_depth),
                                                     _bits(image.channels))
@@ -346,10 +348,16 @@ class ModelCore(wiring.Component):
                      reader.blocks.eq(regs.read_blocks), reader.first.eq(regs.read_first),
                      reader.row_stride.eq(regs.read_stride), reader.heads.eq(regs.read_heads),
                      reader.head_stride.eq(regs.read_head_stride), reader.channels.eq(regs.channels)]
-        return reader
+        # registered: the reader's lane select (a 16-way mux on the ECP5's preset) ends in a flip-flop before
+        # it fans out to the thresholds, the adders and the scores' multiplier
+        m.submodules.reader_out = out = SkidBuffer(len(reader.o.payload.as_value()))
+        m.d.comb += [out.i.valid.eq(reader.o.valid), out.i.payload.eq(reader.o.payload), reader.o.ready.eq(out.i.ready)]
+        values = stream.Signature(reader.o.payload.shape()).create()
+        m.d.comb += [values.valid.eq(out.o.valid), values.payload.eq(out.o.payload), out.o.ready.eq(values.ready)]
+        return values, reader.busy | reader.o.valid | out.o.valid | ~out.i.ready
 
-    def _adders(self, m: Module, regs: object, go: object, route: Signal, reader: ResultReader, r_port: object,
-                r_write: object, norm_source: dict) -> object:
+    def _adders(self, m: Module, regs: object, go: object, route: Signal, values: stream.Interface, reading: Value,
+                r_port: object, r_write: object, norm_source: dict) -> Value:
         """READ_ADD: results requantized into R from ``residual_base``; LOGITS: into the logits memory (onto the
         logits so far when ``accumulate``). R's ports are NORM's, TOKENS' or the adder's; the biases' port either
         adder's. Returns their stage's busy."""
@@ -387,12 +395,12 @@ class ModelCore(wiring.Component):
         with m.Elif(~self.busy):
             m.d.comb += [self._logit_read.addr.eq(self.logit_addr), self._logit_read.en.eq(1)]
         with m.If(route == Stage.READ_ADD):
-            wiring.connect(m, reader.o, add.i)
+            wiring.connect(m, values, add.i)
         with m.Elif(route == Stage.LOGITS):
-            wiring.connect(m, reader.o, add_logits.i)
-        return reader.busy | reader.o.valid | add.busy | add_logits.busy
+            wiring.connect(m, values, add_logits.i)
+        return reading | add.busy | add_logits.busy
 
-    def _quantizer(self, m: Module, regs: object, go: object, route: Signal, reader: ResultReader,
+    def _quantizer(self, m: Module, regs: object, go: object, route: Signal, values: stream.Interface,
                    norm: LayerNorm) -> PipelinedMultiThreshold:
         """The thresholds, behind LayerNorm (NORM) or the results (READ_CODES, READ_K, READ_V)."""
         c, image = self.config, self.image
@@ -406,23 +414,23 @@ class ModelCore(wiring.Component):
         with m.If(go[Stage.NORM]):
             m.d.sync += norm_channel.eq(0)
         with m.If((route == Stage.READ_CODES) | (route == Stage.READ_K) | (route == Stage.READ_V)):
-            m.d.comb += [quantize.i.valid.eq(reader.o.valid), reader.o.ready.eq(quantize.i.ready),
-                         quantize.i.payload.eq(reader.o.payload)]
+            m.d.comb += [quantize.i.valid.eq(values.valid), values.ready.eq(quantize.i.ready),
+                         quantize.i.payload.eq(values.payload)]
         with m.Elif(route == Stage.NORM):
             m.d.comb += [quantize.i.valid.eq(norm.o.valid), norm.o.ready.eq(quantize.i.ready),
                          quantize.i.payload.value.eq(norm.o.payload), quantize.i.payload.channel.eq(norm_channel)]
         return quantize
 
-    def _scores(self, m: Module, regs: object, go: object, route: Signal, reader: ResultReader) -> tuple:
+    def _scores(self, m: Module, regs: object, go: object, route: Signal, values: stream.Interface) -> tuple:
         """SCORES: the scores requantized, their softmax levels, a Packer per level group; the groups' entries
         written in turn into the x buffer, group ``g`` at ``write_base + g * write_head_stride``. Returns the
         Packers' outputs' write (a function of the x port) and the entries written."""
         c, image = self.config, self.image
         m.submodules.score = score = Requantize(c.acc_bits, 1, 1, image.score_bits)
         m.d.comb += [score.multiplier.eq(regs.multiplier), score.shift.eq(regs.shift),
-                     score.i.payload.y.eq(reader.o.payload.value)]
+                     score.i.payload.y.eq(values.payload.value)]
         with m.If(route == Stage.SCORES):
-            m.d.comb += [score.i.valid.eq(reader.o.valid), reader.o.ready.eq(score.i.ready)]
+            m.d.comb += [score.i.valid.eq(values.valid), values.ready.eq(score.i.ready)]
         m.submodules.softmax = softmax = SoftmaxLevels(image.score_bits, image.tokens, len(image.exp_table),
                                                        image.counts, ATTN_FRAC_BITS, EXP_BITS, LEVEL_BITS,
                                                        _bits(len(image.levels)))

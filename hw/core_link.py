@@ -3,22 +3,28 @@
 The link protocol of the whole-model design (docs/protocol.md, "The
 whole-model link"): the host sends an image as its ``P`` pixels, one byte
 each, patch by patch (:meth:`host.core_sim.CoreSim.pixels`); after the
-``P``-th the core runs, and the link answers ``1 + 4 * classes`` bytes:
-the class index, then each logit as four bytes, least significant first
-(two's complement). The host sends the next image once the answer is in:
+``P``-th the core runs, and the link answers :func:`answer_bytes`
+``(classes) = 1 + 4 * classes + 4`` bytes: the class index, then each
+logit as four bytes, least significant first (two's complement), then the
+core's cycles for the image (start to idle, four bytes the same way). The host sends the next image once the answer is in:
 bytes that arrive while the core runs are dropped. A gap of more than
 ``idle_timeout`` cycles (default two byte times) inside an image starts
 the image again, so a lost byte costs one image, not the line.
 """
 
 
-from amaranth.hdl import Module, Signal
+from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.config import AccelConfig
 from hw.core import CoreImage, ModelCore
 from hw.uart import UARTReceiver, UARTTransmitter
+
+
+def answer_bytes(classes: int) -> int:
+    """The bytes the link answers an image with: the class, ``classes`` int32 logits, the cycle count."""
+    return 1 + 4 * classes + 4
 
 
 class CoreLink(wiring.Component):
@@ -57,7 +63,13 @@ class CoreLink(wiring.Component):
         with m.Elif(received != 0):  # a gap inside an image: start it again
             m.d.sync += [received.eq(0), quiet.eq(0)]
         m.d.comb += core.pixels_first.eq(received == 0)
-        # out: once the core is done, the class, then the logits, a byte at a time
+        # the image's cycles, start to idle
+        cycles = Signal(32)
+        with m.If(core.start):
+            m.d.sync += cycles.eq(1)
+        with m.Elif(core.busy):
+            m.d.sync += cycles.eq(cycles + 1)
+        # out: once the core is done, the class, then the logits and the cycles, a byte at a time
         logit = Signal(range(self.image.classes + 1), reset_less=True)
         word = Signal(32, reset_less=True)
         byte = Signal(range(4), reset_less=True)
@@ -78,9 +90,9 @@ class CoreLink(wiring.Component):
             with m.State("read"):  # logit's word is on the port the cycle after its address
                 m.d.comb += self.busy.eq(1)
                 m.next = "latch"
-            with m.State("latch"):
+            with m.State("latch"):  # after the last logit, the cycle count
                 m.d.comb += self.busy.eq(1)
-                m.d.sync += [word.eq(core.logit), byte.eq(0)]
+                m.d.sync += [word.eq(Mux(logit == self.image.classes, cycles, core.logit)), byte.eq(0)]
                 m.next = "send"
             with m.State("send"):
                 m.d.comb += [self.busy.eq(1), tx.data.valid.eq(1), tx.data.payload.eq(word[:8])]
@@ -89,6 +101,6 @@ class CoreLink(wiring.Component):
                     with m.If(byte == 3):
                         m.d.sync += logit.eq(logit + 1)
                         m.next = "read"
-                        with m.If(logit == self.image.classes - 1):
+                        with m.If(logit == self.image.classes):
                             m.next = "receive"
         return m

@@ -6,7 +6,7 @@ from amaranth.hdl import Module
 from amaranth.sim import Simulator
 
 from hw.config import DEFAULT
-from hw.core_link import CoreLink
+from hw.core_link import CoreLink, answer_bytes
 from hw.core_program import core_config, model_image
 from hw.uart import UARTReceiver, UARTTransmitter
 from model import intops, intvit
@@ -21,7 +21,8 @@ DIVISOR = 4
 
 def test_pixels_in_over_the_line_the_class_and_logits_back_twice():
     """Two images back to back (the second after the first's answer), and a stray byte before them that the
-    idle timeout drops: each answer is the class, then every logit as four bytes, least significant first."""
+    idle timeout drops: each answer is the class, then every logit as four bytes, least significant first,
+    then the cycles the core took (the same program for both images: the same count)."""
     prog = intvit.program(random_integer_model(SMALL, seed=2))
     config = core_config(DEFAULT, prog)
     raw = np.random.default_rng(2).integers(0, prog.params["pixel_max"] + 1, (2, 1, 4, 4))
@@ -47,7 +48,7 @@ def test_pixels_in_over_the_line_the_class_and_logits_back_twice():
             for pixel in patchify(image, SMALL.patch_size).ravel():
                 await send(ctx, int(pixel))
             got = []
-            while len(got) < 1 + 4 * SMALL.num_classes:
+            while len(got) < answer_bytes(SMALL.num_classes):
                 await ctx.tick()
                 if ctx.get(host_rx.data.valid):
                     got.append(ctx.get(host_rx.data.payload))
@@ -58,6 +59,10 @@ def test_pixels_in_over_the_line_the_class_and_logits_back_twice():
     sim.add_testbench(bench)
     sim.run_until(2e-1)
     assert len(answers) == 2
+    counts = []
     for got, logits in zip(answers, want):
-        words = [int.from_bytes(bytes(got[1 + 4 * k:5 + 4 * k]), "little", signed=True) for k in range(SMALL.num_classes)]
-        assert words == [int(v) for v in logits] and got[0] == int(intops.argmax(logits[None])[0])
+        words = [int.from_bytes(bytes(got[1 + 4 * k:5 + 4 * k]), "little", signed=True)
+                 for k in range(SMALL.num_classes + 1)]
+        assert words[:-1] == [int(v) for v in logits] and got[0] == int(intops.argmax(logits[None])[0])
+        counts.append(words[-1])
+    assert counts[0] == counts[1] > 1000
