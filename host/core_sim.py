@@ -29,14 +29,14 @@ from pathlib import Path
 
 import numpy as np
 
+from host.core_link import pixel_bytes
+from host.core_tb import JOB_ENV
 from hw.config import DEFAULT, AccelConfig
 from hw.core import PIXEL_BITS, ModelCore
-from hw.core_link import answer_bytes
 from hw.core_program import core_config, model_image
+from hw.frames import whole_model_answer_bytes
 from hw.steps import StepOp
-from host.core_tb import JOB_ENV
-from model.deploy import patchify
-from model.intvit import IntegerProgram, check_pixels
+from model.intvit import IntegerProgram
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "build" / "core"
@@ -114,12 +114,6 @@ class CoreSim:
                 os.environ["MAKEFLAGS"] = saved
         return runner, build_dir
 
-    def pixels(self, raw: np.ndarray) -> list[list[int]]:
-        """Each raw image (B, C, H, W) as the core takes it: its pixels patch by patch."""
-        raw = check_pixels(self.prog, raw)
-        patch = self.prog.model.architecture.patch_size
-        return [[int(v) for v in patchify(image, patch).ravel()] for image in raw]
-
     def run(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(classes (B,), logits (B, classes))`` of raw pixel images, from the simulated core."""
         from cocotb_tools.check_results import get_results
@@ -129,7 +123,7 @@ class CoreSim:
         runner, build_dir = self._runner
         with tempfile.TemporaryDirectory() as tmp:
             job, out = Path(tmp) / "job.json", Path(tmp) / "out.json"
-            job.write_text(json.dumps({"images": self.pixels(raw), "classes": self.image.classes, "out": str(out)}))
+            job.write_text(json.dumps({"images": [list(image) for image in pixel_bytes(self.prog, raw)], "classes": self.image.classes, "out": str(out)}))
             log = build_dir / "images.log"
             results = runner.test(test_module="host.core_tb", hdl_toplevel=TOPLEVEL, testcase="images",
                                   build_dir=build_dir, test_dir=build_dir, timescale=("1ns", "1ps"),
@@ -154,7 +148,7 @@ class CoreSim:
         """What crosses the whole-model link (:mod:`hw.core_link`) per image: the pixels in (a byte each); the
         class, the int32 logits and the cycle count out."""
         arch = self.prog.model.architecture
-        return arch.in_channels * arch.image_size**2, answer_bytes(arch.num_classes)
+        return arch.in_channels * arch.image_size**2, whole_model_answer_bytes(arch.num_classes)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,8 +3,8 @@
 The link protocol of the whole-model design (docs/protocol.md, "The
 whole-model link"): the host sends an image as its ``P`` pixels, one byte
 each, patch by patch (:meth:`host.core_sim.CoreSim.pixels`); after the
-``P``-th the core runs, and the link answers :func:`answer_bytes`
-``(classes) = 1 + 4 * classes + 4`` bytes: the class index, then each
+``P``-th the core runs, and the link answers ``1 + 4 * classes + 4`` bytes
+(:func:`hw.frames.whole_model_answer_bytes`): the class index, then each
 logit as four bytes, least significant first (two's complement), then the
 core's cycles for the image (start to idle, four bytes the same way). The host sends the next image once the answer is in:
 bytes that arrive while the core runs are dropped. A gap of more than
@@ -20,11 +20,6 @@ from amaranth.lib.wiring import In, Out
 from hw.config import AccelConfig
 from hw.core import CoreImage, ModelCore
 from hw.uart import UARTReceiver, UARTTransmitter
-
-
-def answer_bytes(classes: int) -> int:
-    """The bytes the link answers an image with: the class, ``classes`` int32 logits, the cycle count."""
-    return 1 + 4 * classes + 4
 
 
 class CoreLink(wiring.Component):

@@ -44,3 +44,9 @@ class Status(enum.IntEnum):
     OK = 0
     DUPLICATE = 1  # a retried frame whose command was not executed again
     REFUSED = 2  # a malformed or out-of-range request: nothing of it was executed
+
+
+def whole_model_answer_bytes(classes: int) -> int:
+    """The whole-model link's answer to an image (:mod:`hw.core_link`, docs/protocol.md): the class (a byte),
+    ``classes`` int32 logits and the chip's cycle count (four bytes each, least significant first)."""
+    return 1 + 4 * classes + 4

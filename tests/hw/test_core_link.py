@@ -6,7 +6,8 @@ from amaranth.hdl import Module
 from amaranth.sim import Simulator
 
 from hw.config import DEFAULT
-from hw.core_link import CoreLink, answer_bytes
+from hw.core_link import CoreLink
+from hw.frames import whole_model_answer_bytes
 from hw.core_program import core_config, model_image
 from hw.uart import UARTReceiver, UARTTransmitter
 from model import intops, intvit
@@ -48,7 +49,7 @@ def test_pixels_in_over_the_line_the_class_and_logits_back_twice():
             for pixel in patchify(image, SMALL.patch_size).ravel():
                 await send(ctx, int(pixel))
             got = []
-            while len(got) < answer_bytes(SMALL.num_classes):
+            while len(got) < whole_model_answer_bytes(SMALL.num_classes):
                 await ctx.tick()
                 if ctx.get(host_rx.data.valid):
                     got.append(ctx.get(host_rx.data.payload))
