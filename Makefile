@@ -62,6 +62,7 @@ bench: $(STAMP) iverilog
 	$(PY) -m bench.rtl_cycles
 	$(PY) -m bench.hw_breakdown
 	$(PY) -m bench.whole_model
+	$(PY) -m bench.core
 
 integer-results: $(STAMP) fashion-mnist
 	$(PY) -m host.integer_results
