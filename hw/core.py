@@ -308,7 +308,8 @@ class ModelCore(wiring.Component):
         have = Signal()                                                 # the ports hold the next value
         # registered before LayerNorm: the block RAM outputs (slow on the ECP5) went straight into its squares
         m.submodules.norm_in = norm_in = SkidBuffer(len(norm.i.payload.as_value()))
-        wiring.connect(m, norm_in.o, norm.i)
+        m.d.comb += [norm.i.valid.eq(norm_in.o.valid), norm.i.payload.eq(norm_in.o.payload),
+                     norm_in.o.ready.eq(norm.i.ready)]
         advance = ~have | norm_in.i.ready
         item = Signal.like(norm.i.payload)
         m.d.comb += [item.x.eq(r_port.data), item.gain.eq(table.data.gain), item.bias.eq(table.data.bias),
