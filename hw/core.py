@@ -306,14 +306,9 @@ class ModelCore(wiring.Component):
         second = Signal(reset_less=True)                                # the token's second pass
         left = Signal(range(2 * image.tokens * d + 1))                  # values still to read
         have = Signal()                                                 # the ports hold the next value
-        # registered before LayerNorm: the block RAM outputs (slow on the ECP5) went straight into its squares
-        m.submodules.norm_in = norm_in = SkidBuffer(len(norm.i.payload.as_value()))
-        m.d.comb += [norm.i.valid.eq(norm_in.o.valid), norm.i.payload.eq(norm_in.o.payload),
-                     norm_in.o.ready.eq(norm.i.ready)]
-        advance = ~have | norm_in.i.ready
-        item = Signal.like(norm.i.payload)
-        m.d.comb += [item.x.eq(r_port.data), item.gain.eq(table.data.gain), item.bias.eq(table.data.bias),
-                     norm_in.i.valid.eq(have), norm_in.i.payload.eq(item),
+        advance = ~have | norm.i.ready
+        m.d.comb += [norm.i.valid.eq(have), norm.i.payload.x.eq(r_port.data),
+                     norm.i.payload.gain.eq(table.data.gain), norm.i.payload.bias.eq(table.data.bias),
                      norm.eps.eq(regs.eps), table.addr.eq(regs.norm_base + column), table.en.eq(advance)]
         with m.If(advance):
             m.d.sync += have.eq(left != 0)
