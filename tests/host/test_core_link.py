@@ -9,7 +9,7 @@ from host.protocol import LinkError
 from hw.frames import whole_model_answer_bytes
 from model import intops, intvit
 from model.deploy import patchify
-from model.random_model import TINY, random_integer_model
+from model.random_model import TINY
 
 
 class Board:
@@ -34,13 +34,6 @@ class Board:
     def read(self, size=1):
         data, self.pending = self.pending[:size], self.pending[size:]
         return data
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    model = random_integer_model(TINY, seed=4)
-    raw = np.random.default_rng(4).integers(0, intvit.program(model).params["pixel_max"] + 1, (3, 1, 8, 8))
-    return model, raw
 
 
 def test_pixels_go_patch_by_patch_and_answers_decode(tiny):
