@@ -243,7 +243,7 @@ class ModelCore(wiring.Component):
 
         engine = self._engine(m, regs, go)
         r_port, r_write = self.residual.read_port(), self.residual.write_port()
-        norm, norm_source = self._norm_source(m, regs, go, route, r_port)
+        norm, norm_source = self._norm_source(m, regs, go, r_port)
         values, reading = self._reader(m, regs, go)
         adding = self._adders(m, regs, go, route, values, reading, r_port, r_write, norm_source)
         quantize = self._quantizer(m, regs, go, route, values, norm)
@@ -251,7 +251,7 @@ class ModelCore(wiring.Component):
         bits_source = self._bits_source(m, regs, go)
         values_written = self._values(m, go, route, norm)
         pack_written, lanes_written = self._packing(m, regs, go, route, quantize, bits_source, score_write)
-        argmax_busy = self._argmax(m, go, route)
+        argmax_busy = self._argmax(m, go)
 
         # each stage's busy, from the cycle after its go: the writers' stages until their entries are written
         written = Signal(range(max(c.x_depth, c.y_depth, image.values) + 1))
@@ -293,7 +293,7 @@ class ModelCore(wiring.Component):
                      engine.args.offset.eq(regs.offset), engine.args.binary.eq(0)]
         return engine
 
-    def _norm_source(self, m: Module, regs: object, go: object, route: Signal, r_port: object) -> tuple:
+    def _norm_source(self, m: Module, regs: object, go: object, r_port: object) -> tuple:
         """LayerNorm, fed ``norm_tokens`` tokens of R from ``norm_from``, each twice, with its channels' gains and
         biases (NORM, NORM_VALUES); and TOKENS' copy of the token table into R. Returns LayerNorm and the
         signals R's ports need."""
@@ -557,7 +557,7 @@ class ModelCore(wiring.Component):
                      lanes.start.eq(go[Stage.READ_K] | go[Stage.READ_V])]
         return writer.written, lanes.written
 
-    def _argmax(self, m: Module, go: object, route: Signal) -> Signal:
+    def _argmax(self, m: Module, go: object) -> Signal:
         """ARGMAX: the logits memory through the argmax into ``klass``. Returns its stage's busy."""
         image = self.image
         m.submodules.argmax = argmax = Argmax(LOGIT_BITS, image.classes)
