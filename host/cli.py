@@ -371,8 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baud", type=int, default=BAUD,
                    help=f"the serial line's baud rate, as the board was built with, also for the link bound (default: {BAUD})")
     p.add_argument("--config", default=None, choices=sorted(PRESETS),
-                   help="the accelerator's preset: the board's (serial), the simulated one (sim), the lanes the emulator "
-                        "counts cycles for (default: the default preset; sim: it with room for the resident weights)")
+                   help="the accelerator's preset: the board's (serial --layers), the simulated one (sim: for the whole "
+                        "model its engine, the buffers sized for the model), the lanes the emulator counts cycles for "
+                        "(default: the default preset; sim --layers: it with room for the resident weights)")
     p.add_argument("--clock-mhz", type=float, default=40.0,
                    help="the device clock: the compute bound, the device backends' run timeouts and the simulated "
                         "clock (default: 40)")
