@@ -139,8 +139,11 @@ class CoreCompiler:
         y_rows, firsts = y_layout(c, weights)
         bases = [len(self.y_rows) + first for first in firsts]
         self.y_rows += y_rows
-        self._add_layer(name, compile_layer(c, _shapes(x_enc, rows, weights[0].n, c.word_bits), weights, coefs,
-                                            y_bases=bases))
+        try:
+            image = compile_layer(c, _shapes(x_enc, rows, weights[0].n, c.word_bits), weights, coefs, y_bases=bases)
+        except DoesNotFit as exc:
+            raise DoesNotFit(f"{name}: {exc}") from None
+        self._add_layer(name, image)
 
     def _int8(self, name: str, rows: int, x_bits: int | None = None) -> None:
         """The 8-bit patch embedding or a head: multi-bit inputs (``uint`` pixels, an ``int`` LayerNorm output,
