@@ -59,9 +59,9 @@ from amaranth.lib.wiring import In, Out
 
 from hw.accelerator import SkidBuffer
 from hw.argmax import Argmax
-from hw.config import AccelConfig, ceil_log2
+from hw.config import AccelConfig
 from hw.descriptor import descriptor_layout
-from hw.engine import Engine
+from hw.engine import Engine, index_bits
 from hw.layernorm import LayerNorm
 from hw.multithreshold import PipelinedMultiThreshold, row_layout
 from hw.packer import EntryWriter, LaneWriter, Packer
@@ -145,31 +145,27 @@ class CoreImage:
     steps: tuple[dict, ...]
 
 
-def _bits(depth: int) -> int:
-    return max(1, ceil_log2(depth))
-
-
 def core_registers(config: AccelConfig, image: CoreImage) -> data.StructLayout:
     """The constants a core's SET steps write (an engine run's, the result reader's, each unit's, the writers')."""
     c = config
     result = c.addr_bits(c.result_depth)
     write = max(c.addr_bits(c.x_depth), c.addr_bits(c.y_depth))
-    r_addr = _bits(image.tokens * image.dim)
+    r_addr = index_bits(image.tokens * image.dim)
     return data.StructLayout({
         "rows": range(c.result_depth + 1), "blocks": range(c.result_depth + 1), "words": c.words_bits,
-        "passes": range(c.prog_depth + 1), "offset": signed(c.acc_bits), "prog_base": _bits(len(image.descriptors)),
+        "passes": range(c.prog_depth + 1), "offset": signed(c.acc_bits), "prog_base": index_bits(len(image.descriptors)),
         "x_offset": c.addr_bits(c.x_depth), "y_offset": c.addr_bits(c.y_depth), "result_offset": result,
         "read_rows": result + 1, "read_blocks": result + 1, "read_first": result, "read_stride": result + 1,
         "read_heads": range(1, 65), "read_head_stride": result + 1, "channels": range(image.channels + 1),
-        "eps": EPS_BITS, "norm_base": _bits(len(image.norms)), "norm_from": r_addr, "norm_tokens": range(image.tokens + 1),
-        "thresh_base": _bits(len(image.thresholds)), "code_base": signed(CODE_BITS),
+        "eps": EPS_BITS, "norm_base": index_bits(len(image.norms)), "norm_from": r_addr, "norm_tokens": range(image.tokens + 1),
+        "thresh_base": index_bits(len(image.thresholds)), "code_base": signed(CODE_BITS),
         "pack_n": range(image.channels + 1), "kind": 2, "planes": range(VALUE_WORD_BITS + 1),
         "bits_count": range(image.values + 1),
         "write_base": write, "write_words": range(c.max_words + 1), "write_heads": range(1, 65),
         "write_head_stride": write + 1, "write_row_stride": write + 1,
         "entries": range(max(c.x_depth, c.y_depth, image.values) + 1),
-        "multiplier": 16, "shift": 6, "bias_base": _bits(len(image.biases)), "residual_base": r_addr,
-        "accumulate": 1, "level_base": _bits(len(image.levels)),
+        "multiplier": 16, "shift": 6, "bias_base": index_bits(len(image.biases)), "residual_base": r_addr,
+        "accumulate": 1, "level_base": index_bits(len(image.levels)),
     })
 
 
@@ -221,8 +217,8 @@ class ModelCore(wiring.Component):
         super().__init__({
             "pixels": In(stream.Signature(unsigned(PIXEL_BITS))), "pixels_first": In(1),
             "start": In(1), "busy": Out(1),
-            "klass": Out(_bits(image.classes)),
-            "logit_addr": In(_bits(image.classes)), "logit": Out(signed(LOGIT_BITS)),
+            "klass": Out(index_bits(image.classes)),
+            "logit_addr": In(index_bits(image.classes)), "logit": Out(signed(LOGIT_BITS)),
         })
 
     def elaborate(self, platform: object) -> Module:
@@ -231,7 +227,7 @@ class ModelCore(wiring.Component):
         for name in ("residual", "token_table", "norms", "thresholds", "biases", "levels", "exp_table", "values",
                      "logits", "x", "y", "prog", "result", "program"):
             m.submodules[f"mem_{name}"] = getattr(self, name)
-        m.submodules.steps = steps = StepSequencer(self.registers, len(Stage), _bits(len(image.steps)))
+        m.submodules.steps = steps = StepSequencer(self.registers, len(Stage), index_bits(len(image.steps)))
         wiring.connect(m, self.program.read_port(), steps.program)
         regs, go = steps.regs, steps.go
         m.d.comb += [steps.start.eq(self.start), self.busy.eq(steps.busy)]
@@ -301,7 +297,7 @@ class ModelCore(wiring.Component):
         d = image.dim
         m.submodules.norm = norm = LayerNorm(d, RESIDUAL_BITS, NORM_BITS, EPS_BITS, self.divider)
         table = self.norms.read_port()
-        token_base = Signal(_bits(image.tokens * d), reset_less=True)  # R's address of the token's first value
+        token_base = Signal(index_bits(image.tokens * d), reset_less=True)  # R's address of the token's first value
         column = Signal(range(d), reset_less=True)
         second = Signal(reset_less=True)                                # the token's second pass
         left = Signal(range(2 * image.tokens * d + 1))                  # values still to read
@@ -323,7 +319,7 @@ class ModelCore(wiring.Component):
                          token_base.eq(regs.norm_from), have.eq(0)]
         # TOKENS: the token table into R, a word a cycle (read, then written)
         tokens = self.token_table.read_port()
-        copy_addr = Signal(_bits(image.tokens * d), reset_less=True)
+        copy_addr = Signal(index_bits(image.tokens * d), reset_less=True)
         copy_left = Signal(range(image.tokens * d + 1))
         copy_write = Signal()
         write_addr = Signal.like(copy_addr, reset_less=True)
@@ -341,7 +337,7 @@ class ModelCore(wiring.Component):
         whether any are still to come."""
         c, image = self.config, self.image
         m.submodules.reader = reader = ResultReader(c.lanes, c.acc_bits, c.addr_bits(c.result_depth),
-                                                    _bits(image.channels))
+                                                    index_bits(image.channels))
         wiring.connect(m, self.result.read_port(), reader.result)
         readers = (Stage.READ_CODES, Stage.READ_ADD, Stage.READ_K, Stage.READ_V, Stage.SCORES, Stage.LOGITS)
         m.d.comb += [reader.start.eq(Cat(*(go[s] for s in readers)).any()), reader.rows.eq(regs.read_rows),
@@ -362,10 +358,10 @@ class ModelCore(wiring.Component):
         logits so far when ``accumulate``). R's ports are NORM's, TOKENS' or the adder's; the biases' port either
         adder's. Returns their stage's busy."""
         c, image = self.config, self.image
-        channel_bits = _bits(image.channels)
-        m.submodules.add = add = ResidualAdd(c.acc_bits, RESIDUAL_BITS, BIAS_BITS, _bits(image.tokens * image.dim),
+        channel_bits = index_bits(image.channels)
+        m.submodules.add = add = ResidualAdd(c.acc_bits, RESIDUAL_BITS, BIAS_BITS, index_bits(image.tokens * image.dim),
                                              channel_bits)
-        m.submodules.add_logits = add_logits = ResidualAdd(c.acc_bits, LOGIT_BITS, BIAS_BITS, _bits(image.classes),
+        m.submodules.add_logits = add_logits = ResidualAdd(c.acc_bits, LOGIT_BITS, BIAS_BITS, index_bits(image.classes),
                                                            channel_bits)
         bias = self.biases.read_port()
         for adder, stage in ((add, Stage.READ_ADD), (add_logits, Stage.LOGITS)):
@@ -433,11 +429,11 @@ class ModelCore(wiring.Component):
             m.d.comb += [score.i.valid.eq(values.valid), values.ready.eq(score.i.ready)]
         m.submodules.softmax = softmax = SoftmaxLevels(image.score_bits, image.tokens, len(image.exp_table),
                                                        image.counts, ATTN_FRAC_BITS, EXP_BITS, LEVEL_BITS,
-                                                       _bits(len(image.levels)))
+                                                       index_bits(len(image.levels)))
         wiring.connect(m, self.exp_table.read_port(), softmax.table)
         wiring.connect(m, self.levels.read_port(), softmax.thresh)
         column = Signal(range(image.tokens))
-        row_base = Signal(_bits(len(image.levels)))  # the row's first level word
+        row_base = Signal(index_bits(len(image.levels)))  # the row's first level word
         m.d.comb += [softmax.i.valid.eq(score.o.valid), score.o.ready.eq(softmax.i.ready),
                      softmax.i.payload.score.eq(score.o.payload), softmax.i.payload.last.eq(column == image.tokens - 1),
                      softmax.i.payload.base.eq(row_base)]
