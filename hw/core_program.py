@@ -33,7 +33,8 @@ from hw.softmax import level_words
 from hw.steps import END_STEP, go_step, set_steps
 from model import golden
 from model.golden import Encoding, Operand, PlaneKind
-from model.intvit import INT8, NORM_BITS, RESIDUAL_BITS, IntegerProgram, level_counts
+from model.intvit import (INT8, NORM_BITS, RESIDUAL_BITS, IntegerProgram, level_counts, norm_output_bound,
+                          requantized_bound)
 from model.layers import EngineLinear, EngineMatmul
 
 #: Far past any accumulator: a padding level that is never reached.
@@ -90,6 +91,8 @@ class CoreCompiler:
         self.bt, self.bh = -(-t // lanes), arch.head_dim // lanes
         self.counts: tuple[int, ...] = ()
         self.score_bits = 2
+        #: the buffers' sizes the model needs (:func:`core_config`), kept up to date as layers are placed
+        self.need = {"x_depth": 0, "result_depth": 0, "prog_depth": 1}
         # every layer's weights first, then the K and Value regions of the y buffer
         self._int8("patch_embed.c0", arch.num_patches)
         for i in range(arch.depth):
@@ -101,18 +104,14 @@ class CoreCompiler:
             self._products(f"blocks.{i}")
         self.a_base = arch.heads * t * self.wq  # A's groups after Q in the x buffer
         self.av_base = t * self.bt              # the heads' A V after Q K^T in the result buffer
-        self.need = {"x_depth": self.a_base + len(self.counts) * t * self.wt,
-                     "result_depth": self.av_base + arch.heads * t * self.bh, "prog_depth": 1}
-        for name, (image, _) in self.layers.items():
-            self._need(image)
+        self._need(x_depth=self.a_base + len(self.counts) * t * self.wt,
+                   result_depth=self.av_base + arch.heads * t * self.bh)
         self._check_fits("x", self.need["x_depth"], config.x_depth, "x entries")
         self._check_fits("result", self.need["result_depth"], config.result_depth, "result entries")
 
-    def _need(self, image: LayerImage) -> None:
-        """Keeps the buffers' sizes the model needs (:func:`core_config`) up to date with a layer."""
-        for key, used in (("x_depth", len(image.x_entries)), ("result_depth", image.rows_x * image.blocks),
-                          ("prog_depth", image.passes)):
-            self.need[key] = max(self.need[key], used)
+    def _need(self, **used: int) -> None:
+        for key, value in used.items():
+            self.need[key] = max(self.need[key], value)
 
     @staticmethod
     def _check_fits(what: str, used: int, depth: int, unit: str) -> None:
@@ -125,13 +124,18 @@ class CoreCompiler:
     def _go(self, stage: Stage) -> None:
         self.plan.append(go_step(stage))
 
-    def _add_layer(self, name: str, image: LayerImage) -> None:
-        self._check_fits(f"{name} descriptors", image.passes, self.config.prog_depth, "passes")
+    def _add_layer(self, name: str, groups_x: list[Operand], groups_y: list[Operand], coefs: np.ndarray,
+                   y_bases: list[int]) -> None:
+        """Product ``name`` compiled (its y planes at ``y_bases``), its descriptors into the store; a product that
+        does not fit the configuration raises :class:`DoesNotFit` naming it."""
+        try:
+            image = compile_layer(self.config, groups_x, groups_y, coefs, y_bases=y_bases)
+        except DoesNotFit as exc:
+            raise DoesNotFit(f"{name}: {exc}") from None
         self.layers[name] = (image, len(self.descriptors))
         self.descriptors += [stored_descriptor(self.config, words) for words in image.descriptors]
         self.channels = max(self.channels, image.rows_y)
-        if hasattr(self, "need"):  # a head, placed after the rest
-            self._need(image)
+        self._need(x_depth=len(image.x_entries), result_depth=image.rows_x * image.blocks, prog_depth=image.passes)
 
     def _place(self, name: str, x_enc: list[Encoding], weights: list[Operand], coefs: np.ndarray, rows: int) -> None:
         """Layer ``name``'s weights into the y buffer, after the layers before; its descriptors into the store."""
@@ -139,11 +143,7 @@ class CoreCompiler:
         y_rows, firsts = y_layout(c, weights)
         bases = [len(self.y_rows) + first for first in firsts]
         self.y_rows += y_rows
-        try:
-            image = compile_layer(c, _shapes(x_enc, rows, weights[0].n, c.word_bits), weights, coefs, y_bases=bases)
-        except DoesNotFit as exc:
-            raise DoesNotFit(f"{name}: {exc}") from None
-        self._add_layer(name, image)
+        self._add_layer(name, _shapes(x_enc, rows, weights[0].n, c.word_bits), weights, coefs, bases)
 
     def _int8(self, name: str, rows: int, x_bits: int | None = None) -> None:
         """The 8-bit patch embedding or a head: multi-bit inputs (``uint`` pixels, an ``int`` LayerNorm output,
@@ -179,8 +179,8 @@ class CoreCompiler:
             raise ValueError(f"{pre}.attn.qk: the core packs single-plane Q and K; got {x_enc} and {y_enc}")
         for e in x_enc + y_enc:
             _kind(e)
-        self._add_layer(f"{pre}.attn.qk", compile_layer(c, _shapes(x_enc, t, hd, c.word_bits),
-                                                        _shapes(y_enc, t, hd, c.word_bits), coefs, y_bases=[0]))
+        self._add_layer(f"{pre}.attn.qk", _shapes(x_enc, t, hd, c.word_bits), _shapes(y_enc, t, hd, c.word_bits),
+                        coefs, [0])
         counts = tuple(level_counts(av))
         if any(n != 1 for n in counts) or (self.counts and counts != self.counts):
             raise ValueError(f"{pre}.attn.av: the core packs one unipolar plane per attention level group, the same "
@@ -195,12 +195,10 @@ class CoreCompiler:
             raise ValueError(f"{pre}.attn.av: {len(y_enc)} Value groups; an earlier block has {len(self.v_bases)}")
         for e in y_enc:
             _kind(e)
-        self._add_layer(f"{pre}.attn.av", compile_layer(c, _shapes(x_enc, t, t, c.word_bits),
-                                                        _shapes(y_enc, hd, t, c.word_bits), coefs,
-                                                        y_bases=self.v_bases))
+        self._add_layer(f"{pre}.attn.av", _shapes(x_enc, t, t, c.word_bits), _shapes(y_enc, hd, t, c.word_bits),
+                        coefs, self.v_bases)
         # the scores' width: the requantized Q K^T accumulator's bound
-        p = self.prog.params
-        bound = ((1 << qk.accumulator_bits(hd)) * p[f"{pre}.attn.scores.multiplier"] >> p[f"{pre}.attn.scores.shift"]) + 1
+        bound = requantized_bound(self.prog, f"{pre}.attn.scores", 1 << qk.accumulator_bits(hd))
         self.score_bits = max(self.score_bits, bound.bit_length() + 1)
 
     def _quantizer(self, name: str) -> dict:
@@ -293,9 +291,9 @@ class CoreCompiler:
     def heads(self) -> None:
         """The classifier heads, each on its token's LayerNorm (``norm``) as an int16 input, their requantized
         products summed with their biases into the logits; then the argmax."""
-        d, a = self.arch.dim, self.prog.arrays
-        # the int16 head input as the planes its values need: |out| <= |gain| + |bias| + 1 (numeric contract)
-        bound = int(np.max(np.abs(a["norm.gain"]) + np.abs(a["norm.bias"]))) + 1
+        d = self.arch.dim
+        # the int16 head input as the planes its values need (the same integers, fewer passes)
+        bound = norm_output_bound(self.prog, "norm")
         for token, name in enumerate(self.prog.head_names):
             if name not in self.layers:
                 self._int8(name, 1, min(NORM_BITS, bound.bit_length() + 1))

@@ -661,6 +661,18 @@ def _table_length(params: dict[str, int]) -> int:
     return len(intops.exp_table(sf, ef, max_len=1 << 20))
 
 
+def requantized_bound(prog: IntegerProgram, name: str, y_abs: int) -> int:
+    """A bound on ``|requantize(y)|`` by requantizer ``name`` for ``|y| <= y_abs`` (round half up adds one)."""
+    p = prog.params
+    return (y_abs * p[f"{name}.multiplier"] >> p[f"{name}.shift"]) + 1
+
+
+def norm_output_bound(prog: IntegerProgram, name: str) -> int:
+    """A bound on LayerNorm ``name``'s outputs: ``|u| <= sigma`` bounds each by ``|gain| + |bias| + 1``."""
+    a = prog.arrays
+    return int(np.max(np.abs(a[f"{name}.gain"]) + np.abs(a[f"{name}.bias"]))) + 1
+
+
 def check_bounds(prog: IntegerProgram) -> None:
     """Raise ValueError unless every int64 intermediate of :func:`forward` stays below 2**62 and the exp table is the contract's.
 
@@ -681,7 +693,7 @@ def check_bounds(prog: IntegerProgram) -> None:
 
     def requant(name: str, y_abs: int) -> int:
         fits(f"{name} requantizer", y_abs * p[f"{name}.multiplier"] + (1 << p[f"{name}.shift"]))
-        return (y_abs * p[f"{name}.multiplier"] >> p[f"{name}.shift"]) + 1
+        return requantized_bound(prog, name, y_abs)
 
     for ch in range(arch.in_channels):
         requant(f"patch_embed.c{ch}", 127 * p["pixel_max"] * arch.patch_size**2)
@@ -689,7 +701,7 @@ def check_bounds(prog: IntegerProgram) -> None:
     for name in [f"blocks.{i}.norm{j}" for i in range(arch.depth) for j in (1, 2)] + ["norm"]:
         fits(f"{name} variance", d * u_abs * u_abs + p[f"{name}.eps"])
         fits(f"{name} product", u_abs * int(np.abs(a[f"{name}.gain"]).max()))
-        out = int(np.max(np.abs(a[f"{name}.gain"]) + np.abs(a[f"{name}.bias"]))) + 1
+        out = norm_output_bound(prog, name)
         if out > (1 << (NORM_BITS - 1)) - 1:
             raise ValueError(f"{name} output can reach {out}, beyond int{NORM_BITS}")
     table0 = int(a["exp_table"][0])
