@@ -185,7 +185,8 @@ def infer(model: modelfile.Model, images: np.ndarray, labels: np.ndarray | None,
     }
     if integer:
         # a batch runs every step of the program once, for all its images
-        summary.update({"steps_per_image": runtime.steps / max(1, len(batch_times)), "float_steps": runtime.float_steps})
+        steps = None if runtime.steps is None else runtime.steps / max(1, len(batch_times))
+        summary.update({"steps_per_image": steps, "float_steps": runtime.float_steps})
     if on_chip:
         sent, received = runtime.bytes_per_image()
         summary.update({
@@ -225,8 +226,9 @@ def _print_summary(summary: dict) -> None:
           f"{summary['engine_cycles_per_image']:.0f} {'chip' if summary.get('on_chip') else 'engine'} cycles/image"
           + (f" (compute bound {bound:.0f} images/s at {summary['clock_mhz']:g} MHz)" if bound else ""))
     if summary["mode"] == "integer":
-        print(f"  integer program: {summary['steps_per_image']:.0f} steps per image from raw pixels to class, "
-              f"{summary['float_steps']} of them in float")
+        steps = ("every step on the chip" if summary["steps_per_image"] is None
+                 else f"{summary['steps_per_image']:.0f} steps per image")
+        print(f"  integer program: {steps} from raw pixels to class, {summary['float_steps']} of them in float")
     if "bytes_sent_per_image" in summary:
         resident = ("the whole model on the chip, pixels in, class and logits out" if summary.get("on_chip") else
                     f"weights resident; upload {summary['weight_upload_bytes'] or 0:.0f} bytes once")

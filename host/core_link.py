@@ -16,7 +16,7 @@ import numpy as np
 
 from host.protocol import LinkError
 from host.serial_backend import Port, open_port
-from hw.frames import whole_model_answer_bytes
+from hw.frames import whole_model_answer_bytes, whole_model_bytes
 from model import intops
 from model.deploy import patchify
 from model.intvit import IntegerProgram, check_pixels
@@ -44,7 +44,37 @@ def decode_answer(data: bytes, classes: int) -> tuple[int, np.ndarray, int]:
     return data[0], logits, cycles
 
 
-class CoreSerial:
+class WholeModelRuntime:
+    """What the whole-model runtimes share (:class:`CoreSerial`, :class:`host.core_sim.CoreSim`): a model's
+    integer program, run whole on a chip by :meth:`run`, and what :func:`host.cli.infer` reports of it."""
+
+    def __init__(self, prog: IntegerProgram) -> None:
+        self.prog = prog
+        #: no layer runs on the host (the layer-by-layer backends list theirs here)
+        self.host_layers: dict[str, str] = {}
+        #: the program's stages run (None where the runtime cannot know them: a board), and how many of them
+        #: ran in float: none
+        self.steps: int | None = None
+        self.float_steps = 0
+        self._cycles: list[int] = []
+
+    def run(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(classes (B,), logits (B, classes))`` of raw pixel images."""
+        raise NotImplementedError
+
+    def predict(self, raw: np.ndarray) -> np.ndarray:
+        return self.run(raw)[0]
+
+    def cycles(self) -> int:
+        """The chip's cycles, start to idle, summed over every image run."""
+        return sum(self._cycles)
+
+    def bytes_per_image(self) -> tuple[int, int]:
+        """What crosses the whole-model link per image, in and out (:func:`hw.frames.whole_model_bytes`)."""
+        return whole_model_bytes(self.prog.model.architecture)
+
+
+class CoreSerial(WholeModelRuntime):
     """The whole model on a board at ``port`` (``baud``, 8N1): :meth:`run` takes raw pixel images.
 
     ``port_object`` (an open port, e.g. a test's stand-in) replaces opening
@@ -56,12 +86,9 @@ class CoreSerial:
                  port_object: Port | None = None) -> None:
         if port_object is None and not port:
             raise ValueError("the serial backend needs --port (e.g. /dev/ttyUSB0)")
-        self.prog, self.name, self.timeout_s = prog, port or "port", timeout_s
+        super().__init__(prog)
+        self.name, self.timeout_s = port or "port", timeout_s
         self.port = port_object if port_object is not None else open_port(port, baud)
-        #: no layer runs on the host
-        self.host_layers: dict[str, str] = {}
-        self.steps, self.float_steps = 0, 0
-        self._cycles: list[int] = []
 
     def _answer(self, size: int) -> bytes:
         data, deadline = b"", time.monotonic() + self.timeout_s
@@ -86,13 +113,3 @@ class CoreSerial:
             self._cycles.append(cycles)
         return np.array(out), np.array(logits, np.int64).reshape(len(out), classes)
 
-    def predict(self, raw: np.ndarray) -> np.ndarray:
-        return self.run(raw)[0]
-
-    def cycles(self) -> int:
-        """The chip's cycles, start to idle, as it counted them, summed over every image run."""
-        return sum(self._cycles)
-
-    def bytes_per_image(self) -> tuple[int, int]:
-        arch = self.prog.model.architecture
-        return arch.in_channels * arch.image_size**2, whole_model_answer_bytes(arch.num_classes)

@@ -29,12 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
-from host.core_link import pixel_bytes
+from host.core_link import WholeModelRuntime, pixel_bytes
 from host.core_tb import JOB_ENV
 from hw.config import DEFAULT, AccelConfig
 from hw.core import PIXEL_BITS, ModelCore
 from hw.core_program import core_config, model_image
-from hw.frames import whole_model_answer_bytes
 from hw.steps import StepOp
 from model.intvit import IntegerProgram
 
@@ -96,7 +95,7 @@ def build_verilog(source: Path, toplevel: str, simulator: str, build_dir: Path) 
     return runner
 
 
-class CoreSim:
+class CoreSim(WholeModelRuntime):
     """The whole-model core of ``prog`` on ``preset``'s engine, its buffers sized for the model
     (:func:`hw.core_program.core_config`: :attr:`config`), simulated; :meth:`run` takes raw pixel images."""
 
@@ -106,14 +105,10 @@ class CoreSim:
             raise ValueError(f"simulator must be one of {SIMULATORS}, got {simulator!r}")
         if prog.params["pixel_max"] >= 1 << PIXEL_BITS:
             raise ValueError(f"the core takes pixels of {PIXEL_BITS} bits; this model's reach {prog.params['pixel_max']}")
-        self.prog, self.config, self.simulator = prog, core_config(preset, prog), simulator
+        super().__init__(prog)
+        self.config, self.simulator, self.steps = core_config(preset, prog), simulator, 0
         self.image = model_image(self.config, prog)
         self.core = ModelCore(self.config, self.image, divider)
-        #: no layer runs on the host (the layer-by-layer backends list theirs here)
-        self.host_layers: dict[str, str] = {}
-        #: the program's stages run (GO steps), a batch at a time, and how many of them ran in float: none
-        self.steps, self.float_steps = 0, 0
-        self._cycles: list[int] = []
         self._runner = None
 
     def _build(self) -> tuple[object, Path]:
@@ -123,7 +118,7 @@ class CoreSim:
         key = hashlib.sha256((text + json.dumps(asdict(self.config), sort_keys=True)).encode()).hexdigest()[:16]
         directory = OUT / key
         source = directory / f"{TOPLEVEL}.v"
-        if not source.exists() or source.read_text() != text:
+        if not source.exists():  # the folder is the text's hash: one there is this text
             directory.mkdir(parents=True, exist_ok=True)
             source.write_text(text)
         build_dir = directory / self.simulator
@@ -138,7 +133,8 @@ class CoreSim:
         runner, build_dir = self._runner
         with tempfile.TemporaryDirectory() as tmp:
             job, out = Path(tmp) / "job.json", Path(tmp) / "out.json"
-            job.write_text(json.dumps({"images": [list(image) for image in pixel_bytes(self.prog, raw)], "classes": self.image.classes, "out": str(out)}))
+            images = [list(image) for image in pixel_bytes(self.prog, raw)]
+            job.write_text(json.dumps({"images": images, "classes": self.image.classes, "out": str(out)}))
             log = build_dir / "images.log"
             results = runner.test(test_module="host.core_tb", hdl_toplevel=TOPLEVEL, testcase="images",
                                   build_dir=build_dir, test_dir=build_dir, timescale=("1ns", "1ps"),
@@ -149,21 +145,8 @@ class CoreSim:
                 raise RuntimeError(f"the core's simulation ({self.simulator}) failed: see {log}")
             answers = json.loads(out.read_text())
         self._cycles += [a["cycles"] for a in answers]
-        self.steps += sum(1 for step in self.image.steps if step["op"] == StepOp.GO)
+        self.steps += sum(1 for step in self.image.steps if step["op"] == StepOp.GO)  # a batch runs each once
         return np.array([a["class"] for a in answers]), np.array([a["logits"] for a in answers], np.int64)
-
-    def predict(self, raw: np.ndarray) -> np.ndarray:
-        return self.run(raw)[0]
-
-    def cycles(self) -> int:
-        """The core's cycles, start to idle, summed over every image run."""
-        return sum(self._cycles)
-
-    def bytes_per_image(self) -> tuple[int, int]:
-        """What crosses the whole-model link (:mod:`hw.core_link`) per image: the pixels in (a byte each); the
-        class, the int32 logits and the cycle count out."""
-        arch = self.prog.model.architecture
-        return arch.in_channels * arch.image_size**2, whole_model_answer_bytes(arch.num_classes)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -173,7 +156,6 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     from host.cli import test_images
-    from hw.config import AccelConfig as Config
     from model import intvit, modelfile
 
     parser = argparse.ArgumentParser(prog="python -m host.core_sim", description=main.__doc__.split("\n\n")[0])
@@ -184,12 +166,16 @@ def main(argv: list[str] | None = None) -> int:
         report = json.loads(args.report.read_text())
         section = report["model"]
         params = {k: tuple(v) if isinstance(v, list) else v for k, v in report["config"]["parameters"].items()}
-    except (OSError, ValueError, KeyError) as exc:
+        built = AccelConfig(**params)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         parser.error(f"--report {args.report}: not a whole-model build's report ({exc})")
-    model = modelfile.load(section["file"])
+    try:
+        model = modelfile.load(section["file"])
+    except modelfile.ModelFileError as exc:
+        parser.error(f"--report {args.report}: its model file: {exc}")
     prog = intvit.program(model)
-    sim = CoreSim(prog, Config(**params), args.simulator, section["divider"])
-    if asdict(sim.config) != asdict(Config(**params)):
+    sim = CoreSim(prog, built, args.simulator, section["divider"])
+    if sim.config != built:
         parser.error(f"--report {args.report}: its configuration is not what the model's sizing gives today; "
                      "build the bitstream again")
     images, _ = test_images(model.preprocessing.dataset)

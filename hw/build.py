@@ -26,7 +26,7 @@ from pathlib import Path
 
 from hw.boards import BOARDS, Board, board
 from hw.boards.common import BoardTop, ClockedTop, uart_divisor
-from hw.frames import BAUD, whole_model_answer_bytes
+from hw.frames import BAUD, whole_model_bytes
 from hw.config import STREAM_BITS, AccelConfig, preset
 from hw.core_program import core_config, model_image
 from hw.descriptor import descriptor_layout
@@ -173,9 +173,8 @@ def core_top(b: Board, config: AccelConfig, freq_hz: float, baud: int, model_pat
     prog = intvit.program(modelfile.load(model_path))
     arch = prog.model.architecture
     sized = core_config(config, prog)
-    pixels = arch.in_channels * arch.image_size**2
+    pixels, answer = whole_model_bytes(arch)
     top = b.core_top(sized, freq_hz, baud, model_image(sized, prog), pixels, b.divider)
-    answer = whole_model_answer_bytes(arch.num_classes)
     return top, {"file": str(model_path), "divider": b.divider, "bytes_in_per_image": pixels,
                  "bytes_out_per_image": answer, "link_bound_images_per_s": round(baud / 10 / (pixels + answer), 1),
                  "cycles_per_image": None, "compute_bound_images_per_s": None, "images_per_s": None}

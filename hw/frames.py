@@ -13,6 +13,10 @@ Plain Python, so the host needs no HDL stack for it.
 from __future__ import annotations
 
 import enum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from model.modelfile import Architecture
 
 #: The serial line's default rate, the board builds' and the host's: the
 #: boards' USB UARTs (the iCEBreaker's FT2232H, the ULX3S's FT231X) carry 3
@@ -50,3 +54,9 @@ def whole_model_answer_bytes(classes: int) -> int:
     """The whole-model link's answer to an image (:mod:`hw.core_link`, docs/protocol.md): the class (a byte),
     ``classes`` int32 logits and the chip's cycle count (four bytes each, least significant first)."""
     return 1 + 4 * classes + 4
+
+
+def whole_model_bytes(arch: Architecture) -> tuple[int, int]:
+    """The bytes an image of a model of ``arch`` moves over the whole-model link: its pixels in (a byte each),
+    the answer out."""
+    return arch.in_channels * arch.image_size**2, whole_model_answer_bytes(arch.num_classes)
